@@ -160,3 +160,29 @@ def eval_text(kind: str = "eval", nbytes: int = 8192) -> str:
     from llmpack.measure.text import default_text
 
     return default_text(kind, nbytes)
+
+
+def byte_tokenizer() -> Any:
+    """A real HF fast tokenizer with exactly 256 tokens, one per byte (id = byte value, pad = 0).
+
+    It fits the tiny models (``vocab_size=256``), so measure / calibration code paths that need a
+    tokenizer run on them; ``save_pretrained(dir)`` writes ``tokenizer.json`` into a tiny model dir.
+
+    Example:
+        >>> byte_tokenizer()("Hi").input_ids
+        [72, 105]
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):  # GPT-2's bytes_to_unicode mapping
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    tok = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=chars[0])
