@@ -1,0 +1,348 @@
+"""``llmpack build``: config validation, caching ("up to date"), --check drift detection, gates, JSON summary.
+
+The unit tests replace the three stage runners with fakes that write the same records the real
+stages write, so caching logic is tested in milliseconds; the ``slow`` tests run the real pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llmpack
+import llmpack.build as B
+from llmpack.checkpoint.manifest import Manifest, write_manifest
+from llmpack.cli import main
+from llmpack.errors import ConfigError, GateFailedError, OutputExistsError, SourceNotFoundError
+
+BASIC = """
+[source]
+path = "src-model"
+
+[quantize]
+method = "int8"
+out = "build/model"
+max_shard_size = "1GB"
+ignore = ["lm_head"]
+
+[measure]
+quick = true
+max_ppl_increase = 2
+
+[pack]
+out = "build/image"
+name = "demo"
+tag = "v1"
+"""
+
+
+class Fakes:
+    """Stage runners that record their calls and write what the real stages write."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fingerprint = "fp-1"
+        self.ppl_increase = 1.0
+
+    def source_fingerprint(self, source: B.SourceSection) -> str:
+        return self.fingerprint
+
+    def run_quantize(self, cfg: B.BuildConfig, quiet: bool) -> dict[str, Any]:
+        self.calls.append("quantize")
+        out = cfg.quantize.out
+        out.mkdir(parents=True, exist_ok=True)
+        for p in out.iterdir():
+            p.unlink()
+        (out / "config.json").write_text('{"model_type": "llama"}')
+        (out / "model.safetensors").write_bytes(os.urandom(64))
+        write_manifest(out, Manifest(source={"kind": "dir", "path": cfg.source.path, "fingerprint": self.fingerprint},
+                                     recipe=cfg.quantize.recipe.to_dict()))
+        return {"summary": "fake quantize"}
+
+    def run_measure(self, cfg: B.BuildConfig, quiet: bool) -> tuple[dict[str, Any], list[str], str]:
+        self.calls.append("measure")
+        assert cfg.measure is not None
+        data = {"ppl_increase_pct": self.ppl_increase}
+        cfg.measure.report.parent.mkdir(parents=True, exist_ok=True)
+        cfg.measure.report.write_text(json.dumps(data))
+        return data, self.evaluate_gates(data, cfg.measure.gates), "fake summary"
+
+    @staticmethod
+    def evaluate_gates(report: dict[str, Any], gates: dict[str, float]) -> list[str]:
+        lim = gates.get("max_ppl_increase_pct")
+        if lim is not None and report["ppl_increase_pct"] > lim:
+            return [f"max_ppl_increase_pct: +{report['ppl_increase_pct']}% > {lim}%"]
+        return []
+
+    def run_pack(self, cfg: B.BuildConfig, quiet: bool) -> dict[str, Any]:
+        self.calls.append("pack")
+        assert cfg.pack is not None
+        (cfg.pack.out / "oci").mkdir(parents=True, exist_ok=True)
+        (cfg.pack.out / "oci" / "index.json").write_text("{}")
+        return {"manifest_digest": "sha256:" + "ab" * 32}
+
+
+@pytest.fixture()
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Fakes:
+    f = Fakes()
+    monkeypatch.setattr(B, "_source_fingerprint", f.source_fingerprint)
+    monkeypatch.setattr(B, "_run_quantize", f.run_quantize)
+    monkeypatch.setattr(B, "_run_measure", f.run_measure)
+    monkeypatch.setattr(B, "_evaluate_gates", f.evaluate_gates)
+    monkeypatch.setattr(B, "_summary_of", lambda report: "cached summary")
+    monkeypatch.setattr(B, "_run_pack", f.run_pack)
+    return f
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "src-model").mkdir()
+    (tmp_path / "llmpack.toml").write_text(BASIC)
+    return tmp_path
+
+
+def _statuses(res: B.BuildResult) -> dict[str, str]:
+    return {s.name: s.status for s in res.stages}
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.is_file()}
+
+
+# --- config -------------------------------------------------------------------------------------------
+
+
+def test_config_paths_resolve_against_the_file(project: Path) -> None:
+    cfg = B.load_config(project / "llmpack.toml")
+    assert cfg.source.path == str(project / "src-model") and cfg.source.is_local
+    assert cfg.quantize.out == project / "build/model"
+    assert cfg.quantize.recipe.method.value == "int8"
+    assert cfg.quantize.recipe.max_shard_size == 10**9 and cfg.quantize.recipe.ignore == ("lm_head",)
+    assert cfg.measure is not None and cfg.measure.gates == {"max_ppl_increase_pct": 2.0}
+    assert cfg.measure.report == project / "build/report.json"
+    assert cfg.pack is not None and cfg.pack.out == project / "build/image"
+    assert dict(cfg.pack.options) == {"name": "demo", "tag": "v1"}
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ('[source]\npath = "src-model"\n[quantize]\nmethd = "int8"\n', "[quantize] unknown key 'methd'"),
+        ('[source]\npath = "src-model"\n[quantize]\n', "[quantize] method is missing"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "int4"\n', "unknown method 'int4'"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "bf16"\n[packing]\n', "unknown section [packing]"),
+        ('[quantize]\nmethod = "bf16"\n', "section [source] is missing"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "bf16"\nmax_shard_size = true\n', "max_shard_size"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "int8"\nbudget = "two"\n', "budget = 'two'"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "bf16"\n[measure]\nmin_top1 = "x"\n', "min_top1"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "bf16"\n[measure]\nbatch_sizes = [0]\n', "batch_sizes"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "bf16"\n[measure]\ndevice = "tpu"\n', "device"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "bf16"\n[measure]\ntext = "nope.txt"\n', "nope.txt"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "bf16"\n[pack]\nruntime = 3\n', "runtime = 3"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "bf16"\nout = "src-model"\n', "out is the source"),
+        ('[source]\npath = "src-model"\n[quantize]\nmethod = "bf16"\nbudget = 2\n', "apply to int8 methods"),
+        ('[source\n', "not valid TOML"),
+    ],
+)
+def test_config_errors_name_section_and_key(project: Path, toml: str, message: str) -> None:
+    (project / "llmpack.toml").write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        B.load_config(project / "llmpack.toml")
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_config_missing_file_and_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        B.load_config(tmp_path / "llmpack.toml")
+    with pytest.raises(SourceNotFoundError, match="'./missing'"):
+        B.load_config({"source": {"path": "./missing"}, "quantize": {"method": "bf16"}}, base_dir=tmp_path)
+
+
+def test_config_hub_id_budget_percent_and_disabled_sections(tmp_path: Path) -> None:
+    cfg = B.load_config({"source": {"path": "HuggingFaceTB/SmolLM2-135M"},
+                         "quantize": {"method": "int8", "budget": "1.5%", "out": "m"},
+                         "measure": {"enabled": False}, "pack": {"enabled": False}}, base_dir=tmp_path)
+    assert not cfg.source.is_local and cfg.source.path == "HuggingFaceTB/SmolLM2-135M"
+    assert cfg.quantize.recipe.max_ppl_increase == 1.5
+    assert cfg.measure is None and cfg.pack is None
+
+
+# --- caching ------------------------------------------------------------------------------------------
+
+
+def test_second_run_is_up_to_date_and_runs_nothing(project: Path, fakes: Fakes) -> None:
+    cfg = project / "llmpack.toml"
+    res = llmpack.build(cfg)
+    assert _statuses(res) == {"quantize": "built", "measure": "built", "pack": "built"}
+    assert fakes.calls == ["quantize", "measure", "pack"] and res.changed and res.passed
+    assert (project / "build/report.build.json").is_file() and (project / "build/image" / B.PACK_RECORD).is_file()
+
+    fakes.calls.clear()
+    before = _snapshot(project)
+    res = llmpack.build(cfg)
+    assert _statuses(res) == {"quantize": "up to date", "measure": "up to date", "pack": "up to date"}
+    assert fakes.calls == [] and not res.changed
+    assert _snapshot(project) == before
+    assert res.stages[2].details["manifest_digest"] == "sha256:" + "ab" * 32
+    assert "up to date" in res.human()
+
+
+def test_check_reports_drift_and_writes_nothing(project: Path, fakes: Fakes) -> None:
+    cfg = project / "llmpack.toml"
+    res = B.build(cfg, check=True)
+    assert _statuses(res) == {"quantize": "would build", "measure": "would build", "pack": "would build"}
+    assert res.stages[0].reason == "no output yet"
+    assert not (project / "build").exists() and fakes.calls == []
+
+    B.build(cfg)
+    fakes.calls.clear()
+    assert not B.build(cfg, check=True).changed
+
+    (project / "llmpack.toml").write_text(BASIC.replace('method = "int8"', 'method = "int8-weight-only"'))
+    before = _snapshot(project)
+    res = B.build(cfg, check=True)
+    assert _statuses(res) == {"quantize": "would build", "measure": "would build", "pack": "would build"}
+    assert "recipe changed" in res.stages[0].reason and "int8-weight-only" in res.stages[0].reason
+    assert _snapshot(project) == before and fakes.calls == []
+
+
+@pytest.mark.parametrize("change", ["source", "version", "file", "recipe"])
+def test_quantize_reruns_when_an_input_changes(project: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch,
+                                               change: str) -> None:
+    cfg = project / "llmpack.toml"
+    B.build(cfg)
+    fakes.calls.clear()
+    if change == "source":
+        fakes.fingerprint = "fp-2"
+        reason = "source changed"
+    elif change == "version":
+        monkeypatch.setattr(llmpack, "__version__", "9.9.9")
+        reason = "llmpack version changed"
+    elif change == "file":
+        (project / "build/model/model.safetensors").unlink()
+        reason = "model.safetensors is missing"
+    else:
+        (project / "llmpack.toml").write_text(BASIC.replace('"1GB"', '"2GB"'))
+        reason = "recipe changed: max_shard_size"
+    res = B.build(cfg)
+    assert res.stages[0].status == "built" and reason in res.stages[0].reason
+    # a new model means a new measurement and a new pack
+    assert fakes.calls == ["quantize", "measure", "pack"]
+    assert not B.build(cfg).changed
+
+
+def test_measure_settings_change_remeasures_only(project: Path, fakes: Fakes) -> None:
+    cfg = project / "llmpack.toml"
+    B.build(cfg)
+    fakes.calls.clear()
+    (project / "llmpack.toml").write_text(BASIC.replace("quick = true", "quick = false"))
+    res = B.build(cfg)
+    assert _statuses(res) == {"quantize": "up to date", "measure": "built", "pack": "up to date"}
+    assert "quick" in res.stages[1].reason and fakes.calls == ["measure"]
+
+
+def test_pack_options_change_repacks_only(project: Path, fakes: Fakes) -> None:
+    cfg = project / "llmpack.toml"
+    B.build(cfg)
+    fakes.calls.clear()
+    (project / "llmpack.toml").write_text(BASIC.replace('tag = "v1"', 'tag = "v2"'))
+    res = B.build(cfg)
+    assert _statuses(res) == {"quantize": "up to date", "measure": "up to date", "pack": "built"}
+    assert fakes.calls == ["pack"]
+
+
+def test_edited_report_is_remeasured(project: Path, fakes: Fakes) -> None:
+    cfg = project / "llmpack.toml"
+    B.build(cfg)
+    fakes.calls.clear()
+    (project / "build/report.json").write_text('{"ppl_increase_pct": 0.0}')
+    res = B.build(cfg)
+    assert res.stages[1].status == "built" and "modified" in res.stages[1].reason
+
+
+def test_force_rebuilds_everything(project: Path, fakes: Fakes) -> None:
+    B.build(project / "llmpack.toml")
+    fakes.calls.clear()
+    B.build(project / "llmpack.toml", force=True)
+    assert fakes.calls == ["quantize", "measure", "pack"]
+
+
+def test_foreign_output_dir_is_not_overwritten(project: Path, fakes: Fakes) -> None:
+    (project / "build/model").mkdir(parents=True)
+    (project / "build/model/precious.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not an llmpack model dir"):
+        B.build(project / "llmpack.toml")
+    assert (project / "build/model/precious.txt").read_text() == "mine"
+
+
+# --- gates --------------------------------------------------------------------------------------------
+
+
+def test_failed_gate_stops_before_pack_and_names_the_gate(project: Path, fakes: Fakes) -> None:
+    fakes.ppl_increase = 5.0
+    with pytest.raises(GateFailedError, match="max_ppl_increase_pct") as e:
+        B.build(project / "llmpack.toml")
+    assert e.value.exit_code == 1
+    assert "pack" not in fakes.calls and not (project / "build/image").exists()
+    # cached report: the gate is evaluated again, and fails again, without measuring again
+    fakes.calls.clear()
+    res = B.build(project / "llmpack.toml", raise_on_gate=False)
+    assert fakes.calls == [] and res.failed_gates and _statuses(res)["pack"] == "skipped"
+    # loosening the gate passes on the cached report and packs
+    (project / "llmpack.toml").write_text(BASIC.replace("max_ppl_increase = 2", "max_ppl_increase = 10"))
+    res = B.build(project / "llmpack.toml")
+    assert res.passed and fakes.calls == ["pack"]
+    assert _statuses(res)["measure"] == "up to date"
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def test_cli_json_summary_and_exit_codes(project: Path, fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = str(project / "llmpack.toml")
+    assert main(["build", "-c", cfg, "--check"]) == 1
+    capsys.readouterr()
+    assert main(["build", "-c", cfg, "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["changed"] and out["passed"] and [s["status"] for s in out["stages"]] == ["built"] * 3
+    assert out["llmpack_version"] == llmpack.__version__
+    assert main(["build", "-c", cfg, "--check", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert not out["changed"] and [s["status"] for s in out["stages"]] == ["up to date"] * 3
+    assert main(["build", "-c", cfg]) == 0
+    human = capsys.readouterr().out
+    assert human.count("up to date") >= 3 and "build: ok" in human
+
+
+def test_cli_gate_failure_exit_1(project: Path, fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    fakes.ppl_increase = 3.0
+    assert main(["build", "-c", str(project / "llmpack.toml"), "--format", "json"]) == 1
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["failed_gates"] == ["max_ppl_increase_pct: +3.0% > 2.0%"]
+    assert cap.err.startswith("llmpack: error: gate failed: max_ppl_increase_pct")
+
+
+def test_cli_bad_config_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "llmpack.toml").write_text(textwrap.dedent("""
+        [source]
+        path = "nowhere/at/all"
+        [quantize]
+        method = "int8"
+    """))
+    assert main(["build", "-c", str(tmp_path / "llmpack.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[source] path 'nowhere/at/all' does not exist" in err
+
+
+def test_llmpack_build_is_callable_after_submodule_import(project: Path, fakes: Fakes) -> None:
+    import importlib
+
+    importlib.import_module("llmpack.build")
+    assert callable(llmpack.build)
+    assert isinstance(llmpack.build(project / "llmpack.toml"), B.BuildResult)
