@@ -291,12 +291,19 @@ def api_objects(strict: bool = False) -> list[tuple[str, Any]]:
     """
     import llmpack
 
+    import importlib
+
+    exports: dict[str, tuple[str, str]] = getattr(llmpack, "_EXPORTS", {})
     out = []
     for name in llmpack.__all__:
         if name == "__version__":
             continue
         try:
-            out.append((name, getattr(llmpack, name)))
+            if name in exports:  # not getattr(llmpack, name): a submodule of the same name may shadow it
+                module, attr = exports[name]
+                out.append((name, getattr(importlib.import_module(module), attr)))
+            else:
+                out.append((name, getattr(llmpack, name)))
         except ImportError:
             if strict:
                 raise
