@@ -473,17 +473,67 @@ class BuildResult:
 # --- fingerprints and records -----------------------------------------------------------------------
 
 
-def _source_fingerprint(source: SourceSection) -> str:
-    """The same fingerprint the quantizer records in ``llmpack.json``'s ``source.fingerprint``."""
-    from llmpack.pipeline import source_fingerprint
+def _fingerprint_rows(rows: list[tuple[str, Path]]) -> str:
+    out = [[rel, p.stat().st_size, _sha256_file(p)] for rel, p in sorted(rows)]
+    return hashlib.sha256(json.dumps(out, separators=(",", ":")).encode()).hexdigest()
 
-    return str(source_fingerprint(source.path))
+
+def _dir_fingerprint_files(d: Path) -> list[tuple[str, Path]] | None:
+    """The files the quantizer fingerprints for an HF directory source, or ``None`` when unsure."""
+    from llmpack.constants import AUX_FILE_PATTERNS, CONFIG_FILE, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
+
+    index = d / SAFETENSORS_INDEX_FILE
+    files: dict[str, Path] = {}
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        for rel in shards:
+            if not (d / rel).is_file():
+                return None
+            files[Path(rel).as_posix()] = d / rel
+        files[index.name] = index
+    elif (d / SAFETENSORS_SINGLE_FILE).is_file():
+        files[SAFETENSORS_SINGLE_FILE] = d / SAFETENSORS_SINGLE_FILE
+    else:
+        found = sorted(d.glob("*.safetensors"))
+        if not found:
+            return None
+        files.update({p.name: p for p in found})
+    if (d / CONFIG_FILE).is_file():
+        files[CONFIG_FILE] = d / CONFIG_FILE
+    for pat in AUX_FILE_PATTERNS:
+        for p in sorted(d.glob(pat)):
+            if p.is_file():
+                files[p.name] = p
+    return list(files.items())
+
+
+def _source_fingerprint(source: SourceSection) -> str:
+    """The same fingerprint the quantizer records in ``llmpack.json``'s ``source.fingerprint``.
+
+    For an HF directory or a ``.gguf`` file it is computed here, from file digests, without importing
+    torch (a no-change ``llmpack build`` must answer in about a second); ``tests/test_build.py`` checks
+    it equals :meth:`llmpack.checkpoint.sources.Source.fingerprint`. Other sources ask the quantizer's
+    own source reader.
+    """
+    p = Path(source.path)
+    if source.is_local and p.is_dir():
+        rows = _dir_fingerprint_files(p)
+        if rows is not None:
+            return _fingerprint_rows(rows)
+    elif source.is_local and p.is_file() and p.suffix.lower() == ".gguf":
+        return _fingerprint_rows([(p.name, p)])
+    from llmpack.checkpoint.sources import open_source
+
+    return str(open_source(source.path).fingerprint())
 
 
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while data := f.read(1 << 20):
+        while data := f.read(8 << 20):
             h.update(data)
     return h.hexdigest()
 

@@ -346,3 +346,22 @@ def test_llmpack_build_is_callable_after_submodule_import(project: Path, fakes: 
     importlib.import_module("llmpack.build")
     assert callable(llmpack.build)
     assert isinstance(llmpack.build(project / "llmpack.toml"), B.BuildResult)
+
+
+# --- the fingerprint build computes without torch equals the quantizer's -------------------------------
+
+
+def test_fast_fingerprint_matches_the_quantizers(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from llmpack.checkpoint.sources import open_source
+    from llmpack.testing import tiny_model
+
+    sharded = tmp_path / "sharded"
+    tiny_model("llama-untied").save_pretrained(sharded, max_shard_size="100KB")
+    (sharded / "tokenizer_config.json").write_text("{}")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    for d in (tiny_dirs["gpt2"], tiny_dirs["bert"], sharded):
+        fast = B._source_fingerprint(B.SourceSection(str(d)))
+        assert fast == open_source(d).fingerprint(), d
+    before = B._source_fingerprint(B.SourceSection(str(sharded)))
+    (sharded / "tokenizer_config.json").write_text('{"x": 1}')
+    assert B._source_fingerprint(B.SourceSection(str(sharded))) != before
