@@ -1,0 +1,674 @@
+"""``llmpack.pack``: a model directory → Dockerfile stub + build context + OCI image layout.
+
+Output (``out/``)::
+
+    Dockerfile          ARG BASE_IMAGE, labels, one COPY --link per shard, non-root USER, runtime block
+    .dockerignore       excludes oci/, caches, VCS dirs
+    model/              the model files (hard links; copies across file systems)
+    oci/                OCI image layout: oci-layout, index.json (tag), blobs/sha256/...
+
+The OCI image holds one layer per weight shard, then one small layer with config, tokenizer and
+``llmpack.json``; files sit under ``/models/<name>/``. Everything is deterministic: the same model
+files give the same manifest digest, whatever their mtimes, owners or the umask.
+
+Re-packing into the same ``out`` is incremental: layers whose files did not change (same size, mtime,
+inode) are taken from ``out/.llmpack-pack-cache.json`` without reading the shard, and blobs already
+present are never rewritten.
+
+Example:
+    >>> import llmpack
+    >>> res = llmpack.pack("model-int8", "build/", name="smollm2", tag="int8")  # doctest: +SKIP
+    >>> res.manifest_digest                                                     # doctest: +SKIP
+    'sha256:...'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import stat
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from llmpack._output import progress
+from llmpack.constants import (
+    ANN_CREATED,
+    ANN_REF_NAME,
+    ANN_REVISION,
+    ANN_TITLE,
+    ANN_VERSION,
+    CONFIG_FILE,
+    ENV_MODEL,
+    ENV_SOURCE_DATE_EPOCH,
+    MANIFEST_FILE,
+    MODELS_ROOT,
+    MT_OCI_CONFIG,
+    MT_OCI_LAYER_GZIP,
+    MT_OCI_LAYER_TAR,
+    MT_OCI_LAYER_ZSTD,
+    MT_OCI_MANIFEST,
+    OCI_LAYOUT_FILE,
+)
+from llmpack.errors import (
+    BadInputError,
+    IntegrityError,
+    OutputExistsError,
+    OutputLockedError,
+    OutputWriteError,
+)
+from llmpack.pack import modelpack
+from llmpack.pack.dockerfile import NONROOT_USER, render_dockerfile, render_dockerignore, runtime_spec
+from llmpack.pack.files import ModelFile, collect_files
+from llmpack.pack.oci import COMPRESSIONS, BlobStore, Descriptor, atomic_write, write_layer
+from llmpack.pack.registry_limits import registry_warnings
+from llmpack.pack.tar import layer_members, tar_size
+
+__all__ = ["pack", "PackResult", "LayerResult", "ARTIFACTS", "CACHE_FILE", "LOCK_FILE"]
+
+ARTIFACTS = ("image", "modelpack")
+CACHE_FILE = ".llmpack-pack-cache.json"
+LOCK_FILE = ".llmpack-pack.lock"
+_CACHE_VERSION = 1
+_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_LAYER_MT = {"none": MT_OCI_LAYER_TAR, "gzip": MT_OCI_LAYER_GZIP, "zstd": MT_OCI_LAYER_ZSTD}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerResult:
+    """One layer of the packed image.
+
+    Attributes:
+        digest: ``sha256:…`` of the blob (compressed bytes when compressed).
+        size: blob size in bytes.
+        media_type: the layer media type.
+        diff_id: ``sha256:…`` of the uncompressed tar.
+        files: model files in the layer (relative to the model directory).
+        reused: the blob was already in ``oci/`` (nothing written).
+    """
+
+    digest: str
+    size: int
+    media_type: str
+    diff_id: str
+    files: tuple[str, ...]
+    reused: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = dataclasses.asdict(self)
+        d["files"] = list(self.files)
+        return d
+
+
+@dataclasses.dataclass
+class PackResult:
+    """What :func:`pack` produced.
+
+    Attributes:
+        name / tag: image name and tag (``ref.name`` in ``index.json``).
+        artifact: ``image`` or ``modelpack``.
+        manifest_digest: digest of the image manifest (what a registry reports after a push).
+        config_digest: digest of the image (or ModelPack) config.
+        layers: the layers, bottom first.
+        out: the output directory.
+        paths: ``dockerfile``, ``dockerignore``, ``context`` (model/), ``oci``, ``index``.
+        bytes_written: bytes of new blobs written (incremental re-pack: only the changed layers).
+        blobs_written / blobs_reused: how many blobs were new / already present.
+        warnings: registry-limit and skipped-file warnings.
+        seconds: wall time.
+    """
+
+    name: str
+    tag: str
+    artifact: str
+    runtime: str
+    compression: str
+    manifest_digest: str
+    config_digest: str
+    layers: list[LayerResult]
+    out: Path
+    paths: dict[str, str]
+    bytes_written: int
+    blobs_written: int
+    blobs_reused: int
+    warnings: list[str]
+    seconds: float
+
+    @property
+    def reference(self) -> str:
+        """``name:tag``."""
+        return f"{self.name}:{self.tag}"
+
+    @property
+    def total_size(self) -> int:
+        """Sum of the layer sizes."""
+        return sum(layer.size for layer in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the ``--format json`` output of ``llmpack pack``).
+
+        Example:
+            >>> sorted(PackResult.__dataclass_fields__)[:3]
+            ['artifact', 'blobs_reused', 'blobs_written']
+        """
+        return {
+            "name": self.name,
+            "tag": self.tag,
+            "reference": self.reference,
+            "artifact": self.artifact,
+            "runtime": self.runtime,
+            "compression": self.compression,
+            "manifest_digest": self.manifest_digest,
+            "config_digest": self.config_digest,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "total_size": self.total_size,
+            "out": str(self.out),
+            "paths": dict(self.paths),
+            "bytes_written": self.bytes_written,
+            "blobs_written": self.blobs_written,
+            "blobs_reused": self.blobs_reused,
+            "warnings": list(self.warnings),
+            "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [
+            f"packed {self.reference} ({self.artifact}) into {self.out}",
+            f"  manifest {self.manifest_digest}",
+            f"  {len(self.layers)} layers, {self.total_size / 1e6:.1f} MB; wrote {self.bytes_written / 1e6:.1f} MB "
+            f"({self.blobs_written} new blobs, {self.blobs_reused} reused) in {self.seconds:.1f} s",
+        ]
+        for layer in self.layers:
+            files = ", ".join(layer.files[:3]) + (f" +{len(layer.files) - 3}" if len(layer.files) > 3 else "")
+            lines.append(f"  {layer.digest[:19]}  {layer.size:>14,d}  {files}")
+        lines.append(f"  Dockerfile: {self.paths['dockerfile']}   OCI layout: {self.paths['oci']}:{self.tag}")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+def default_name(model_dir: str | os.PathLike[str]) -> str:
+    """An image name from the directory name: lower case, ``[a-z0-9._-]``.
+
+    Example:
+        >>> default_name("/m/SmolLM2-135M_Instruct")
+        'smollm2-135m_instruct'
+    """
+    base = Path(os.path.abspath(model_dir)).name.lower()
+    base = re.sub(r"[^a-z0-9._-]+", "-", base)
+    base = re.sub(r"[._-]{2,}", "-", base).strip("._-")
+    return base or "model"
+
+
+def _epoch(source_date_epoch: int | None) -> int:
+    if source_date_epoch is None:
+        env = os.environ.get(ENV_SOURCE_DATE_EPOCH, "").strip()
+        if not env:
+            return 0
+        try:
+            source_date_epoch = int(env)
+        except ValueError:
+            raise BadInputError(f"{ENV_SOURCE_DATE_EPOCH}={env!r} is not an integer: "
+                                "set it to seconds since 1970 or unset it") from None
+    if not 0 <= int(source_date_epoch) < 8**11:
+        raise BadInputError(f"source_date_epoch {source_date_epoch} out of range: use seconds since 1970 (>= 0)")
+    return int(source_date_epoch)
+
+
+def _rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _platform(platform: str) -> dict[str, str]:
+    parts = platform.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise BadInputError(f"platform {platform!r} is not os/arch[/variant]: e.g. linux/amd64")
+    d = {"os": parts[0], "architecture": parts[1]}
+    if len(parts) == 3:
+        d["variant"] = parts[2]
+    return d
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_llmpack_manifest(model_dir: Path) -> dict[str, Any] | None:
+    if not (model_dir / MANIFEST_FILE).is_file():
+        return None
+    from llmpack.checkpoint.manifest import read_manifest
+
+    return read_manifest(model_dir).to_dict()
+
+
+def _check_manifest_sizes(model_dir: Path, files: Sequence[ModelFile], manifest: dict[str, Any] | None) -> None:
+    """Cheap consistency check: every file llmpack.json records exists with the recorded size."""
+    if not manifest:
+        return
+    by_rel = {f.rel: f for f in files}
+    for rel, entry in sorted((manifest.get("files") or {}).items()):
+        if not isinstance(entry, dict) or "size" not in entry:
+            continue
+        f = by_rel.get(rel)
+        if f is None:
+            if not (model_dir / rel).exists():
+                raise IntegrityError(f"{model_dir / rel} is recorded in {MANIFEST_FILE} but missing: "
+                                     "restore it or re-create the model with `llmpack quantize`")
+            continue
+        if f.size != int(entry["size"]):
+            raise IntegrityError(f"{model_dir / rel} has {f.size} bytes, {MANIFEST_FILE} records {entry['size']}: "
+                                 "the model was modified; run `llmpack verify` and re-create it")
+
+
+class _Lock:
+    """An exclusive, non-blocking ``flock`` on ``out/.llmpack-pack.lock``."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_FILE
+        self.fd = -1
+
+    def __enter__(self) -> "_Lock":
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise OutputWriteError(f"cannot create {self.path}: {e.strerror}; check the output directory") from e
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(self.fd)
+            self.fd = -1
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise OutputLockedError(f"another llmpack pack is writing {self.path.parent}: wait for it to "
+                                        "finish or choose another --out") from None
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:  # the lock file stays: unlinking it would race with a waiting process
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _is_pack_output(out: Path) -> bool:
+    return (out / CACHE_FILE).is_file() or ((out / "oci" / OCI_LAYOUT_FILE).is_file() and (out / "Dockerfile").is_file())
+
+
+def _prepare_out(model_dir: Path, out: Path, overwrite: bool) -> None:
+    real_model = os.path.realpath(model_dir)
+    real_out = os.path.realpath(out)
+    if real_out == real_model or real_out.startswith(real_model + os.sep):
+        raise BadInputError(f"output {out} is inside the model directory {model_dir}: choose an --out elsewhere")
+    if real_model.startswith(real_out + os.sep):
+        raise BadInputError(f"the model directory {model_dir} is inside the output {out}: choose another --out")
+    if out.exists():
+        if not out.is_dir():
+            raise OutputExistsError(f"output {out} exists and is not a directory: remove it or choose another --out")
+        if any(out.iterdir()) and not _is_pack_output(out) and not overwrite:
+            raise OutputExistsError(f"output {out} exists and is not an llmpack pack output: choose an empty "
+                                    "--out, or pass --overwrite to write into it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputWriteError(f"cannot create {out}: {e.strerror}; check the path and permissions") from e
+
+
+# --------------------------------------------------------------------------------------------
+# build context: model/ as hard links
+
+def _same_content_copy(src_st: os.stat_result, dst: Path) -> bool:
+    try:
+        st = dst.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if (st.st_dev, st.st_ino) == (src_st.st_dev, src_st.st_ino):
+        return True
+    return st.st_size == src_st.st_size and st.st_mtime_ns == src_st.st_mtime_ns
+
+
+def _sync_context(files: Sequence[ModelFile], ctx: Path) -> int:
+    """Mirror ``files`` into ``ctx`` (hard links; copies only where linking fails); returns bytes copied.
+
+    Hard links share the user's file mode; the Dockerfile's ``COPY --chmod=0644`` fixes it in the image.
+    """
+    copied = 0
+    ctx.mkdir(parents=True, exist_ok=True)
+    os.chmod(ctx, 0o755)
+    wanted: set[str] = set()
+    for f in files:
+        dst = ctx / f.rel
+        wanted.add(f.rel)
+        for parent in reversed(dst.relative_to(ctx).parents):
+            if str(parent) != ".":
+                p = ctx / parent
+                if p.is_symlink() or (p.exists() and not p.is_dir()):
+                    p.unlink()
+                p.mkdir(exist_ok=True)
+                os.chmod(p, 0o755)
+        src_st = os.stat(f.path)
+        if _same_content_copy(src_st, dst):
+            continue
+        tmp = dst.with_name(f".llmpack-tmp-{dst.name}")
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+        try:
+            os.link(f.path, tmp)
+            linked = True
+        except OSError:  # another file system, or links not permitted
+            linked = False
+        if not linked:
+            try:
+                shutil.copyfile(f.path, tmp)
+                os.chmod(tmp, 0o644)
+                os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
+            except OSError as e:
+                if tmp.exists():
+                    tmp.unlink()
+                raise OutputWriteError(f"cannot copy {f.path} to {dst}: {e.strerror}; free space or check "
+                                       "permissions") from e
+            copied += f.size
+        os.replace(tmp, dst)
+    # drop files a previous pack left behind
+    for dirpath, dirnames, filenames in os.walk(ctx, topdown=False):
+        for fn in filenames:
+            p = Path(dirpath) / fn
+            if p.relative_to(ctx).as_posix() not in wanted:
+                p.unlink()
+        if Path(dirpath) != ctx and not any(Path(dirpath).iterdir()):
+            Path(dirpath).rmdir()
+    return copied
+
+
+# --------------------------------------------------------------------------------------------
+# layer cache (stat-based, like git's index)
+
+def _cache_key(prefix: str, files: Sequence[ModelFile], compression: str, mtime: int, media_type: str) -> str:
+    return json.dumps([_CACHE_VERSION, prefix, compression, mtime, media_type,
+                       [[f.rel, f.size] for f in files]], separators=(",", ":"))
+
+
+def _stats(files: Sequence[ModelFile]) -> list[list[int]]:
+    out = []
+    for f in files:
+        st = os.stat(f.path)
+        out.append([st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _load_cache(out: Path) -> dict[str, Any]:
+    data = _read_json(out / CACHE_FILE)
+    if not data or data.get("version") != _CACHE_VERSION or not isinstance(data.get("layers"), dict):
+        return {}
+    return dict(data["layers"])
+
+
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _LayerPlan:
+    files: tuple[ModelFile, ...]
+    kind: str
+    media_type: str
+    prefix: str
+    annotations: dict[str, str] | None
+
+
+def _plan_layers(files: Sequence[ModelFile], *, artifact: str, name: str, compression: str,
+                 created: str) -> list[_LayerPlan]:
+    weights = [f for f in files if f.kind == "weight"]
+    small = [f for f in files if f.kind != "weight"]
+    plans: list[_LayerPlan] = []
+    if artifact == "image":
+        prefix = f"{MODELS_ROOT.strip('/')}/{name}"
+        mt = _LAYER_MT[compression]
+        for w in weights:
+            plans.append(_LayerPlan((w,), "weight", mt, prefix, None))
+        if small:
+            plans.append(_LayerPlan(tuple(small), "config", mt, prefix, None))
+        return plans
+    for f in [*weights, *small]:
+        ann = {
+            modelpack.ANN_FILEPATH: f.rel,
+            modelpack.ANN_FILE_METADATA: modelpack.file_metadata(f.rel.rsplit("/", 1)[-1], f.size, created),
+        }
+        plans.append(_LayerPlan((f,), f.kind, modelpack.layer_media_type(f.kind, compression), "", ann))
+    return plans
+
+
+def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name: str | None = None,
+         tag: str = "latest", base_image: str | None = None, runtime: str = "none", artifact: str = "image",
+         compression: str = "none", source_date_epoch: int | None = None, allow_files: Iterable[str] = (),
+         overwrite: bool = False, platform: str = "linux/amd64", quiet: bool = False) -> PackResult:
+    """Pack a model directory into ``out/``: Dockerfile stub, build context and OCI image layout.
+
+    Args:
+        model_dir: an llmpack model dir (or any HF dir with safetensors shards).
+        out: output directory; re-packing into a previous pack output is incremental.
+        name: image name and the directory ``/models/<name>`` (default: from ``model_dir``'s name).
+        tag: the tag in ``index.json`` (``org.opencontainers.image.ref.name``).
+        base_image: default ``BASE_IMAGE`` of the Dockerfile (default: the runtime's image).
+        runtime: ``none`` (data-only image) or ``vllm``.
+        artifact: ``image`` (OCI image) or ``modelpack`` (CNCF ModelPack artifact).
+        compression: ``none`` (default; weights barely compress), ``gzip`` or ``zstd`` (needs ``zstandard``).
+        source_date_epoch: mtime of every tar entry and ``created``; default ``$SOURCE_DATE_EPOCH`` or 0.
+        allow_files: relative paths or globs of secret-looking files that may be packed anyway.
+        overwrite: write into an existing non-empty directory that is not a pack output.
+        platform: ``os/arch[/variant]`` recorded in the image config.
+        quiet: no progress bar.
+
+    Returns:
+        A :class:`PackResult` with the manifest digest, layers, paths and bytes written.
+
+    Raises:
+        SourceNotFoundError, SecretFileError, UnsafePathError, BadInputError: bad input (exit 2).
+        OutputExistsError, OutputLockedError, OutputWriteError: output problems.
+        IntegrityError: a file changed while packing or disagrees with ``llmpack.json`` (exit 3).
+
+    Example:
+        >>> res = pack("model-int8", "build", name="smollm2", tag="int8")  # doctest: +SKIP
+        >>> [layer.files for layer in res.layers][-1]                      # doctest: +SKIP
+        ('config.json', 'llmpack.json', 'model.safetensors.index.json', 'tokenizer.json')
+    """
+    t0 = time.perf_counter()
+    model_dir = Path(model_dir)
+    out = Path(out)
+    rt = runtime_spec(runtime)
+    if artifact not in ARTIFACTS:
+        raise BadInputError(f"unknown artifact {artifact!r}: choose one of {', '.join(ARTIFACTS)}")
+    if compression not in COMPRESSIONS:
+        raise BadInputError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    if compression == "zstd":
+        from llmpack.pack.oci import _zstd_module
+
+        _zstd_module()
+    name = name if name is not None else default_name(model_dir)
+    if not _NAME_RE.match(name) or len(name) > 128:
+        raise BadInputError(f"invalid image name {name!r}: use lower-case letters, digits and single . _ - "
+                            "between them, e.g. --name smollm2-int8")
+    if not _TAG_RE.match(tag):
+        raise BadInputError(f"invalid tag {tag!r}: use letters, digits, '_', '.', '-' (max 128, not starting "
+                            "with '.' or '-')")
+    plat = _platform(platform)
+    epoch = _epoch(source_date_epoch)
+    created = _rfc3339(epoch)
+
+    selection = collect_files(model_dir, allow_files)
+    files = selection.files
+    manifest = _read_llmpack_manifest(model_dir)
+    _check_manifest_sizes(model_dir, files, manifest)
+    hf_config = _read_json(model_dir / CONFIG_FILE)
+    warnings = list(selection.warnings)
+
+    _prepare_out(model_dir, out, overwrite)
+    with _Lock(out):
+        return _pack_locked(
+            model_dir=model_dir, out=out, files=files, name=name, tag=tag, base_image=base_image, rt_name=rt.name,
+            artifact=artifact, compression=compression, epoch=epoch, created=created, plat=plat,
+            manifest=manifest, hf_config=hf_config, warnings=warnings, quiet=quiet, t0=t0)
+
+
+def _labels(name: str, version: str, created: str | None, revision: str, manifest: dict[str, Any] | None,
+            rt_desc: str) -> dict[str, str]:
+    from llmpack import __version__
+
+    labels = {
+        ANN_TITLE: name,
+        ANN_VERSION: version,
+        "org.opencontainers.image.description": f"{name}: model files in {MODELS_ROOT}/{name} ({rt_desc})",
+        "io.llmpack.model.path": f"{MODELS_ROOT}/{name}",
+        "io.llmpack.version": str((manifest or {}).get("llmpack_version") or __version__),
+    }
+    if created:
+        labels[ANN_CREATED] = created
+    if revision:
+        labels[ANN_REVISION] = revision
+    method = ((manifest or {}).get("recipe") or {}).get("method")
+    if method:
+        labels["io.llmpack.method"] = str(method)
+    return labels
+
+
+def _revision(manifest: dict[str, Any] | None) -> str:
+    source = (manifest or {}).get("source") or {}
+    for key in ("revision", "commit"):
+        if isinstance(source, dict) and source.get(key):
+            return str(source[key])
+    return ""
+
+
+def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: str, tag: str,
+                 base_image: str | None, rt_name: str, artifact: str, compression: str, epoch: int, created: str,
+                 plat: dict[str, str], manifest: dict[str, Any] | None, hf_config: dict[str, Any] | None,
+                 warnings: list[str], quiet: bool, t0: float) -> PackResult:
+    rt = runtime_spec(rt_name)
+    ctx = out / "model"
+    _sync_context(files, ctx)
+
+    store = BlobStore(out / "oci")
+    cache = _load_cache(out)
+    new_cache: dict[str, Any] = {}
+    plans = _plan_layers(files, artifact=artifact, name=name, compression=compression, created=created)
+
+    todo_bytes = 0
+    hits: dict[int, dict[str, Any]] = {}
+    for i, plan in enumerate(plans):
+        key = _cache_key(plan.prefix, plan.files, compression, epoch, plan.media_type)
+        entry = cache.get(key)
+        if (entry and entry.get("stats") == _stats(plan.files)
+                and store.has(str(entry.get("digest")), int(entry.get("size", -1)))):
+            hits[i] = entry
+        else:
+            todo_bytes += sum(f.size for f in plan.files)
+
+    layers: list[LayerResult] = []
+    with progress(todo_bytes, f"pack {name}", quiet=quiet) as bar:
+        for i, plan in enumerate(plans):
+            key = _cache_key(plan.prefix, plan.files, compression, epoch, plan.media_type)
+            rels = tuple(f.rel for f in plan.files)
+            if i in hits:
+                e = hits[i]
+                store.blobs_reused += 1
+                layers.append(LayerResult(e["digest"], int(e["size"]), plan.media_type, e["diff_id"], rels, True))
+                new_cache[key] = e
+                continue
+            stats_before = _stats(plan.files)
+            members = layer_members([(f.rel, f.path, f.size) for f in plan.files], prefix=plan.prefix)
+            blob = write_layer(store, members, mtime=epoch, compression=compression,
+                               expected_tar_size=tar_size(members, epoch), on_progress=bar.update)
+            if _stats(plan.files) != stats_before:
+                raise IntegrityError(f"{plan.files[0].path} changed while it was being packed: "
+                                     "do not modify the model while packing, then pack again")
+            layers.append(LayerResult(blob.digest, blob.size, plan.media_type, blob.diff_id, rels, not blob.written))
+            new_cache[key] = {"stats": stats_before, "digest": blob.digest, "size": blob.size,
+                              "diff_id": blob.diff_id}
+
+    revision = _revision(manifest)
+    version = tag
+    layer_desc = [Descriptor(layer.media_type, layer.digest, layer.size, plan.annotations)
+                  for layer, plan in zip(layers, plans)]
+    if artifact == "image":
+        labels = _labels(name, version, created, revision, manifest, rt.description)
+        model_path = f"{MODELS_ROOT}/{name}"
+        image_config: dict[str, Any] = {
+            "created": created,
+            **plat,
+            "config": {
+                "Env": [_DEFAULT_PATH, f"{ENV_MODEL}={model_path}"],
+                "Labels": labels,
+                "User": NONROOT_USER,
+                "WorkingDir": model_path,
+            },
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+            "history": [{"created": created, "created_by": f"llmpack pack: COPY {', '.join(layer.files)} "
+                         f"{model_path}/"} for layer in layers],
+        }
+        config_desc = store.put_json(image_config, MT_OCI_CONFIG)
+        man_ann = {ANN_TITLE: name, ANN_VERSION: version, ANN_CREATED: created}
+        if revision:
+            man_ann[ANN_REVISION] = revision
+        man: dict[str, Any] = {"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+                               "config": config_desc.to_json(),
+                               "layers": [d.to_json() for d in layer_desc], "annotations": man_ann}
+        artifact_type = None
+    else:
+        mp_config = modelpack.model_config(name=name, version=version, created=created,
+                                           diff_ids=[layer.diff_id for layer in layers], hf_config=hf_config,
+                                           revision=revision)
+        config_desc = store.put_json(mp_config, modelpack.CONFIG_MEDIA_TYPE)
+        man_ann = {ANN_TITLE: name, ANN_VERSION: version, ANN_CREATED: created}
+        if revision:
+            man_ann[ANN_REVISION] = revision
+        man = {"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST, "artifactType": modelpack.ARTIFACT_TYPE,
+               "config": config_desc.to_json(), "layers": [d.to_json() for d in layer_desc],
+               "annotations": man_ann}
+        artifact_type = modelpack.ARTIFACT_TYPE
+    manifest_desc = store.put_json(man, MT_OCI_MANIFEST)
+
+    # index.json: this tag replaces an older entry with the same tag; other tags are kept
+    entries: dict[str, Descriptor] = {}
+    for m in store.read_index_manifests():
+        ref = (m.get("annotations") or {}).get(ANN_REF_NAME)
+        if ref and ref != tag and store.has(str(m.get("digest", "")), int(m.get("size", -1))):
+            entries[ref] = Descriptor(str(m.get("mediaType", MT_OCI_MANIFEST)), m["digest"], int(m["size"]),
+                                      {ANN_REF_NAME: ref}, m.get("artifactType"))
+    entries[tag] = Descriptor(MT_OCI_MANIFEST, manifest_desc.digest, manifest_desc.size, {ANN_REF_NAME: tag},
+                              artifact_type)
+    store.write_layout_file()
+    store.write_index([entries[k] for k in sorted(entries)])
+
+    # Dockerfile stub + .dockerignore (the image variant's layout, whatever the artifact)
+    weight_rels = [f.rel for f in files if f.kind == "weight"]
+    small_rels = [f.rel for f in files if f.kind != "weight"]
+    dockerfile = render_dockerfile(name, weight_rels, small_rels, runtime=rt.name, base_image=base_image,
+                                   labels=_labels(name, version, None, revision, manifest, rt.description))
+    atomic_write(out / "Dockerfile", dockerfile.encode("utf-8"))
+    atomic_write(out / ".dockerignore", render_dockerignore().encode("utf-8"))
+    store.gc()
+    atomic_write(out / CACHE_FILE, json.dumps({"version": _CACHE_VERSION, "layers": new_cache},
+                                              sort_keys=True, indent=1).encode("utf-8"))
+
+    warnings.extend(registry_warnings([layer.size for layer in layers], [", ".join(layer.files) for layer in layers]))
+    written_meta = store.bytes_written
+    return PackResult(
+        name=name, tag=tag, artifact=artifact, runtime=rt.name, compression=compression,
+        manifest_digest=manifest_desc.digest, config_digest=config_desc.digest, layers=layers, out=out,
+        paths={"dockerfile": str(out / "Dockerfile"), "dockerignore": str(out / ".dockerignore"),
+               "context": str(ctx), "oci": str(out / "oci"), "index": str(out / "oci" / "index.json")},
+        bytes_written=written_meta, blobs_written=store.blobs_written, blobs_reused=store.blobs_reused,
+        warnings=warnings, seconds=time.perf_counter() - t0,
+    )
