@@ -1,0 +1,408 @@
+"""``llmpack.quantize``: source -> plan -> actions -> streaming shard writer -> atomic model dir.
+
+One tensor is read, converted and written at a time, so peak memory is about one tensor whatever the
+model size. FP16 outputs are then run on a short calibration text: non-finite activations either
+refuse the output (default) or keep the offending modules in float32 (``fp16_overflow="keep"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from llmpack.checkpoint.manifest import Manifest, write_manifest
+from llmpack.checkpoint.sources import Source, copy_aux, open_source
+from llmpack.checkpoint.writer import OutSpec, ShardWriter
+from llmpack.config import Method, Recipe
+from llmpack.constants import CONFIG_FILE
+from llmpack.errors import BadInputError, ConfigError, Fp16OverflowError
+from llmpack.plan import TensorDecision, decisions_to_dict, plan
+from llmpack.quant.registry import get_action
+
+__all__ = ["quantize", "QuantizeResult", "make_recipe", "check_fp16_activations", "CALIB_TOKENS"]
+
+CALIB_TOKENS = 256
+_DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    """What :func:`quantize` produced.
+
+    Attributes:
+        out_dir: the model directory (``None`` for an in-memory conversion).
+        files: relpath -> ``{"sha256", "size"}`` of every file written (``llmpack.json`` excluded).
+        recipe: the recipe used. manifest: the ``llmpack.json`` contents.
+        decisions: per-tensor decisions. source: ``{"kind", "path", "fingerprint"}``.
+        source_bytes / output_bytes: tensor bytes in, file bytes out. seconds: wall time.
+        fp32_modules: modules kept in float32 because their FP16 activations overflowed.
+        model: the converted model for in-memory conversions.
+    """
+
+    out_dir: Path | None
+    files: dict[str, dict[str, Any]]
+    recipe: Recipe
+    manifest: Manifest | None
+    decisions: list[TensorDecision]
+    source: dict[str, Any]
+    source_bytes: int
+    output_bytes: int
+    seconds: float
+    fp32_modules: list[str] = dataclasses.field(default_factory=list)
+    model: torch.nn.Module | None = None
+
+    @property
+    def ratio(self) -> float:
+        """Output bytes / source tensor bytes."""
+        return self.output_bytes / self.source_bytes if self.source_bytes else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {"out_dir": str(self.out_dir) if self.out_dir else None, "files": self.files,
+                "recipe": self.recipe.to_dict(), "source": self.source, "source_bytes": self.source_bytes,
+                "output_bytes": self.output_bytes, "ratio": round(self.ratio, 4), "seconds": round(self.seconds, 3),
+                "fp32_modules": self.fp32_modules, "tensors": len(self.decisions)}
+
+    def summary(self) -> str:
+        """One human line."""
+        where = self.out_dir if self.out_dir else "memory"
+        extra = f", {len(self.fp32_modules)} module(s) kept in fp32" if self.fp32_modules else ""
+        return (f"{self.recipe.method.value}: {len(self.decisions)} tensors, {_mb(self.source_bytes)} -> "
+                f"{_mb(self.output_bytes)} ({self.ratio:.2f}x) in {self.seconds:.1f}s -> {where}{extra}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def make_recipe(recipe: Recipe | None = None, **overrides: Any) -> Recipe:
+    """A recipe from ``recipe`` (default ``Recipe()``) with the non-``None`` overrides applied.
+
+    Example:
+        >>> make_recipe(method="bf16", ignore=None).method.value
+        'bf16'
+    """
+    base = recipe if recipe is not None else Recipe()
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    names = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = set(changes) - names
+    if unknown:
+        raise ConfigError(f"unknown quantize options {sorted(unknown)}: valid recipe fields are {sorted(names)}")
+    if "ignore" in changes and isinstance(changes["ignore"], str):
+        changes["ignore"] = (changes["ignore"],)
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def quantize(
+    source: "str | os.PathLike[str] | torch.nn.Module",
+    method: "str | Method | None" = None,
+    *,
+    out: "str | os.PathLike[str] | None" = None,
+    max_shard_size: "int | str | None" = None,
+    ignore: "list[str] | tuple[str, ...] | None" = None,
+    overwrite: bool = False,
+    fp16_overflow: str | None = None,
+    quiet: bool = False,
+    recipe: Recipe | None = None,
+    calibrate: bool = True,
+    **recipe_kwargs: Any,
+) -> QuantizeResult:
+    """Quantize ``source`` into a sharded safetensors model directory ``out`` (or in memory).
+
+    Args:
+        source: HF directory, ``.safetensors`` / ``.gguf`` file, hub id, or a ``transformers`` model.
+        method: ``"fp16"`` (default), ``"bf16"``, ``"int8"``, ``"int8-weight-only"``.
+        out: output directory; built beside itself in a temp dir and renamed into place at the end.
+            ``None`` with a model source returns the converted model in memory (``result.model``).
+        max_shard_size: largest shard (``"2GB"`` default).
+        ignore: glob / ``re:`` patterns of tensor or module names kept exactly as in the source.
+        overwrite: replace an existing ``out`` (only once the new output is complete).
+        fp16_overflow: ``"error"`` (default) refuses FP16 overflow; ``"keep"`` keeps offending modules in float32.
+        quiet: no progress bar.
+        recipe: a full :class:`~llmpack.config.Recipe`; the other options override its fields.
+        calibrate: run the FP16 activation check on calibration text (default on).
+        **recipe_kwargs: other Recipe fields (``float_dtype``, ``quantize_embeddings``, ``max_ppl_increase`` ...).
+
+    Returns:
+        :class:`QuantizeResult`.
+
+    Raises:
+        SourceNotFoundError, UnsupportedFormatError, OutputExistsError, OutputLockedError,
+        Fp16OverflowError, Interrupted (all leave no output and no temp dir behind).
+
+    Example:
+        >>> import llmpack
+        >>> res = llmpack.quantize("smollm2", method="bf16", out="smollm2-bf16")  # doctest: +SKIP
+        >>> res.summary()                                                        # doctest: +SKIP
+        'bf16: 272 tensors, 538.1 MB -> 269.1 MB (0.50x) in 3.1s -> smollm2-bf16'
+    """
+    rec = make_recipe(recipe, method=method, max_shard_size=max_shard_size,
+                      ignore=tuple(ignore) if ignore is not None and not isinstance(ignore, str) else ignore,
+                      fp16_overflow=fp16_overflow, **recipe_kwargs)
+    t0 = time.perf_counter()
+    if out is None:
+        if isinstance(source, torch.nn.Module):
+            return _quantize_in_memory(source, rec, t0)
+        raise ConfigError("out= is required unless the source is an in-memory model: pass an output directory")
+    src = open_source(source)
+    out_path = Path(out).absolute()
+    _refuse_out_in_source(src, out_path)
+    from llmpack._atomic import atomic_dir
+
+    with atomic_dir(out_path, overwrite=overwrite) as tmp:
+        result = _write(src, tmp, rec, {}, quiet)
+        if rec.method == Method.FP16 and calibrate and src.config and src.config.get("architectures"):
+            keep = _fp16_guard(src, tmp, rec, quiet)
+            if keep:
+                for child in list(tmp.iterdir()):
+                    if child.is_dir():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+                result = _write(src, tmp, rec, keep, quiet)
+                bad = check_fp16_activations(tmp)
+                if bad is not None:
+                    raise Fp16OverflowError(
+                        f"FP16 activations still overflow in module {bad} after keeping {sorted(keep)} in float32: "
+                        "use method='bf16'"
+                    )
+    result.out_dir = out_path
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _refuse_out_in_source(src: Source, out: Path) -> None:
+    if src.kind in ("dir", "file"):
+        root = Path(src.path if src.kind == "dir" else Path(src.path).parent).resolve()
+        o = out.resolve()
+        if o == root or root in o.parents:
+            raise ConfigError(f"output {out} lies inside the source {root}: the source is never modified, choose another path")
+
+
+def _output_dtype_name(src: Source, recipe: Recipe) -> str | None:
+    if recipe.method in (Method.FP16, Method.BF16):
+        return _DTYPE_NAMES[recipe.method.value]
+    if recipe.float_dtype:
+        return _DTYPE_NAMES[recipe.float_dtype]
+    return (src.config or {}).get("dtype") or (src.config or {}).get("torch_dtype")
+
+
+def _write(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str, str], quiet: bool) -> QuantizeResult:
+    from llmpack._output import progress
+
+    decisions = plan(src.infos, src.module_types, recipe, src.config, keep_float=keep_float)
+    by_name = {d.name: d for d in decisions}
+    outputs: dict[str, list[tuple[str, tuple[int, ...], torch.dtype]]] = {}
+    specs: list[OutSpec] = []
+    for d in decisions:
+        outs = [(n, tuple(int(x) for x in s), dt) for n, s, dt in get_action(d.action).out_specs(d)]
+        outputs[d.name] = outs
+        specs.extend(OutSpec(n, s, dt) for n, s, dt in outs)
+    writer = ShardWriter(tmp, specs, recipe.max_shard_size)
+    sizes = {i.name: i.nbytes for i in src.infos}
+    try:
+        with progress(src.total_bytes, f"{recipe.method.value}", quiet=quiet) as bar:
+            for name, tensor in src.stream():
+                d = by_name.get(name)
+                if d is None:
+                    raise BadInputError(f"tensor {name} was not planned (the source changed while reading?)")
+                produced = get_action(d.action)(name, tensor, d, recipe)
+                for oname, _, _ in outputs[name]:
+                    if oname not in produced:
+                        raise BadInputError(f"action {d.action} did not produce {oname} for tensor {name}")
+                    writer.write(oname, produced.pop(oname))
+                if produced:
+                    raise BadInputError(f"action {d.action} produced unplanned tensors {sorted(produced)} for {name}")
+                del tensor, produced
+                bar.update(sizes[name])
+        records = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    known = {r.name: {"sha256": r.sha256, "size": r.size} for r in records}
+    if src.config is not None:
+        cfg = dict(src.config)
+        dt = _output_dtype_name(src, recipe)
+        if dt:
+            cfg["dtype"] = dt
+            cfg["torch_dtype"] = dt
+        if recipe.method.is_int8:
+            cfg = _int8_config(cfg, decisions, recipe)
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    copy_aux(src, tmp)
+    fp32 = sorted(keep_float)
+    extra: dict[str, Any] = {"fp32_modules": fp32} if fp32 else {}
+    if src.dropped_tied:
+        extra["tied"] = dict(sorted(src.dropped_tied.items()))
+    manifest = Manifest(source=src.describe(), recipe=recipe.to_dict(), decisions=decisions_to_dict(decisions),
+                        extra=extra)
+    write_manifest(tmp, manifest, known=known)
+    files = dict(manifest.files)
+    return QuantizeResult(out_dir=tmp, files=files, recipe=recipe, manifest=manifest, decisions=decisions,
+                          source=manifest.source, source_bytes=src.total_bytes,
+                          output_bytes=sum(int(f["size"]) for f in files.values()), seconds=0.0, fp32_modules=fp32)
+
+
+def _int8_config(cfg: dict[str, Any], decisions: list[TensorDecision], recipe: Recipe) -> dict[str, Any]:
+    try:
+        from llmpack.quant import int8_plan
+    except ModuleNotFoundError as e:
+        if e.name != "llmpack.quant.int8_plan":
+            raise
+        raise ConfigError(f"method {recipe.method.value} is not available in this build") from None
+    update = getattr(int8_plan, "update_config", None)
+    if update is None:
+        raise ConfigError("llmpack.quant.int8_plan.update_config is missing: cannot write the int8 quantization_config")
+    return update(cfg, decisions, recipe)
+
+
+# --- FP16 activation guard ------------------------------------------------------------------------
+def _max_tokens(model: torch.nn.Module) -> int:
+    cfg = getattr(model, "config", None)
+    limit = CALIB_TOKENS
+    for key in ("max_position_embeddings", "n_positions"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            limit = min(limit, v)
+    return limit
+
+
+def _calib_ids(model_dir: Path, vocab_size: int, n_tokens: int = CALIB_TOKENS) -> torch.Tensor:
+    from llmpack.measure.text import default_text
+
+    text = default_text("calib")
+    ids: list[int] | None = None
+    if any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")):
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(model_dir)
+            ids = list(tok(text)["input_ids"])[:n_tokens]
+        except Exception:  # noqa: BLE001 - fall back to byte ids
+            ids = None
+    if not ids:
+        ids = [b % max(vocab_size, 1) for b in text.encode("utf-8")[:n_tokens]]
+    return torch.tensor([ids], dtype=torch.long)
+
+
+def _run_with_hooks(model: torch.nn.Module, ids: torch.Tensor) -> str | None:
+    """Forward ``ids``; return the first module (in completion order) whose output is non-finite."""
+    first: list[str] = []
+
+    def hook(name: str) -> Any:
+        def fn(mod: torch.nn.Module, args: Any, out: Any) -> None:
+            if first:
+                return
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            if hasattr(out, "to_tuple"):
+                outs = out.to_tuple()
+            for o in outs:
+                if isinstance(o, torch.Tensor) and o.is_floating_point() and not bool(torch.isfinite(o).all()):
+                    first.append(name or type(mod).__name__)
+                    return
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return first[0] if first else None
+
+
+def check_fp16_activations(model_dir: "str | os.PathLike[str]", model: torch.nn.Module | None = None) -> str | None:
+    """Run the calibration text through an FP16 model dir; return the first module with non-finite output, or None.
+
+    Example:
+        >>> check_fp16_activations("model-fp16")  # doctest: +SKIP
+        None
+    """
+    from llmpack.runtime.load import load
+
+    d = Path(model_dir)
+    m = model if model is not None else load(d)
+    vocab = int(getattr(getattr(m, "config", None), "vocab_size", 256) or 256)
+    return _run_with_hooks(m, _calib_ids(d, vocab, _max_tokens(m)))
+
+
+def _fp16_guard(src: Source, tmp: Path, recipe: Recipe, quiet: bool) -> dict[str, str]:
+    """Check the written FP16 output; return modules to keep in float32 (raise in ``error`` mode)."""
+    from llmpack.runtime.load import apply_fp32_modules, load
+
+    model = load(tmp)
+    ids = _calib_ids(tmp, int(getattr(model.config, "vocab_size", 256) or 256), _max_tokens(model))
+    bad = _run_with_hooks(model, ids)
+    if bad is None:
+        return {}
+    if recipe.fp16_overflow != "keep":
+        raise Fp16OverflowError(
+            f"FP16 activations overflow (inf/NaN) on calibration text, first in module {bad}: use method='bf16', "
+            "or fp16_overflow='keep' (--fp16-overflow keep) to keep offending modules in float32"
+        )
+    reason = "FP16 activation overflow on calibration text: kept in float32"
+    keep: list[str] = []
+    mods = dict(model.named_modules())
+    dropped = src.dropped_tied
+    for _ in range(16):
+        cand = bad.rsplit(".", 1)[0] if "." in bad else bad
+        for k in list(keep):
+            if bad == k or bad.startswith(k + "."):  # a kept module's own output overflows: widen to its parent
+                keep.remove(k)
+                cand = k.rsplit(".", 1)[0] if "." in k else ""
+        if cand == "":
+            raise Fp16OverflowError(f"FP16 activations overflow at the model output ({bad}): use method='bf16'")
+        keep = [k for k in keep if not k.startswith(cand + ".")] + [cand]
+        # reload the kept module's source tensors in float32 and run it in float32
+        m = mods[cand]
+        names = {i.name for i in src.infos}
+        for pname, p in list(m.named_parameters()) + list(m.named_buffers()):
+            full = f"{cand}.{pname}"
+            full = full if full in names else dropped.get(full, full)
+            if full in names:
+                p.data = src.get(full).to(torch.float32)
+        apply_fp32_modules(model, [cand])
+        bad = _run_with_hooks(model, ids)
+        if bad is None:
+            return {k: reason for k in keep}
+    raise Fp16OverflowError(f"FP16 activations keep overflowing (last in {bad}) after keeping 16 modules: use method='bf16'")
+
+
+def _quantize_in_memory(model: torch.nn.Module, recipe: Recipe, t0: float) -> QuantizeResult:
+    from llmpack.checkpoint.sources import dedupe_state_dict
+    from llmpack.quant.floats import check_finite, fp16_overflows
+
+    sd, _ = dedupe_state_dict(model)
+    src_bytes = sum(t.numel() * t.element_size() for t in sd.values())
+    if recipe.method.is_int8:
+        try:
+            from llmpack.quant.apply import quantize_module
+        except ModuleNotFoundError as e:
+            if e.name != "llmpack.quant.apply":
+                raise
+            raise ConfigError(f"method {recipe.method.value} is not available in this build") from None
+        new = quantize_module(model, recipe)
+    else:
+        dtype = torch.float16 if recipe.method == Method.FP16 else torch.bfloat16
+        for name, t in sd.items():
+            if t.is_floating_point():
+                check_finite(t, name)
+                if dtype == torch.float16 and fp16_overflows(t):
+                    raise Fp16OverflowError(f"tensor {name} has values beyond FP16's +-65504: use method='bf16'")
+        new = copy.deepcopy(model).to(dtype)
+        if hasattr(new, "config"):
+            new.config.dtype = dtype
+    out_sd, _ = dedupe_state_dict(new)
+    out_bytes = sum(t.numel() * t.element_size() for t in out_sd.values())
+    return QuantizeResult(out_dir=None, files={}, recipe=recipe, manifest=None, decisions=[],
+                          source={"kind": "module", "path": f"<memory>:{type(model).__name__}", "fingerprint": ""},
+                          source_bytes=src_bytes, output_bytes=out_bytes, seconds=time.perf_counter() - t0, model=new)

@@ -1,0 +1,255 @@
+"""Load an llmpack (or any safetensors HF) model directory: lazily, shard by shard, from mmap.
+
+``load`` builds the exact architecture of ``config.architectures`` with parameters on the meta device
+(buffers stay real, so non-persistent buffers such as rotary ``inv_freq`` are computed as usual),
+swaps in llmpack's quantized modules when ``config.json`` has a ``quantization_config``, then assigns
+the stored tensors straight from each shard's mmap with ``load_state_dict(assign=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from llmpack.checkpoint.reader import Checkpoint, find_weight_files
+from llmpack.constants import CONFIG_FILE, MANIFEST_FILE
+from llmpack.errors import BadInputError, ConfigError, IntegrityError, SourceNotFoundError
+
+__all__ = ["open_checkpoint", "load", "build_meta_model", "model_class", "read_config", "apply_fp32_modules"]
+
+
+def open_checkpoint(path: "str | os.PathLike[str]") -> Checkpoint:
+    """A read-only, lazy mapping name -> tensor over a model directory; reads only the tensors you index.
+
+    Example:
+        >>> import llmpack
+        >>> ckpt = llmpack.open("model-bf16")           # doctest: +SKIP
+        >>> ckpt.info("lm_head.weight").dtype           # doctest: +SKIP
+        torch.bfloat16
+    """
+    return Checkpoint(path)
+
+
+def read_config(path: "str | os.PathLike[str]") -> dict[str, Any]:
+    """``config.json`` of a model directory as a dict."""
+    p = Path(path) / CONFIG_FILE
+    if not p.is_file():
+        raise SourceNotFoundError(f"{p} is missing: pass an HF model directory with a config.json")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{p}: invalid JSON ({e}); fix or re-create config.json") from e
+
+
+def model_class(config: Mapping[str, Any]) -> type:
+    """The transformers class named by ``config["architectures"][0]``.
+
+    Example:
+        >>> model_class({"architectures": ["LlamaForCausalLM"]}).__name__
+        'LlamaForCausalLM'
+    """
+    import transformers
+
+    archs = config.get("architectures") or []
+    if not archs:
+        raise ConfigError("config.json has no 'architectures' entry: cannot tell which model class to build")
+    cls = getattr(transformers, archs[0], None)
+    if cls is None:
+        raise ConfigError(f"architecture {archs[0]!r} of config.json is not in this transformers version; upgrade it")
+    return cls
+
+
+def _hf_config(config: Mapping[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    cfg = dict(config)
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise ConfigError("config.json has no 'model_type'")
+    return AutoConfig.for_model(model_type, **cfg)
+
+
+@contextlib.contextmanager
+def _params_on_meta() -> Iterator[None]:
+    """Parameters created in the block live on the meta device; buffers stay real."""
+    orig = torch.nn.Module.register_parameter
+
+    def register_parameter(self: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        orig(self, name, param)
+        if param is not None and param.device.type != "meta":
+            p = self._parameters[name]
+            self._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+    torch.nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = orig  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None or not dtype.is_floating_point:
+        yield
+        return
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _config_dtype(config: Mapping[str, Any]) -> torch.dtype | None:
+    name = config.get("dtype") or config.get("torch_dtype")
+    if isinstance(name, str) and hasattr(torch, name) and isinstance(getattr(torch, name), torch.dtype):
+        return getattr(torch, name)
+    return None
+
+
+def build_meta_model(config: Mapping[str, Any], dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Instantiate ``config``'s architecture with parameters on meta (no memory, no init), buffers real.
+
+    Example:
+        >>> from llmpack.testing import tiny_config
+        >>> cfg = tiny_config("llama").to_dict(); cfg["architectures"] = ["LlamaForCausalLM"]
+        >>> build_meta_model(cfg).model.embed_tokens.weight.device.type
+        'meta'
+    """
+    from transformers.initialization import no_init_weights
+
+    cls = model_class(config)
+    hf_cfg = _hf_config(config)
+    with _default_dtype(dtype or _config_dtype(config)), _params_on_meta(), no_init_weights():
+        model = cls(hf_cfg)
+    return model
+
+
+def apply_fp32_modules(model: torch.nn.Module, names: "list[str] | tuple[str, ...]") -> None:
+    """Run the named modules in float32: cast their inputs up and their outputs back to the input dtype.
+
+    Used for modules kept in float32 by ``fp16_overflow="keep"``.
+    """
+    mods = dict(model.named_modules())
+    for name in names:
+        m = mods.get(name)
+        if m is None:
+            raise IntegrityError(f"{MANIFEST_FILE} keeps module {name} in float32 but the model has no such module")
+        m.float()
+
+        def pre(mod: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            dt = next((a.dtype for a in list(args) + list(kwargs.values())
+                       if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+            mod._llmpack_in_dtype = dt  # type: ignore[attr-defined]
+            up = lambda a: a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a  # noqa: E731
+            return tuple(up(a) for a in args), {k: up(v) for k, v in kwargs.items()}
+
+        def post(mod: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+            dt = getattr(mod, "_llmpack_in_dtype", None)
+            if dt is None or dt == torch.float32:
+                return out
+            if isinstance(out, torch.Tensor):
+                return out.to(dt) if out.is_floating_point() else out
+            if isinstance(out, tuple):
+                return tuple(o.to(dt) if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in out)
+            return out
+
+        m.register_forward_pre_hook(pre, with_kwargs=True)
+        m.register_forward_hook(post, with_kwargs=True)
+
+
+def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", dtype: "torch.dtype | str | None" = None,
+         lazy: bool = True) -> torch.nn.Module:
+    """Build the model of a directory on meta and assign its tensors from mmap, shard by shard.
+
+    Args:
+        path: a model directory (llmpack output or any HF safetensors dir).
+        device: ``"cpu"`` or ``"cuda"`` (tensors are placed there as they are assigned).
+        dtype: cast float tensors to this dtype (default: as stored; int8 tensors are never cast).
+        lazy: keep CPU tensors backed by the file mmap (pages read on first use); ``False`` copies them.
+
+    Returns:
+        The model in eval mode. Its outputs equal ``AutoModel*.from_pretrained(path)`` on the same dir.
+
+    Raises:
+        IntegrityError: a parameter is missing from the checkpoint (named in the message).
+
+    Example:
+        >>> import llmpack
+        >>> model = llmpack.load("model-bf16")                 # doctest: +SKIP
+        >>> model = llmpack.load("model-int8", device="cuda")  # doctest: +SKIP
+    """
+    from safetensors import safe_open
+
+    from llmpack.quant.floats import float_dtype
+
+    d = Path(path)
+    if not d.is_dir():
+        raise SourceNotFoundError(f"{d} is not a directory: pass a model directory")
+    config = read_config(d)
+    if isinstance(dtype, str):
+        try:
+            dtype = float_dtype(dtype)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("device='cuda' was asked for but no CUDA device is available; use device='cpu'")
+    files = find_weight_files(d)
+    model = build_meta_model(config, dtype)
+    keys: list[str] = []
+    for f in files:
+        with safe_open(f, "pt") as so:
+            keys.extend(so.keys())
+    qcfg = config.get("quantization_config")
+    if qcfg:
+        try:
+            from llmpack.runtime.modules import swap_quantized_modules
+        except ModuleNotFoundError as e:
+            if e.name != "llmpack.runtime.modules":
+                raise
+            raise ConfigError(f"{d} is quantized ({qcfg.get('quant_method')}) but this llmpack build has no int8 runtime") from None
+        swap_quantized_modules(model, qcfg, keys)
+    expected = dict(model.state_dict(keep_vars=True))
+    for f in files:
+        sd: dict[str, torch.Tensor] = {}
+        with safe_open(f, "pt", device="cpu") as so:
+            for k in so.keys():
+                t = so.get_tensor(k)
+                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                    t = t.to(dtype)
+                elif not lazy and dev.type == "cpu":
+                    t = t.clone()
+                ref = expected.get(k)
+                if ref is not None and ref.dtype != t.dtype and t.is_floating_point() and ref.is_floating_point() \
+                        and ref.device.type != "meta":
+                    t = t.to(ref.dtype)  # a real buffer keeps its dtype, as from_pretrained does
+                if dev.type != "cpu":
+                    t = t.to(dev)
+                sd[k] = t
+        model.load_state_dict(sd, strict=False, assign=True)
+        del sd
+    if dev.type != "cpu":
+        model.to(dev)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.device.type == "meta":
+            raise IntegrityError(
+                f"tensor {name} is missing from {d} (still on the meta device); the checkpoint is incomplete or "
+                "was written for another architecture"
+            )
+    manifest = d / MANIFEST_FILE
+    if manifest.is_file():
+        from llmpack.checkpoint.manifest import read_manifest
+
+        fp32 = read_manifest(d).extra.get("fp32_modules") or []
+        if fp32:
+            apply_fp32_modules(model, list(fp32))
+    model.eval()
+    return model
