@@ -1,0 +1,236 @@
+"""The compressed-tensors ``quantization_config`` that llmpack writes into ``config.json``, and
+its parser.
+
+The config is built through the ``compressed-tensors`` package's own pydantic models
+(``QuantizationConfig`` / ``QuantizationScheme`` / ``QuantizationArgs``) when that package is
+installed, so it is valid by the library's own rules; otherwise an identical plain dict is written.
+
+Example:
+    >>> cfg = build_quantization_config("int8", ignore=["lm_head"])
+    >>> cfg["format"], cfg["config_groups"]["group_0"]["input_activations"]["strategy"]
+    ('int-quantized', 'token')
+    >>> parse_quantization_config(cfg).weight_only
+    False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Iterable, Mapping
+
+from llmpack.config import Method
+from llmpack.constants import CT_FORMAT_INT, CT_QUANT_METHOD, CT_STATUS_COMPRESSED
+from llmpack.errors import ConfigError
+
+__all__ = [
+    "WEIGHT_ARGS",
+    "ACT_ARGS",
+    "build_quantization_config",
+    "parse_quantization_config",
+    "ParsedQuantConfig",
+    "scheme_for",
+    "is_compressed_tensors",
+]
+
+WEIGHT_ARGS: dict[str, Any] = {
+    "num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "dynamic": False,
+}
+ACT_ARGS: dict[str, Any] = {
+    "num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True,
+}
+
+
+def _clean(d: Any) -> Any:
+    """Drop ``None``-valued keys below config groups' argument dicts (compressed-tensors' dumps include them)."""
+    if isinstance(d, dict):
+        return {k: _clean(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_clean(v) for v in d]
+    return d
+
+
+def _group(targets: list[str], act: bool) -> dict[str, Any]:
+    return {"targets": list(targets), "weights": dict(WEIGHT_ARGS), "input_activations": dict(ACT_ARGS) if act else None}
+
+
+def build_quantization_config(
+    method: "str | Method",
+    *,
+    ignore: Iterable[str] = (),
+    weight_only_modules: Iterable[str] = (),
+    embeddings: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The ``quantization_config`` dict for an int8 method.
+
+    Args:
+        method: ``int8`` (W8A8) or ``int8-weight-only`` (W8A16).
+        ignore: ``nn.Linear`` (and ``Conv1D``) modules kept in float (the compressed-tensors ``ignore`` list).
+        weight_only_modules: layers stored W8A16 inside a W8A8 model (an extra config group
+            targeting them by exact name).
+        embeddings: ``nn.Embedding`` modules stored int8 weight-only (``--quantize-embeddings``).
+
+    Returns:
+        A JSON-ready dict, exactly the layout of DESIGN.md ("On-disk format").
+
+    Raises:
+        ConfigError: ``method`` is not an int8 method.
+
+    Example:
+        >>> build_quantization_config("int8-weight-only")["config_groups"]["group_0"]["input_activations"] is None
+        True
+    """
+    m = Method.parse(method)
+    if not m.is_int8:
+        raise ConfigError(f"method {m.value!r} has no compressed-tensors config: use int8 or int8-weight-only")
+    groups: dict[str, dict[str, Any]] = {"group_0": _group(["Linear"], act=(m is Method.INT8))}
+    wo = sorted(set(weight_only_modules))
+    if wo and m is Method.INT8:
+        groups["group_1"] = _group([f"re:^{re.escape(n)}$" for n in wo], act=False)
+    emb = sorted(set(embeddings))
+    if emb:
+        groups[f"group_{len(groups)}"] = _group([f"re:^{re.escape(n)}$" for n in emb], act=False)
+    ign = sorted(set(ignore))
+    plain: dict[str, Any] = {
+        "quant_method": CT_QUANT_METHOD,
+        "format": CT_FORMAT_INT,
+        "quantization_status": CT_STATUS_COMPRESSED,
+        "config_groups": groups,
+        "ignore": ign,
+    }
+    try:
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+    except ImportError:  # pragma: no cover - compressed-tensors is a dev dependency
+        return plain
+    schemes = {
+        name: QuantizationScheme(
+            targets=g["targets"],
+            weights=QuantizationArgs(**g["weights"]),
+            input_activations=QuantizationArgs(**g["input_activations"]) if g["input_activations"] else None,
+        )
+        for name, g in groups.items()
+    }
+    qc = QuantizationConfig(
+        config_groups=schemes, format=CT_FORMAT_INT, quantization_status=CT_STATUS_COMPRESSED, ignore=ign,
+        quant_method=CT_QUANT_METHOD,
+    )
+    dumped = qc.model_dump(mode="json", exclude_none=True)
+    out: dict[str, Any] = {
+        "quant_method": dumped["quant_method"],
+        "format": dumped["format"],
+        "quantization_status": dumped["quantization_status"],
+        "config_groups": {},
+        "ignore": dumped.get("ignore", []),
+    }
+    for name, g in dumped["config_groups"].items():
+        out["config_groups"][name] = {
+            "targets": g["targets"],
+            "weights": {k: g["weights"][k] for k in WEIGHT_ARGS},
+            "input_activations": (
+                {k: g["input_activations"][k] for k in ACT_ARGS} if g.get("input_activations") else None
+            ),
+        }
+    return _clean(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedQuantConfig:
+    """What llmpack needs from a compressed-tensors config.
+
+    Attributes:
+        groups: ``(targets, act_quant)`` per config group, in order.
+        ignore: module names / patterns kept in float.
+        weight_only: every group is W8A16.
+    """
+
+    groups: tuple[tuple[tuple[str, ...], bool], ...]
+    ignore: tuple[str, ...]
+
+    @property
+    def weight_only(self) -> bool:
+        return all(not act for _, act in self.groups)
+
+
+def is_compressed_tensors(qcfg: Mapping[str, Any] | None) -> bool:
+    """True when ``qcfg`` is a compressed-tensors quantization config."""
+    return bool(qcfg) and str(qcfg.get("quant_method", "")).replace("_", "-") == CT_QUANT_METHOD  # type: ignore[union-attr]
+
+
+def parse_quantization_config(qcfg: Mapping[str, Any]) -> ParsedQuantConfig:
+    """Validate a compressed-tensors config for llmpack's int8 runtime and summarise it.
+
+    Accepts configs written by llmpack and by the compressed-tensors library (``int-quantized``
+    with 8-bit symmetric int weights, per-channel; activations per-token dynamic or none).
+
+    Raises:
+        ConfigError: another quantization method, format or scheme llmpack cannot run.
+
+    Example:
+        >>> parse_quantization_config(build_quantization_config("int8", ignore=["lm_head"])).ignore
+        ('lm_head',)
+    """
+    if not is_compressed_tensors(qcfg):
+        raise ConfigError(f"quantization_config quant_method {qcfg.get('quant_method')!r} is not compressed-tensors")
+    fmt = qcfg.get("format")
+    if fmt != CT_FORMAT_INT:
+        raise ConfigError(
+            f"compressed-tensors format {fmt!r} is not supported by llmpack's int8 runtime: only {CT_FORMAT_INT!r}"
+        )
+    status = qcfg.get("quantization_status", CT_STATUS_COMPRESSED)
+    if status != CT_STATUS_COMPRESSED:
+        raise ConfigError(f"compressed-tensors quantization_status {status!r}: llmpack loads 'compressed' checkpoints only")
+    groups = []
+    for gname, g in (qcfg.get("config_groups") or {}).items():
+        if not isinstance(g, Mapping):
+            raise ConfigError(f"quantization_config group {gname!r} is not a scheme")
+        w = g.get("weights") or {}
+        if not (w.get("num_bits") == 8 and w.get("type", "int") == "int" and w.get("symmetric", True)
+                and w.get("strategy") in ("channel", "tensor") and not w.get("dynamic", False)
+                and w.get("group_size") in (None, -1)):
+            raise ConfigError(
+                f"quantization_config group {gname!r} weights {dict(w)} are not 8-bit symmetric int per-channel: "
+                f"llmpack cannot run this scheme"
+            )
+        a = g.get("input_activations")
+        if a:
+            if not (a.get("num_bits") == 8 and a.get("type", "int") == "int" and a.get("dynamic", False)):
+                raise ConfigError(
+                    f"quantization_config group {gname!r} activations {dict(a)} are not dynamic 8-bit int: "
+                    f"llmpack runs per-token dynamic activations only"
+                )
+        groups.append((tuple(str(t) for t in g.get("targets", ())), bool(a)))
+    return ParsedQuantConfig(groups=tuple(groups), ignore=tuple(str(i) for i in qcfg.get("ignore") or ()))
+
+
+def _matches(target: str, name: str, class_name: str) -> bool:
+    if target.startswith("re:"):
+        return re.match(target[3:], name) is not None
+    return target == class_name or target == name
+
+
+def scheme_for(name: str, class_name: str, qcfg: Mapping[str, Any] | None) -> str | None:
+    """``"w8a8"``, ``"w8a16"`` or ``None`` (not targeted / ignored) for module ``name`` of class ``class_name``.
+
+    Name-specific targets (``re:`` patterns or exact names) win over class targets, as in
+    compressed-tensors. ``Conv1D`` is treated like ``Linear`` (llmpack's own extension, see
+    ``docs/int8-format.md``). A ``None`` config means W8A8.
+
+    Example:
+        >>> scheme_for("lm_head", "Linear", build_quantization_config("int8", ignore=["lm_head"])) is None
+        True
+    """
+    if not qcfg:
+        return "w8a8"
+    parsed = parse_quantization_config(qcfg)
+    for pat in parsed.ignore:
+        if _matches(pat, name, class_name):
+            return None
+    cls = "Linear" if class_name == "Conv1D" else class_name
+    by_name = [act for targets, act in parsed.groups if any(t.startswith("re:") or t == name for t in targets)
+               and any(_matches(t, name, cls) for t in targets)]
+    if by_name:
+        return "w8a8" if by_name[-1] else "w8a16"
+    by_class = [act for targets, act in parsed.groups if any(_matches(t, name, cls) for t in targets)]
+    if by_class:
+        return "w8a8" if by_class[-1] else "w8a16"
+    return None

@@ -1,0 +1,150 @@
+"""Pure INT8 tensor functions: symmetric per-channel weight quantization, per-token activation
+quantization, dequantization and a signal-to-quantization-noise helper.
+
+Everything here is a pure function of its tensor arguments (no modules, no I/O), so the streaming
+pipeline, the in-memory path and the runtime share exactly one definition of the int8 numbers.
+
+Example:
+    >>> import torch
+    >>> w = torch.randn(16, 32)
+    >>> q, scale = int8_per_channel(w, dim=0)
+    >>> q.dtype, tuple(scale.shape)
+    (torch.int8, (16, 1))
+    >>> sqnr_db(w, dequantize(q, scale)) > 35
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llmpack.errors import BadInputError, NonFiniteWeightError
+
+__all__ = [
+    "QMAX",
+    "SCALE_EPS",
+    "check_finite",
+    "int8_per_channel",
+    "quantize_per_token",
+    "dequantize",
+    "sqnr_db",
+]
+
+QMAX = 127
+"""Largest int8 magnitude used (symmetric range [-127, 127], so -128 never appears)."""
+
+SCALE_EPS = 1e-12
+"""Lower bound of a scale, so an all-zero row or token does not divide by zero."""
+
+
+def check_finite(name: str, w: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteWeightError` naming ``name`` when ``w`` holds NaN or Inf.
+
+    Example:
+        >>> check_finite("model.fc.weight", torch.ones(2))
+    """
+    if w.is_floating_point() and not bool(torch.isfinite(w).all()):
+        bad = int((~torch.isfinite(w)).sum())
+        raise NonFiniteWeightError(
+            f"tensor {name!r} holds {bad} NaN/Inf value(s): cannot quantize it to int8; "
+            f"fix the source checkpoint or keep it in float with --ignore {name.rsplit('.', 1)[0]!r}"
+        )
+
+
+def int8_per_channel(
+    w: torch.Tensor, dim: int = 0, *, scale_dtype: torch.dtype | None = None, name: str = "weight"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization with one scale per slice along ``dim``.
+
+    For an ``nn.Linear`` weight ``[out, in]`` use ``dim=0`` (one scale per output channel); for a
+    GPT-2 ``Conv1D`` weight ``[in, out]`` use ``dim=1``. The scale is ``absmax / 127`` computed in
+    float32 and returned with ``keepdim`` shape (``[out, 1]`` for ``dim=0``, ``[1, out]`` for ``dim=1``)
+    in ``scale_dtype`` (default: ``w.dtype``); ``q = round(w / scale)`` uses the *stored* scale, so
+    ``dequantize(q, scale)`` is exactly what every reader reconstructs.
+
+    Args:
+        w: a floating-point 2-D tensor.
+        dim: the channel dimension that gets its own scale.
+        scale_dtype: dtype of the returned scale (the model's float dtype).
+        name: tensor name used in error messages.
+
+    Returns:
+        ``(q, scale)``: ``q`` int8 with ``w``'s shape, ``scale`` broadcastable against ``q``.
+
+    Raises:
+        NonFiniteWeightError: ``w`` holds NaN or Inf.
+        BadInputError: ``w`` is not a 2-D floating-point tensor.
+
+    Example:
+        >>> q, s = int8_per_channel(torch.tensor([[1.0, -2.0], [0.5, 0.25]]))
+        >>> q.tolist(), s.flatten().tolist()
+        ([[64, -127], [127, 64]], [0.015748031437397003, 0.003937007859349251])
+    """
+    if w.dim() != 2 or not w.is_floating_point():
+        raise BadInputError(
+            f"tensor {name!r} has shape {tuple(w.shape)} and dtype {w.dtype}: int8 per-channel needs a 2-D float weight"
+        )
+    check_finite(name, w)
+    dim = dim % 2
+    sdt = scale_dtype or w.dtype
+    wf = w.float()
+    amax = wf.abs().amax(dim=1 - dim, keepdim=True)
+    scale = (amax / QMAX).clamp_min(SCALE_EPS).to(sdt)
+    # Divide by the scale as stored (possibly fp16/bf16) so files and runtime agree bit for bit.
+    q = torch.round(wf / scale.float()).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q, scale
+
+
+def quantize_per_token(
+    x: torch.Tensor, *, qmax: int = QMAX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric per-token (per-row) int8 quantization of a 2-D activation.
+
+    Args:
+        x: ``[tokens, features]`` float activations.
+        qmax: largest magnitude (127 for full int8; 63 for 7-bit kernels that would saturate).
+
+    Returns:
+        ``(q, scale)`` with ``q`` int8 ``[tokens, features]`` and ``scale`` float32 ``[tokens, 1]``.
+
+    Example:
+        >>> q, s = quantize_per_token(torch.tensor([[0.5, -1.0]]))
+        >>> q.tolist()
+        [[64, -127]]
+    """
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min_(SCALE_EPS).div_(qmax)
+    q = torch.round(xf / scale).clamp_(-qmax, qmax).to(torch.int8)
+    return q, scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``q * scale`` in ``dtype`` (default: the scale's dtype).
+
+    Example:
+        >>> dequantize(torch.tensor([[2]], dtype=torch.int8), torch.tensor([[0.5]])).item()
+        1.0
+    """
+    dt = dtype or scale.dtype
+    return (q.to(torch.float32) * scale.to(torch.float32)).to(dt)
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: ``10 log10(|ref|^2 / |ref - approx|^2)``.
+
+    Returns ``inf`` when the two are identical.
+
+    Example:
+        >>> sqnr_db(torch.ones(4), torch.ones(4) * 1.01) > 39
+        True
+    """
+    r = reference.double()
+    noise = (r - approx.double()).pow(2).sum().item()
+    signal = r.pow(2).sum().item()
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)

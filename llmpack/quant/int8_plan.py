@@ -1,0 +1,167 @@
+"""INT8 planning: which tensors become int8 (W8A8 / W8A16), which embedding tables become int8,
+and which stay float. Called by :func:`llmpack.plan.plan` for int8 methods; pure (no tensor data).
+
+Defaults: every ``nn.Linear`` and GPT-2 ``Conv1D`` weight is quantized per output channel, except
+output heads (``lm_head`` or any layer projecting to the vocabulary), which stay float with
+embeddings and norms. ``quantize_embeddings`` stores ``nn.Embedding`` tables int8 per row. Ignore
+patterns keep a tensor exactly as in the source.
+
+Example:
+    >>> import torch
+    >>> from llmpack.config import Recipe
+    >>> from llmpack.plan import plan
+    >>> class I:
+    ...     def __init__(s, n, shape): s.name, s.shape, s.dtype = n, shape, torch.float32
+    >>> infos = [I("fc.weight", (8, 4)), I("fc.bias", (8,)), I("lm_head.weight", (100, 8))]
+    >>> [d.action for d in plan(infos, {"fc": "Linear", "lm_head": "Linear"}, Recipe(method="int8"))]
+    ['int8', 'keep', 'keep']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping, Sequence
+
+import llmpack.quant.int8_actions  # noqa: F401  (registers the int8 actions)
+from llmpack.config import Method, Recipe
+from llmpack.errors import ConfigError
+from llmpack.plan import TensorDecision, module_of
+from llmpack.quant.int8_actions import CONV1D_LAYOUT
+
+__all__ = ["decide", "update_config", "LINEAR_TYPES", "EMBEDDING_TYPES", "OUTPUT_HEAD_NAMES", "int8_modules"]
+
+LINEAR_TYPES = ("Linear", "Conv1D")
+EMBEDDING_TYPES = ("Embedding",)
+OUTPUT_HEAD_NAMES = ("lm_head", "embed_out", "output")
+INT8_ACTIONS = ("int8", "int8-weight-only", "int8-embedding")
+
+
+def _is_output_head(module: str, shape: Sequence[int], mtype: str, config: Mapping[str, Any] | None) -> bool:
+    leaf = module.rsplit(".", 1)[-1]
+    if leaf in OUTPUT_HEAD_NAMES:
+        return True
+    vocab = (config or {}).get("vocab_size")
+    if isinstance(vocab, int) and vocab > 0 and len(shape) == 2:
+        out = shape[1] if mtype == "Conv1D" else shape[0]
+        return out == vocab
+    return False
+
+
+def _scale_dtype_name(recipe: Recipe, in_dtype: Any) -> str:
+    if recipe.float_dtype:
+        return recipe.float_dtype
+    import torch
+
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(in_dtype, "fp32")
+
+
+def decide(
+    *,
+    infos: Iterable[Any],
+    module_types: Mapping[str, str],
+    recipe: Recipe,
+    config: Mapping[str, Any] | None,
+    float_decisions: Sequence[TensorDecision],
+    weight_only: Iterable[str] = (),
+    skip: Iterable[str] = (),
+) -> list[TensorDecision]:
+    """Turn the core's float decisions into int8 decisions where the recipe asks for int8. Pure.
+
+    Args:
+        infos: tensor descriptions (name, shape, dtype), in the same order as ``float_decisions``.
+        module_types: module name -> class name.
+        recipe: an int8 recipe.
+        config: the model's ``config.json`` dict.
+        float_decisions: what :func:`llmpack.plan.plan` decided for a float method (ignore patterns applied).
+        weight_only: module names stored W8A16 inside a W8A8 model.
+        skip: module names kept in float (besides ignore patterns).
+
+    Returns:
+        One decision per tensor, same order.
+
+    Raises:
+        ConfigError: the recipe is not int8, or the model's module types are unknown.
+    """
+    if not recipe.method.is_int8:
+        raise ConfigError(f"int8 planning called for method {recipe.method.value}")
+    infos = list(infos)
+    if not module_types:
+        raise ConfigError(
+            "int8 needs the model architecture to find Linear layers, but it could not be built from config.json "
+            "(missing 'architectures'?): pass an HF model directory with a complete config.json"
+        )
+    wo = set(weight_only)
+    sk = set(skip)
+    linear_action = "int8" if recipe.method is Method.INT8 else "int8-weight-only"
+    out: list[TensorDecision] = []
+    for info, fd in zip(infos, float_decisions):
+        name, module = info.name, module_of(info.name)
+        mtype = module_types.get(module, "")
+        is_weight = name.endswith(".weight") and len(tuple(info.shape)) == 2 and info.dtype.is_floating_point
+        ignored = fd.action == "keep" and fd.reason.startswith("ignored")
+        if not is_weight or ignored or fd.out_dtype == "fp32" and fd.reason.startswith("FP16"):
+            out.append(fd)
+            continue
+        base = dict(shape=tuple(info.shape), in_dtype=info.dtype)
+        sdt = _scale_dtype_name(recipe, info.dtype)
+        if mtype in LINEAR_TYPES:
+            if module in sk:
+                out.append(dataclasses.replace(fd, reason=f"{fd.reason}; kept float (skip)"))
+                continue
+            if _is_output_head(module, tuple(info.shape), mtype, config):
+                out.append(dataclasses.replace(fd, reason=f"{fd.reason}; output head stays float"))
+                continue
+            action = "int8-weight-only" if module in wo else linear_action
+            extra: dict[str, Any] = {"scale_dtype": sdt, "module_type": mtype}
+            if mtype == "Conv1D":
+                extra["layout"] = CONV1D_LAYOUT
+            mode = "w8a16" if action == "int8-weight-only" else "w8a8"
+            out.append(TensorDecision(name, action, "int8", module, f"int8 per-channel ({mode})", extra, **base))
+        elif mtype in EMBEDDING_TYPES and recipe.quantize_embeddings and module not in sk:
+            out.append(TensorDecision(name, "int8-embedding", "int8", module, "int8 embedding (per-row scale)",
+                                      {"scale_dtype": sdt, "module_type": mtype}, **base))
+        else:
+            out.append(fd)
+    return out
+
+
+def int8_modules(decisions: Iterable[TensorDecision]) -> dict[str, str]:
+    """module name -> int8 action for the decisions that quantize a weight."""
+    return {d.module: d.action for d in decisions if d.action in INT8_ACTIONS}
+
+
+def update_config(cfg: Mapping[str, Any], decisions: Sequence[TensorDecision], recipe: Recipe,
+                  module_types: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``config.json`` with the compressed-tensors ``quantization_config`` for these decisions.
+
+    The ``ignore`` list names every ``nn.Linear`` that stays float (output heads, ignored or skipped
+    layers, tied heads that have no tensor of their own). Module types are taken from
+    ``module_types`` or rebuilt from ``cfg`` on the meta device.
+
+    Example:
+        >>> from llmpack.testing import tiny_config
+        >>> cfg = dict(tiny_config("llama").to_dict(), architectures=["LlamaForCausalLM"])
+        >>> update_config(cfg, [], Recipe(method="int8"))["quantization_config"]["ignore"][:1]
+        ['lm_head']
+    """
+    from llmpack.quant.ct_config import build_quantization_config
+
+    if module_types is None:
+        from llmpack.checkpoint.sources import module_types_of
+        from llmpack.runtime.load import build_meta_model
+
+        c = dict(cfg)
+        c.pop("quantization_config", None)
+        if not c.get("architectures"):
+            raise ConfigError("config.json has no 'architectures': cannot list the float Linear layers for int8")
+        module_types = module_types_of(build_meta_model(c))
+    mods = int8_modules(decisions)
+    linear = [m for m, t in module_types.items() if t == "Linear"]
+    ignore = sorted(m for m in linear if m not in mods)
+    weight_only = [m for m, a in mods.items() if a == "int8-weight-only"] if recipe.method is Method.INT8 else []
+    embeddings = [m for m, a in mods.items() if a == "int8-embedding"]
+    out = dict(cfg)
+    out["quantization_config"] = build_quantization_config(
+        recipe.method, ignore=ignore, weight_only_modules=weight_only, embeddings=embeddings
+    )
+    return out

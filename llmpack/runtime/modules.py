@@ -1,0 +1,515 @@
+"""INT8 runtime modules: :class:`Int8Linear` (W8A8 and W8A16), :class:`Int8Embedding`, and
+:func:`swap_quantized_modules`, which ``llmpack.load`` calls on a meta-device model.
+
+State-dict layout (compressed-tensors ``int-quantized``, see ``docs/int8-format.md``):
+``P.weight`` int8 ``[out, in]`` and ``P.weight_scale`` ``[out, 1]`` in the model's float dtype, plus
+``P.bias`` when the layer has one. GPT-2 ``Conv1D`` layers are stored in the same ``[out, in]``
+layout (transposed once at quantization time), so one module serves both.
+
+Kernels (chosen once per process, override with ``LLMPACK_INT8_KERNEL``):
+
+* ``int_mm``: ``torch._int_mm`` (int8 x int8 -> int32), exact. Used on CUDA (when ``K`` and ``N``
+  are multiples of 8; ``M <= 16`` is padded) and on CPUs with VNNI / AMX int8 instructions.
+* ``onednn``: oneDNN's int8 matmul (``torch.ops.onednn.qlinear_pointwise``) on CPUs without VNNI
+  (AVX2). Their ``u8 x s8`` instruction saturates 16-bit pair sums, so activations use 7 bits
+  (``[-63, 63]``) to stay exact; ``torch._int_mm`` on such CPUs is a slow reference loop (~20x
+  slower than FP32, measured).
+* ``dequant``: a float matmul on the int8 values; the fallback for shapes or devices the integer
+  kernels refuse. Results equal the integer kernels up to float rounding.
+
+Example:
+    >>> import torch
+    >>> lin = torch.nn.Linear(64, 32)
+    >>> q = Int8Linear.from_float(lin)
+    >>> x = torch.randn(2, 5, 64)
+    >>> q(x).shape
+    torch.Size([2, 5, 32])
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Collection, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmpack.errors import BadInputError, ConfigError
+from llmpack.quant.int8 import QMAX, SCALE_EPS, int8_per_channel
+
+__all__ = [
+    "KERNELS",
+    "ENV_KERNEL",
+    "Int8Linear",
+    "Int8Embedding",
+    "TiedInt8Head",
+    "cpu_int8_kernel",
+    "swap_quantized_modules",
+    "is_conv1d",
+    "retie_int8_heads",
+    "quantized_module_names",
+    "iter_int8_linears",
+]
+
+ENV_KERNEL = "LLMPACK_INT8_KERNEL"
+KERNELS = ("int_mm", "onednn", "dequant")
+_ONEDNN_QMAX = 63  # 7-bit activations: 127 * 127 * 2 < 2**15, so AVX2's u8*s8 pair sums never saturate
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' ``Conv1D`` (GPT-2 style, weight stored ``[in, out]``)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_int8_kernel() -> str:
+    """The int8 kernel used for W8A8 on this CPU: ``int_mm``, ``onednn`` or ``dequant``.
+
+    ``LLMPACK_INT8_KERNEL`` overrides the automatic choice (VNNI/AMX -> ``int_mm``; else ``onednn``
+    when PyTorch has it; else ``dequant``).
+
+    Example:
+        >>> cpu_int8_kernel() in KERNELS
+        True
+    """
+    forced = os.environ.get(ENV_KERNEL, "").strip().lower()
+    if forced:
+        if forced not in KERNELS:
+            raise ConfigError(f"{ENV_KERNEL}={forced!r} is not a kernel: choose one of {', '.join(KERNELS)}")
+        return forced
+    flags = _cpu_flags()
+    if flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512vnni"}:
+        return "int_mm"
+    if _onednn_available():
+        return "onednn"
+    # Non-x86 (e.g. ARM): _int_mm has optimized paths there too; keep it exact.
+    return "int_mm" if not flags else "dequant"
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_available() -> bool:
+    try:
+        w = torch.zeros(8, 8, dtype=torch.int8)
+        packed = torch.ops.onednn.qlinear_prepack(w, [1, 8])
+        torch.ops.onednn.qlinear_pointwise(
+            torch.zeros(1, 8, dtype=torch.uint8), 1.0, 64, packed, torch.ones(8), torch.zeros(8, dtype=torch.long),
+            None, 1.0, 0, torch.float32, "none", [], "",
+        )
+        return True
+    except (RuntimeError, AttributeError):
+        return False
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 per-output-channel weights; W8A8 (dynamic per-token int8 activations)
+    or W8A16 (``act_quant=False``: weights dequantized, activations stay float).
+
+    Computes ``y = x W^T + b`` like ``nn.Linear`` (and like GPT-2's ``Conv1D`` when it replaces one:
+    ``conv1d_layout=True`` only records that origin; the stored weight is ``[out, in]`` either way).
+
+    Args:
+        in_features: input size.
+        out_features: output size.
+        bias: whether the layer has a bias.
+        act_quant: quantize activations per token (W8A8); ``False`` keeps them float (W8A16).
+        conv1d_layout: the layer replaced a ``Conv1D`` (for :meth:`to_float` and reporting).
+        dtype: float dtype of ``weight_scale`` and ``bias``.
+        device: where to allocate (``"meta"`` while loading).
+
+    Example:
+        >>> m = Int8Linear(8, 4, bias=True)
+        >>> m.weight.dtype, tuple(m.weight_scale.shape)
+        (torch.int8, (4, 1))
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        act_quant: bool = True,
+        conv1d_layout: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.act_quant = bool(act_quant)
+        self.conv1d_layout = bool(conv1d_layout)
+        self.weight = nn.Parameter(
+            torch.zeros(out_features, in_features, dtype=torch.int8, device=device), requires_grad=False
+        )
+        self.weight_scale = nn.Parameter(torch.ones(out_features, 1, dtype=dtype, device=device), requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self._cache_key: tuple[Any, ...] | None = None
+        self._cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_float(
+        cls, module: nn.Module, *, act_quant: bool = True, name: str = "weight", scale_dtype: torch.dtype | None = None
+    ) -> "Int8Linear":
+        """Quantize an ``nn.Linear`` or ``Conv1D`` (per output channel, symmetric).
+
+        Raises:
+            NonFiniteWeightError: the weight holds NaN/Inf (``name`` is used in the message).
+
+        Example:
+            >>> Int8Linear.from_float(torch.nn.Linear(4, 2), act_quant=False).act_quant
+            False
+        """
+        w = module.weight.detach()
+        conv = is_conv1d(module)
+        if conv:
+            w = w.t()  # Conv1D stores [in, out]; quantize per output channel in [out, in]
+        elif not isinstance(module, nn.Linear):
+            raise BadInputError(f"{name}: cannot quantize a {type(module).__name__} as Int8Linear (Linear/Conv1D only)")
+        sdt = scale_dtype or w.dtype
+        q, scale = int8_per_channel(w, 0, scale_dtype=sdt, name=name)
+        bias = getattr(module, "bias", None)
+        out = cls(
+            q.shape[1], q.shape[0], bias is not None, act_quant=act_quant, conv1d_layout=conv, dtype=sdt, device="meta"
+        )
+        out.weight = nn.Parameter(q.contiguous(), requires_grad=False)
+        out.weight_scale = nn.Parameter(scale.contiguous(), requires_grad=False)
+        if bias is not None:
+            out.bias = nn.Parameter(bias.detach().to(sdt).clone(), requires_grad=False)
+        return out
+
+    def to_float(self) -> nn.Module:
+        """The dequantized float layer (``nn.Linear``, or ``Conv1D`` when it replaced one)."""
+        w = self.weight.float() * self.weight_scale.float()
+        dt = self.weight_scale.dtype
+        if self.conv1d_layout:
+            from transformers.pytorch_utils import Conv1D
+
+            m: nn.Module = Conv1D(self.out_features, self.in_features)
+            m.weight = nn.Parameter(w.t().contiguous().to(dt))
+            if self.bias is not None:
+                m.bias = nn.Parameter(self.bias.detach().clone())
+            return m
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, dtype=dt)
+        lin.weight = nn.Parameter(w.to(dt))
+        if self.bias is not None:
+            lin.bias = nn.Parameter(self.bias.detach().clone())
+        return lin
+
+    def extra_repr(self) -> str:
+        mode = "w8a8" if self.act_quant else "w8a16"
+        extra = ", from_conv1d=True" if self.conv1d_layout else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {mode}{extra}"
+
+    # ------------------------------------------------------------------ forward
+    def _prepared(self) -> dict[str, Any]:
+        """Per-weight cached views (scale row, packed oneDNN weight); rebuilt when tensors are reassigned."""
+        w, s = self.weight, self.weight_scale
+        key = (w.data_ptr(), s.data_ptr(), w.device, s.dtype, w._version, s._version)
+        if key != self._cache_key:
+            self._cache = {"scale_row": s.detach().float().reshape(1, -1).contiguous()}
+            self._cache_key = key
+        return self._cache
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y = x W^T + b`` with int8 weights (and int8 per-token activations when ``act_quant``)."""
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.act_quant:
+            y = self._forward_w8a8(x2)
+        else:
+            y = self._forward_w8a16(x2)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def _forward_w8a16(self, x2: torch.Tensor) -> torch.Tensor:
+        cache = self._prepared()
+        dt = x2.dtype
+        # Per-output-channel scales commute with the matmul: one int8->float conversion of W, then a row scale.
+        y = F.linear(x2, self.weight.to(dt))
+        y = y * cache["scale_row"].to(dt)
+        if self.bias is not None:
+            y = y + self.bias.to(dt)
+        return y
+
+    def _kernel(self, x2: torch.Tensor) -> str:
+        if x2.device.type == "cuda":
+            k, n = self.in_features, self.out_features
+            return "int_mm" if (k % 8 == 0 and n % 8 == 0) else "dequant"
+        if x2.device.type == "cpu":
+            return cpu_int8_kernel()
+        return "dequant"
+
+    def _forward_w8a8(self, x2: torch.Tensor) -> torch.Tensor:
+        cache = self._prepared()
+        kernel = self._kernel(x2)
+        dt = x2.dtype
+        m = x2.shape[0]
+        qmax = _ONEDNN_QMAX if kernel == "onednn" else QMAX
+        xf = x2.float()
+        a_scale = xf.abs().amax(dim=1, keepdim=True).clamp_min_(SCALE_EPS).div_(qmax)
+        xq = torch.round(xf / a_scale).clamp_(-qmax, qmax)
+        if kernel == "int_mm":
+            xq8 = xq.to(torch.int8)
+            if x2.device.type == "cuda" and m <= 16:
+                xq8 = F.pad(xq8, (0, 0, 0, 17 - m))
+            acc = torch._int_mm(xq8, self.weight.t())[:m]
+            y = acc * a_scale  # int32 * float32 -> float32
+            y.mul_(cache["scale_row"])
+        elif kernel == "onednn":
+            packed = cache.get("onednn")
+            if packed is None:
+                packed = torch.ops.onednn.qlinear_prepack(self.weight.detach(), None)
+                cache["onednn"] = packed
+                cache["onednn_zp"] = torch.zeros(self.out_features, dtype=torch.long)
+                cache["scale_vec"] = cache["scale_row"].reshape(-1).contiguous()
+            xu8 = xq.add_(_ONEDNN_QMAX + 1).to(torch.uint8)
+            y = torch.ops.onednn.qlinear_pointwise(
+                xu8, 1.0, _ONEDNN_QMAX + 1, packed, cache["scale_vec"], cache["onednn_zp"], None,
+                1.0, 0, torch.float32, "none", [], "",
+            )
+            y.mul_(a_scale)
+        else:
+            y = F.linear(xq, self.weight.float())
+            y.mul_(a_scale).mul_(cache["scale_row"])
+        if self.bias is not None:
+            y.add_(self.bias.float())
+        return y.to(dt)
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows with one float scale per row (weight-only).
+
+    Example:
+        >>> e = Int8Embedding.from_float(torch.nn.Embedding(10, 4))
+        >>> e(torch.tensor([[1, 2]])).shape
+        torch.Size([1, 2, 4])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_embeddings = int(num_embeddings)
+        self.embedding_dim = int(embedding_dim)
+        self.padding_idx = padding_idx
+        self.weight = nn.Parameter(
+            torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device), requires_grad=False
+        )
+        self.weight_scale = nn.Parameter(torch.ones(num_embeddings, 1, dtype=dtype, device=device), requires_grad=False)
+
+    @classmethod
+    def from_float(
+        cls, module: nn.Embedding, *, name: str = "weight", scale_dtype: torch.dtype | None = None
+    ) -> "Int8Embedding":
+        """Quantize an ``nn.Embedding`` per row (symmetric int8)."""
+        w = module.weight.detach()
+        sdt = scale_dtype or w.dtype
+        q, scale = int8_per_channel(w, 0, scale_dtype=sdt, name=name)
+        out = cls(q.shape[0], q.shape[1], module.padding_idx, dtype=sdt, device="meta")
+        out.weight = nn.Parameter(q.contiguous(), requires_grad=False)
+        out.weight_scale = nn.Parameter(scale.contiguous(), requires_grad=False)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per-row"
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Look up rows and dequantize only those."""
+        rows = F.embedding(ids, self.weight)
+        scales = F.embedding(ids, self.weight_scale)
+        return (rows.to(self.weight_scale.dtype) * scales)
+
+
+class TiedInt8Head(nn.Module):
+    """An output projection that reuses an :class:`Int8Embedding`'s int8 table (tied embeddings):
+    ``logits = x (W_q * s)^T``, weight-only. It owns no tensors, so the table is stored once.
+
+    Example:
+        >>> emb = Int8Embedding.from_float(torch.nn.Embedding(10, 4))
+        >>> TiedInt8Head(emb)(torch.randn(3, 4)).shape
+        torch.Size([3, 10])
+    """
+
+    def __init__(self, embedding: Int8Embedding) -> None:
+        super().__init__()
+        # A plain attribute (not a submodule), so state_dict() does not repeat the table.
+        object.__setattr__(self, "_embedding", embedding)
+        self.in_features = embedding.embedding_dim
+        self.out_features = embedding.num_embeddings
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the shared int8 table."""
+        emb = self._embedding
+        dt = x.dtype
+        y = F.linear(x, emb.weight.to(dt))
+        return y * emb.weight_scale.reshape(1, -1).to(dt)
+
+
+# ---------------------------------------------------------------------- swapping
+def _get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    if "." in name:
+        parent_name, child = name.rsplit(".", 1)
+        return model.get_submodule(parent_name), child
+    return model, name
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, child = _get_parent(model, name)
+    setattr(parent, child, new)
+
+
+def _float_dtype_of(module: nn.Module, default: torch.dtype) -> torch.dtype:
+    w = getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor) and w.is_floating_point():
+        return w.dtype
+    return default
+
+
+def swap_quantized_modules(
+    model: nn.Module,
+    qcfg: Mapping[str, Any] | None,
+    state_keys: Collection[str],
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "meta",
+) -> list[str]:
+    """Replace the layers that a compressed-tensors checkpoint stores in int8 by llmpack modules.
+
+    A module ``P`` is swapped when ``P.weight_scale`` is among ``state_keys``: ``nn.Linear`` and
+    ``Conv1D`` become :class:`Int8Linear` (W8A8 or W8A16 per the config group that targets it),
+    ``nn.Embedding`` becomes :class:`Int8Embedding`. A tied output head whose embedding became int8
+    (and that has no tensors of its own in the file) becomes a :class:`TiedInt8Head`. New modules are
+    allocated on ``device`` (``"meta"`` for ``load_state_dict(assign=True)``); call
+    :func:`retie_int8_heads` after assigning tensors.
+
+    Args:
+        model: the model, usually built on the meta device.
+        qcfg: ``config.json``'s ``quantization_config`` (dict), or ``None``.
+        state_keys: the tensor names stored in the checkpoint.
+        dtype: float dtype of scales/biases (default: the replaced module's dtype).
+        device: where new module tensors are allocated.
+
+    Returns:
+        The names of the swapped modules.
+
+    Raises:
+        ConfigError: the quantization config is not one llmpack can run.
+
+    Example:
+        >>> from llmpack.testing import tiny_model
+        >>> from llmpack.quant.ct_config import build_quantization_config
+        >>> m = tiny_model("llama")
+        >>> keys = {"model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight_scale"}
+        >>> swap_quantized_modules(m, build_quantization_config("int8"), keys, device="cpu")
+        ['model.layers.0.mlp.up_proj']
+    """
+    from llmpack.quant.ct_config import scheme_for
+
+    keys = set(state_keys)
+    suffix = ".weight_scale"
+    targets = sorted(k[: -len(suffix)] for k in keys if k.endswith(suffix))
+    swapped: list[str] = []
+    embeddings: dict[str, Int8Embedding] = {}
+    for name in targets:
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(
+                f"checkpoint tensor {name}.weight_scale names a module the model does not have: "
+                f"config.json does not match the weights"
+            ) from None
+        fdt = dtype or _float_dtype_of(mod, torch.float32)
+        if isinstance(mod, nn.Embedding):
+            new_e = Int8Embedding(mod.num_embeddings, mod.embedding_dim, mod.padding_idx, dtype=fdt, device=device)
+            _set_module(model, name, new_e)
+            embeddings[name] = new_e
+            swapped.append(name)
+            continue
+        if isinstance(mod, (Int8Linear, Int8Embedding)):
+            continue
+        conv = is_conv1d(mod)
+        if not (conv or isinstance(mod, nn.Linear)):
+            raise ConfigError(
+                f"checkpoint stores {name} in int8 but the model's {name} is a {type(mod).__name__}: "
+                f"llmpack runs int8 Linear, Conv1D and Embedding layers only"
+            )
+        scheme = scheme_for(name, type(mod).__name__, qcfg)
+        act_quant = scheme != "w8a16"
+        if conv:
+            in_f, out_f = mod.weight.shape
+        else:
+            in_f, out_f = mod.in_features, mod.out_features
+        new = Int8Linear(
+            in_f, out_f, getattr(mod, "bias", None) is not None,
+            act_quant=act_quant, conv1d_layout=conv, dtype=fdt, device=device,
+        )
+        _set_module(model, name, new)
+        swapped.append(name)
+    if embeddings:
+        _swap_tied_heads(model, embeddings, keys)
+    return swapped
+
+
+def _swap_tied_heads(model: nn.Module, embeddings: Mapping[str, Int8Embedding], keys: set[str]) -> None:
+    """Tied output head of an int8 input embedding -> :class:`TiedInt8Head` (when it has no own tensor)."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    get_in = getattr(model, "get_input_embeddings", None)
+    if get_out is None or get_in is None:
+        return
+    head = get_out()
+    emb = get_in()
+    if head is None or not isinstance(emb, Int8Embedding):
+        return
+    head_name = next((n for n, m in model.named_modules() if m is head), None)
+    if head_name is None or f"{head_name}.weight" in keys or isinstance(head, (Int8Linear, TiedInt8Head)):
+        return
+    _set_module(model, head_name, TiedInt8Head(emb))
+
+
+def retie_int8_heads(model: nn.Module) -> None:
+    """Point every :class:`TiedInt8Head` at the model's current input embedding (after tensors were assigned)."""
+    get_in = getattr(model, "get_input_embeddings", None)
+    emb = get_in() if get_in is not None else None
+    for mod in model.modules():
+        if isinstance(mod, TiedInt8Head) and isinstance(emb, Int8Embedding):
+            object.__setattr__(mod, "_embedding", emb)
+
+
+def quantized_module_names(model: nn.Module) -> list[str]:
+    """Names of the int8 modules in ``model``.
+
+    Example:
+        >>> quantized_module_names(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+        []
+    """
+    return [n for n, m in model.named_modules() if isinstance(m, (Int8Linear, Int8Embedding))]
+
+
+def iter_int8_linears(model: nn.Module) -> Iterable[tuple[str, Int8Linear]]:
+    """``(name, module)`` for every :class:`Int8Linear` in ``model``."""
+    for n, m in model.named_modules():
+        if isinstance(m, Int8Linear):
+            yield n, m
+
