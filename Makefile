@@ -33,14 +33,13 @@ dev: $(VENV)/.installed-dev
 
 # Container tools that check llmpack's OCI output (Debian packages; needs root and apt-get).
 tools:
-	@missing=""; for t in skopeo umoci registry buildah podman runc; do \
-	  command -v $$t >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || missing="$$missing $$t"; done; \
-	if ! command -v skopeo >/dev/null 2>&1 || ! command -v umoci >/dev/null 2>&1 || ! command -v podman >/dev/null 2>&1 \
-	   || ! command -v docker-registry >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || ! command -v buildah >/dev/null 2>&1 \
-	   || [ ! -x /bin/busybox ]; then \
+	@if ! command -v skopeo umoci docker-registry buildah podman runc >/dev/null 2>&1 \
+	    || [ "$$(command -v skopeo umoci docker-registry buildah podman runc | wc -l)" != 6 ] \
+	    || ! dpkg -s busybox-static >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing $(SYSTEM_TOOLS) ..."; \
 	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_TOOLS) >/dev/null; \
-	  else echo "warning: cannot install $(SYSTEM_TOOLS) (need root + apt-get); container tests will skip"; fi; \
+	  else echo "warning: cannot install $(SYSTEM_TOOLS) (needs root + apt-get); container tests will skip"; fi; \
 	fi
 
 demo: $(VENV)/.installed
