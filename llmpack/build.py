@@ -38,9 +38,9 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from llmpack.config import Method, Recipe, parse_size
+from llmpack.config import Recipe
 from llmpack.constants import MANIFEST_FILE
 from llmpack.errors import ConfigError, GateFailedError, LlmpackError, OutputExistsError, SourceNotFoundError
 
@@ -79,6 +79,8 @@ GATE_KEYS: dict[str, str] = {
     "min_top1": "min_top1",
     "min_speedup": "min_speedup",
     "max_size_ratio": "max_size_ratio",
+    "max_kl": "max_kl",
+    "min_cosine": "min_cosine",
 }
 
 
@@ -193,7 +195,8 @@ class PackSection:
     out: Path
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    KEYS = ("enabled", "out", "name", "tag", "base_image", "runtime", "artifact", "compression", "source_date_epoch")
+    KEYS = ("enabled", "out", "name", "tag", "base_image", "runtime", "artifact", "compression", "source_date_epoch",
+            "allow_files", "platform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,9 +319,14 @@ def _parse_pack(t: Mapping[str, Any], base: Path, cfg: Path | None, model_out: P
         return None
     out = _path(base, _typed(t, "out", (str,), cfg, s, "a folder path", str(model_out.parent / "image")))
     opts: dict[str, Any] = {}
-    for key in ("name", "tag", "base_image", "runtime", "artifact", "compression"):
+    for key in ("name", "tag", "base_image", "runtime", "artifact", "compression", "platform"):
         if key in t:
             opts[key] = _typed(t, key, (str,), cfg, s, "a string")
+    if "allow_files" in t:
+        allow = _typed(t, "allow_files", (list,), cfg, s, "a list of paths or globs")
+        if not all(isinstance(x, str) for x in allow):
+            raise ConfigError(f"{_where(cfg, s)} allow_files = {allow!r}: expected a list of strings")
+        opts["allow_files"] = list(allow)
     if "source_date_epoch" in t:
         opts["source_date_epoch"] = _typed(t, "source_date_epoch", (int,), cfg, s, "an integer (seconds)")
     return PackSection(out=out, options=opts)
@@ -612,61 +620,67 @@ def _record_state(record_path: Path, output: Path, key: Mapping[str, Any]) -> tu
 
 
 # --- stages ------------------------------------------------------------------------------------------
-# The functions below are the only places build calls the rest of llmpack; tests replace them with fakes.
+# The _run_* functions are the only places build calls the rest of llmpack; tests replace them with fakes.
 
 
 def _run_quantize(cfg: BuildConfig, quiet: bool) -> dict[str, Any]:
     from llmpack.pipeline import quantize
 
-    r = cfg.quantize.recipe
-    res = quantize(cfg.source.path, out=cfg.quantize.out, overwrite=True, quiet=quiet, **_recipe_kwargs(r))
-    return {"summary": getattr(res, "summary", lambda: "")() if callable(getattr(res, "summary", None)) else ""}
+    res = quantize(cfg.source.path, out=cfg.quantize.out, overwrite=True, quiet=quiet, recipe=cfg.quantize.recipe)
+    return {"summary": res.summary()}
 
 
-def _recipe_kwargs(r: Recipe) -> dict[str, Any]:
-    d = r.to_dict()
-    d.pop("version", None)
-    d["ignore"] = list(r.ignore)
-    return d
+def _run_measure(cfg: BuildConfig, quiet: bool) -> dict[str, Any]:
+    """Measure and write the report files; returns ``{"summary", "metrics"}`` for the record.
 
-
-def _run_measure(cfg: BuildConfig, quiet: bool) -> tuple[dict[str, Any], list[str], str]:
-    """Measure; returns (report dict, failed gate messages, summary line) and writes the report files."""
+    ``metrics`` holds, for every gate llmpack.measure knows, the report's value and the comparison, so
+    gates can be evaluated later from the record alone (without loading the report or torch).
+    """
     from llmpack.measure.api import measure
+    from llmpack.measure.report import GATES
 
     m = cfg.measure
     if m is None:  # pragma: no cover - guarded by the caller
         raise ConfigError("[measure] is not configured")
-    kw: dict[str, Any] = {"batch_sizes": m.batch_sizes, "quick": m.quick}
+    kw: dict[str, Any] = {"batch_sizes": m.batch_sizes, "quick": m.quick, "quiet": quiet}
     if m.text is not None:
         kw["text"] = m.text
     if m.device is not None:
         kw["device"] = m.device
     report = measure(cfg.source.path, cfg.quantize.out, **kw)
     m.report.parent.mkdir(parents=True, exist_ok=True)
-    m.report.write_text(report.to_json(), encoding="utf-8")
-    m.report.with_suffix(".md").write_text(report.to_markdown(), encoding="utf-8")
-    data = report.to_dict()
-    return data, _evaluate_gates(data, m.gates), report.summary()
+    report.to_json(m.report)
+    report.to_markdown(m.report.with_suffix(".md"))
+    metrics = {}
+    for name, (_, metric, op) in GATES.items():
+        value = metric(report)
+        metrics[name] = {"value": None if value is None else float(value), "op": op}
+    return {"summary": report.summary(), "metrics": metrics}
 
 
-def _evaluate_gates(report: Mapping[str, Any], gates: Mapping[str, float]) -> list[str]:
-    """Failed gate messages for a report dict (re-evaluated on every run, even when the report is cached)."""
-    if not gates:
-        return []
-    from llmpack.measure.report import Report
+def _evaluate_gates(metrics: Mapping[str, Mapping[str, Any]], gates: Mapping[str, float]) -> list[str]:
+    """Failed-gate messages, from the metrics recorded with a report (``{gate: {"value", "op"}}``).
 
-    rep = Report.from_dict(report)
-    return [str(x) for x in rep.check_gates(dict(gates))]
+    A gate whose metric does not exist for the model (``value`` None, e.g. ``min_top1`` on an encoder)
+    is not applicable and passes; a NaN value fails.
 
-
-def _summary_of(report: Mapping[str, Any]) -> str:
-    try:
-        from llmpack.measure.report import Report
-
-        return str(Report.from_dict(report).summary())
-    except Exception:  # noqa: BLE001 - a summary line is cosmetic
-        return ""
+    Example:
+        >>> _evaluate_gates({"min_top1": {"value": 0.8, "op": ">="}}, {"min_top1": 0.9})
+        ['min_top1: 0.8 >= 0.9 FAILED']
+    """
+    failed = []
+    for name, thr in gates.items():
+        rec = metrics.get(name)
+        if rec is None:
+            failed.append(f"{name}: the report has no such metric (re-run with --force)")
+            continue
+        value = rec.get("value")
+        if value is None:
+            continue
+        ok = value <= thr if rec.get("op") == "<=" else value >= thr
+        if not ok or value != value:
+            failed.append(f"{name}: {value:.4g} {rec.get('op')} {thr:g} FAILED")
+    return failed
 
 
 def _run_pack(cfg: BuildConfig, quiet: bool) -> dict[str, Any]:
@@ -675,9 +689,21 @@ def _run_pack(cfg: BuildConfig, quiet: bool) -> dict[str, Any]:
     p = cfg.pack
     if p is None:  # pragma: no cover - guarded by the caller
         raise ConfigError("[pack] is not configured")
-    res = pack(cfg.quantize.out, p.out, overwrite=True, **dict(p.options))
-    digest = getattr(res, "manifest_digest", None)
-    return {"manifest_digest": digest, "summary": f"manifest {digest}" if digest else ""}
+    res = pack(cfg.quantize.out, p.out, quiet=quiet, **dict(p.options))
+    return {"manifest_digest": res.manifest_digest, "summary": f"{res.reference} {res.manifest_digest}",
+            "bytes_written": res.bytes_written}
+
+
+def _pack_state(rec_path: Path, out: Path, key: Mapping[str, Any]) -> tuple[bool, str]:
+    """Up to date when the record matches and ``oci/index.json`` still names the recorded manifest."""
+    ok, why = _record_state(rec_path, out, key)
+    if not ok:
+        return ok, why
+    digest = (_read_record(rec_path) or {}).get("manifest_digest")
+    index = _read_record(out / "oci" / "index.json") or {}
+    if not digest or digest not in {m.get("digest") for m in index.get("manifests", []) if isinstance(m, dict)}:
+        return False, "oci/index.json no longer names the packed manifest"
+    return True, ""
 
 
 # --- the build --------------------------------------------------------------------------------------
@@ -753,17 +779,19 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
         key = {"version": RECORD_VERSION, "llmpack_version": __version__, "source_fingerprint": fingerprint,
                "model": model_digest, "settings": m.settings()}
         ok, why = (False, "the model would change") if model_changed else _record_state(rec_path, m.report, key)
+        failed: list[str] = []
         if ok and not force:
-            data = _read_record(m.report) or {}
-            failed = _evaluate_gates(data, m.gates)
-            st = StageResult("measure", UP_TO_DATE, output=str(m.report), details={"summary": _summary_of(data)})
+            rec = _read_record(rec_path) or {}
+            failed = _evaluate_gates(rec.get("metrics") or {}, m.gates)
+            st = StageResult("measure", UP_TO_DATE, output=str(m.report), details={"summary": rec.get("summary", "")})
         elif check:
-            failed = []
             st = StageResult("measure", WOULD_BUILD, why or "forced", str(m.report))
         else:
-            data, failed, summary = _run_measure(cfg, quiet)
-            _write_record(rec_path, {"key": key, "output_sha256": _sha256_file(m.report)})
-            st = StageResult("measure", BUILT, why or "forced", str(m.report), details={"summary": summary})
+            details = _run_measure(cfg, quiet)
+            _write_record(rec_path, {"key": key, "output_sha256": _sha256_file(m.report), **details})
+            failed = _evaluate_gates(details.get("metrics") or {}, m.gates)
+            st = StageResult("measure", BUILT, why or "forced", str(m.report),
+                             details={"summary": details.get("summary", "")})
         st.details["failed_gates"] = failed
         st.seconds = time.perf_counter() - t
         stages.append(st)
@@ -779,7 +807,7 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
         if result.failed_gates:
             stages.append(StageResult("pack", SKIPPED, "a gate failed", str(p.out)))
         else:
-            ok, why = (False, "the model would change") if model_changed else _record_state(rec_path, p.out, key)
+            ok, why = (False, "the model would change") if model_changed else _pack_state(rec_path, p.out, key)
             if ok and not force:
                 rec = _read_record(rec_path) or {}
                 stages.append(StageResult("pack", UP_TO_DATE, output=str(p.out),

@@ -64,26 +64,20 @@ class Fakes:
                                      recipe=cfg.quantize.recipe.to_dict()))
         return {"summary": "fake quantize"}
 
-    def run_measure(self, cfg: B.BuildConfig, quiet: bool) -> tuple[dict[str, Any], list[str], str]:
+    def run_measure(self, cfg: B.BuildConfig, quiet: bool) -> dict[str, Any]:
         self.calls.append("measure")
         assert cfg.measure is not None
-        data = {"ppl_increase_pct": self.ppl_increase}
         cfg.measure.report.parent.mkdir(parents=True, exist_ok=True)
-        cfg.measure.report.write_text(json.dumps(data))
-        return data, self.evaluate_gates(data, cfg.measure.gates), "fake summary"
-
-    @staticmethod
-    def evaluate_gates(report: dict[str, Any], gates: dict[str, float]) -> list[str]:
-        lim = gates.get("max_ppl_increase_pct")
-        if lim is not None and report["ppl_increase_pct"] > lim:
-            return [f"max_ppl_increase_pct: +{report['ppl_increase_pct']}% > {lim}%"]
-        return []
+        cfg.measure.report.write_text(json.dumps({"ppl_increase_pct": self.ppl_increase}))
+        return {"summary": "fake summary",
+                "metrics": {"max_ppl_increase_pct": {"value": self.ppl_increase, "op": "<="},
+                            "min_top1": {"value": None, "op": ">="}}}
 
     def run_pack(self, cfg: B.BuildConfig, quiet: bool) -> dict[str, Any]:
         self.calls.append("pack")
         assert cfg.pack is not None
         (cfg.pack.out / "oci").mkdir(parents=True, exist_ok=True)
-        (cfg.pack.out / "oci" / "index.json").write_text("{}")
+        (cfg.pack.out / "oci" / "index.json").write_text(json.dumps({"manifests": [{"digest": "sha256:" + "ab" * 32}]}))
         return {"manifest_digest": "sha256:" + "ab" * 32}
 
 
@@ -93,8 +87,6 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Fakes:
     monkeypatch.setattr(B, "_source_fingerprint", f.source_fingerprint)
     monkeypatch.setattr(B, "_run_quantize", f.run_quantize)
     monkeypatch.setattr(B, "_run_measure", f.run_measure)
-    monkeypatch.setattr(B, "_evaluate_gates", f.evaluate_gates)
-    monkeypatch.setattr(B, "_summary_of", lambda report: "cached summary")
     monkeypatch.setattr(B, "_run_pack", f.run_pack)
     return f
 
@@ -257,6 +249,25 @@ def test_pack_options_change_repacks_only(project: Path, fakes: Fakes) -> None:
     assert fakes.calls == ["pack"]
 
 
+def test_gates_evaluate_from_recorded_metrics() -> None:
+    metrics = {"max_ppl_increase_pct": {"value": 1.5, "op": "<="}, "min_top1": {"value": 0.97, "op": ">="},
+               "min_cosine": {"value": None, "op": ">="}, "max_kl": {"value": float("nan"), "op": "<="}}
+    assert B._evaluate_gates(metrics, {"max_ppl_increase_pct": 2, "min_top1": 0.9}) == []
+    assert B._evaluate_gates(metrics, {"max_ppl_increase_pct": 1}) == ["max_ppl_increase_pct: 1.5 <= 1 FAILED"]
+    assert B._evaluate_gates(metrics, {"min_top1": 0.99}) == ["min_top1: 0.97 >= 0.99 FAILED"]
+    assert B._evaluate_gates(metrics, {"min_cosine": 0.99}) == []  # not applicable: passes
+    assert B._evaluate_gates(metrics, {"max_kl": 1.0}) == ["max_kl: nan <= 1 FAILED"]
+    assert "no such metric" in B._evaluate_gates({}, {"min_speedup": 1.0})[0]
+
+
+def test_pack_output_tampering_is_detected(project: Path, fakes: Fakes) -> None:
+    B.build(project / "llmpack.toml")
+    fakes.calls.clear()
+    (project / "build/image/oci/index.json").write_text('{"manifests": []}')
+    res = B.build(project / "llmpack.toml")
+    assert res.stages[2].status == "built" and "index.json" in res.stages[2].reason and fakes.calls == ["pack"]
+
+
 def test_edited_report_is_remeasured(project: Path, fakes: Fakes) -> None:
     cfg = project / "llmpack.toml"
     B.build(cfg)
@@ -324,7 +335,7 @@ def test_cli_gate_failure_exit_1(project: Path, fakes: Fakes, capsys: pytest.Cap
     fakes.ppl_increase = 3.0
     assert main(["build", "-c", str(project / "llmpack.toml"), "--format", "json"]) == 1
     cap = capsys.readouterr()
-    assert json.loads(cap.out)["failed_gates"] == ["max_ppl_increase_pct: +3.0% > 2.0%"]
+    assert json.loads(cap.out)["failed_gates"] == ["max_ppl_increase_pct: 3 <= 2 FAILED"]
     assert cap.err.startswith("llmpack: error: gate failed: max_ppl_increase_pct")
 
 
