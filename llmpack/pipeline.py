@@ -359,6 +359,8 @@ def _fp16_guard(src: Source, tmp: Path, recipe: Recipe, quiet: bool) -> dict[str
             if bad == k or bad.startswith(k + "."):  # a kept module's own output overflows: widen to its parent
                 keep.remove(k)
                 cand = k.rsplit(".", 1)[0] if "." in k else ""
+        while cand and isinstance(mods.get(cand), (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            cand = cand.rsplit(".", 1)[0] if "." in cand else ""  # containers are never called: go up
         if cand == "":
             raise Fp16OverflowError(f"FP16 activations overflow at the model output ({bad}): use method='bf16'")
         keep = [k for k in keep if not k.startswith(cand + ".")] + [cand]

@@ -1,0 +1,77 @@
+"""``llmpack quantize SRC --method M --out DIR``: streaming quantization into a sharded safetensors dir."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from llmpack._output import emit
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    """Add the ``quantize`` subcommand."""
+    p = subparsers.add_parser(
+        "quantize", help="quantize a model (HF dir, .gguf, hub id) into a sharded safetensors directory",
+        description="Read the source one tensor at a time, convert it, and write shards as it goes (bounded memory).\n"
+                    "The output is built in a temp dir beside --out and renamed into place when complete.\n\n"
+                    "Examples:\n  llmpack quantize ./smollm2 --method bf16 --out ./smollm2-bf16\n"
+                    "  llmpack quantize ./smollm2 --method fp16 --out ./smollm2-fp16 --max-shard-size 200MB "
+                    "--ignore 'lm_head*'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="SRC", help="HF model directory, .safetensors/.gguf file, or hub id")
+    p.add_argument("--method", default="fp16", help="fp16 (default), bf16, int8, int8-weight-only")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--max-shard-size", default="2GB", metavar="SIZE", help="largest shard, e.g. 2GB, 512MB (default 2GB)")
+    p.add_argument("--ignore", action="append", default=[], metavar="PAT",
+                   help="keep tensors/modules matching this glob (or re:REGEX) as in the source; repeatable")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (after the new one is complete)")
+    p.add_argument("--fp16-overflow", choices=("error", "keep"), default="error",
+                   help="on FP16 overflow: refuse (default) or keep offending modules in float32")
+    g = p.add_argument_group("int8 options")
+    g.add_argument("--float-dtype", choices=("fp16", "bf16", "fp32"), default=None,
+                   help="dtype of tensors that stay float in an int8 recipe (default: source dtype)")
+    g.add_argument("--quantize-embeddings", action="store_true", help="store embedding tables as weight-only int8")
+    g.add_argument("--max-ppl-increase", type=float, default=None, metavar="PCT",
+                   help="accuracy budget: max perplexity increase in percent on calibration text")
+    g.add_argument("--max-kl", type=float, default=None, metavar="NATS", help="accuracy budget as mean KL divergence")
+    g.add_argument("--measure", action="store_true", help="measure the result against the source after writing")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``quantize``; returns the exit code."""
+    from llmpack.config import Method
+    from llmpack.errors import ConfigError
+    from llmpack.pipeline import quantize
+
+    method = Method.parse(args.method)
+    kwargs: dict[str, Any] = {}
+    if args.float_dtype is not None:
+        kwargs["float_dtype"] = args.float_dtype
+    if args.quantize_embeddings:
+        kwargs["quantize_embeddings"] = True
+    if args.max_ppl_increase is not None:
+        kwargs["max_ppl_increase"] = args.max_ppl_increase
+    if args.max_kl is not None:
+        kwargs["max_kl"] = args.max_kl
+    if (kwargs or args.measure) and not method.is_int8:
+        raise ConfigError("--float-dtype/--quantize-embeddings/--max-ppl-increase/--max-kl/--measure apply to int8 "
+                          f"methods, not {method.value}")
+    res = quantize(args.source, method, out=args.out, max_shard_size=args.max_shard_size, ignore=args.ignore,
+                   overwrite=args.overwrite, fp16_overflow=args.fp16_overflow, quiet=args.quiet, **kwargs)
+    data = res.to_dict()
+    human = res.summary()
+    if args.measure:
+        try:
+            from llmpack.measure.api import measure
+        except ModuleNotFoundError as e:
+            if e.name not in ("llmpack.measure.api",):
+                raise
+            raise ConfigError("--measure needs llmpack.measure, which this build lacks") from None
+        report = measure(args.source, res.out_dir)
+        data["report"] = report.to_dict() if hasattr(report, "to_dict") else str(report)
+        human += "\n" + (report.to_markdown() if hasattr(report, "to_markdown") else str(report))
+    emit(args.format, human, data)
+    return 0
