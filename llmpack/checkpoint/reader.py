@@ -18,6 +18,7 @@ import torch
 
 from llmpack.constants import CONFIG_FILE, PICKLE_SUFFIXES, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from llmpack.errors import BadInputError, IntegrityError, SourceNotFoundError, UnsafePathError, UnsupportedFormatError
+from llmpack.checkpoint.validate import check_inside, validate_index, validate_safetensors
 
 __all__ = [
     "TensorInfo",
@@ -96,6 +97,7 @@ def read_header(path: "str | os.PathLike[str]") -> tuple[dict[str, Any], int]:
         ({'__metadata__': {'format': 'pt'}, 'w': {...}}, 128)
     """
     path = Path(path)
+    validate_safetensors(path)  # strict checks first (llmpack.checkpoint.validate)
     try:
         with open(path, "rb") as f:
             raw = f.read(8)
@@ -142,6 +144,7 @@ def find_weight_files(directory: Path) -> list[Path]:
     """
     index = directory / SAFETENSORS_INDEX_FILE
     if index.is_file():
+        validate_index(index, directory)  # strict checks first (llmpack.checkpoint.validate)
         try:
             data = json.loads(index.read_text(encoding="utf-8"))
             files = sorted(set(data["weight_map"].values()))
@@ -198,6 +201,8 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         else:
             self.dir = p
             files = find_weight_files(p)
+            for f in files:
+                check_inside(f, p, what="weight file")
         self.files: list[Path] = files
         self._infos: dict[str, TensorInfo] = {}
         self.metadata: dict[str, dict[str, str]] = {}

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from llmpack.checkpoint.reader import Checkpoint, TensorInfo, dtype_size
+from llmpack.checkpoint.validate import check_inside
 from llmpack.checkpoint.manifest import hash_file
 from llmpack.constants import AUX_FILE_PATTERNS, CONFIG_FILE, PICKLE_SUFFIXES
 from llmpack.errors import (BadInputError, HubUnavailableError, SourceNotFoundError, UnsupportedFormatError)
@@ -209,8 +210,11 @@ def _from_dir(path: Path, kind: str = "dir", label: str | None = None) -> Source
     for pat in AUX_FILE_PATTERNS:
         for p in sorted(ckpt.dir.glob(pat)):
             if p.is_file():
+                check_inside(p, ckpt.dir, what="side file")
                 aux[p.name] = p
     cfg_path = ckpt.dir / CONFIG_FILE
+    if cfg_path.exists():
+        check_inside(cfg_path, ckpt.dir, what="config file")
     if cfg_path.is_file():
         files[CONFIG_FILE] = cfg_path
     files.update(aux)
