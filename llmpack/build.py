@@ -690,8 +690,9 @@ def _run_pack(cfg: BuildConfig, quiet: bool) -> dict[str, Any]:
     if p is None:  # pragma: no cover - guarded by the caller
         raise ConfigError("[pack] is not configured")
     res = pack(cfg.quantize.out, p.out, quiet=quiet, **dict(p.options))
-    return {"manifest_digest": res.manifest_digest, "summary": f"{res.reference} {res.manifest_digest}",
-            "bytes_written": res.bytes_written}
+    return {"manifest_digest": res.manifest_digest, "reference": res.reference, "tag": res.tag,
+            "oci": str(Path(res.paths.get("oci", p.out / "oci"))), "bytes_written": res.bytes_written,
+            "summary": f"{res.reference} {res.manifest_digest}"}
 
 
 def _pack_state(rec_path: Path, out: Path, key: Mapping[str, Any]) -> tuple[bool, str]:
@@ -810,13 +811,15 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
             ok, why = (False, "the model would change") if model_changed else _pack_state(rec_path, p.out, key)
             if ok and not force:
                 rec = _read_record(rec_path) or {}
-                stages.append(StageResult("pack", UP_TO_DATE, output=str(p.out),
-                                          details={"manifest_digest": rec.get("manifest_digest")}))
+                details = {k: rec.get(k) for k in ("manifest_digest", "reference", "tag", "oci")}
+                details["summary"] = f"{rec.get('reference')} {rec.get('manifest_digest')}"
+                stages.append(StageResult("pack", UP_TO_DATE, output=str(p.out), details=details))
             elif check:
                 stages.append(StageResult("pack", WOULD_BUILD, why or "forced", str(p.out)))
             else:
                 details = _run_pack(cfg, quiet)
-                _write_record(rec_path, {"key": key, "manifest_digest": details.get("manifest_digest")})
+                _write_record(rec_path, {"key": key, **{k: details.get(k) for k in
+                                                        ("manifest_digest", "reference", "tag", "oci")}})
                 stages.append(StageResult("pack", BUILT, why or "forced", str(p.out), details=details))
             stages[-1].seconds = time.perf_counter() - t
 

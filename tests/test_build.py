@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ class Fakes:
         assert cfg.pack is not None
         (cfg.pack.out / "oci").mkdir(parents=True, exist_ok=True)
         (cfg.pack.out / "oci" / "index.json").write_text(json.dumps({"manifests": [{"digest": "sha256:" + "ab" * 32}]}))
-        return {"manifest_digest": "sha256:" + "ab" * 32}
+        return {"manifest_digest": "sha256:" + "ab" * 32, "reference": "demo:v1", "tag": "v1",
+                "oci": str(cfg.pack.out / "oci")}
 
 
 @pytest.fixture()
@@ -182,6 +184,7 @@ def test_second_run_is_up_to_date_and_runs_nothing(project: Path, fakes: Fakes) 
     assert fakes.calls == [] and not res.changed
     assert _snapshot(project) == before
     assert res.stages[2].details["manifest_digest"] == "sha256:" + "ab" * 32
+    assert res.stages[2].details["tag"] == "v1" and res.stages[2].details["oci"] == str(project / "build/image/oci")
     assert "up to date" in res.human()
 
 
@@ -376,3 +379,139 @@ def test_fast_fingerprint_matches_the_quantizers(tiny_dirs: dict[str, Path], tmp
     before = B._source_fingerprint(B.SourceSection(str(sharded)))
     (sharded / "tokenizer_config.json").write_text('{"x": 1}')
     assert B._source_fingerprint(B.SourceSection(str(sharded))) != before
+
+
+# --- the real pipeline ---------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_pack_fixtures() -> Any:
+    """The pack tests' ``registry`` / ``podman_env`` fixtures (tests/pack/conftest.py), imported in place."""
+    import importlib.util
+
+    pack_tests = Path(__file__).resolve().parent / "pack"
+    if not (pack_tests / "conftest.py").is_file():
+        return None
+    if str(pack_tests) not in sys.path:
+        sys.path.insert(0, str(pack_tests))
+    spec = importlib.util.spec_from_file_location("llmpack_pack_test_fixtures", pack_tests / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_pack_fixtures = _load_pack_fixtures()
+if _pack_fixtures is not None:
+    registry = _pack_fixtures.registry
+    podman_env = _pack_fixtures.podman_env
+
+
+def _tiny_source(root: Path) -> Path:
+    from llmpack.testing import byte_tokenizer, tiny_model
+
+    src = root / "models" / "tiny"
+    tiny_model("llama").save_pretrained(src)
+    byte_tokenizer().save_pretrained(src)
+    return src
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "LLMPACK_PROGRESS": "0"}
+
+
+def test_real_pipeline_on_a_tiny_model(tmp_path: Path) -> None:
+    """quantize + pack for real (measure is covered by the SmolLM2 test): built, then up to date, then drift."""
+    _tiny_source(tmp_path)
+    (tmp_path / "llmpack.toml").write_text(textwrap.dedent("""
+        [source]
+        path = "models/tiny"
+        [quantize]
+        method = "bf16"
+        out = "build/model"
+        [pack]
+        name = "tiny"
+        tag = "bf16"
+    """))
+    res = B.build(tmp_path / "llmpack.toml")
+    assert _statuses(res) == {"quantize": "built", "pack": "built"}
+    from llmpack.checkpoint.manifest import read_manifest
+    from llmpack.verify import verify
+
+    assert read_manifest(tmp_path / "build/model").recipe["method"] == "bf16"
+    verify(tmp_path / "build/model")
+    index = json.loads((tmp_path / "build/image/oci/index.json").read_text())
+    assert index["manifests"][0]["digest"] == res.stages[1].details["manifest_digest"]
+
+    before = _snapshot(tmp_path / "build")
+    res = B.build(tmp_path / "llmpack.toml")
+    assert _statuses(res) == {"quantize": "up to date", "pack": "up to date"}
+    assert _snapshot(tmp_path / "build") == before
+
+    # the real quantizer records exactly what build compares: a recipe change is drift, not "up to date"
+    (tmp_path / "llmpack.toml").write_text((tmp_path / "llmpack.toml").read_text().replace('"bf16"\nout', '"fp16"\nout'))
+    res = B.build(tmp_path / "llmpack.toml", check=True)
+    assert _statuses(res) == {"quantize": "would build", "pack": "would build"}
+    assert "method 'bf16' -> 'fp16'" in res.stages[0].reason
+
+
+@pytest.mark.tools
+def test_ci_example_steps_against_a_local_registry(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Runs examples/ci/prebuild.sh — the script both CI examples call — against docker-registry on 127.0.0.1:
+    llmpack build, skopeo push of the OCI layout (same manifest digest in the registry), and, where buildah
+    and busybox are installed, buildah bud of the generated Dockerfile on a local base image + push."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    for name in ("github-actions.yml", "gitlab-ci.yml"):
+        text = (ROOT / "examples/ci" / name).read_text()
+        yaml.safe_load(text)
+        assert "ci/prebuild.sh" in text and "llmpack build -c llmpack.toml --check" in text
+    if _pack_fixtures is None:
+        pytest.skip("tests/pack/conftest.py (registry fixture) not present")
+    reg = request.getfixturevalue("registry")
+    env = _env()
+    with_buildah = shutil.which("buildah") is not None and shutil.which("busybox") is not None
+    if with_buildah:
+        env.update(request.getfixturevalue("podman_env"))
+        env["PYTHONPATH"] = _env()["PYTHONPATH"]
+        env["BASE_IMAGE"] = "localhost/base:latest"
+        env["BUILDAH_ARGS"] = "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024"
+    _tiny_source(tmp_path)
+    (tmp_path / "llmpack.toml").write_text(textwrap.dedent("""
+        [source]
+        path = "models/tiny"
+        [quantize]
+        method = "bf16"
+        [pack]
+        name = "tiny-ci"
+        tag = "v1"
+    """))
+    env.update(REGISTRY=reg, TLS_VERIFY="false", PYTHON=sys.executable)
+    script = str(ROOT / "examples/ci/prebuild.sh")
+    proc = subprocess.run(["bash", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "build-summary.json").read_text())
+    digest = summary["stages"][-1]["details"]["manifest_digest"]
+    assert f"pushed {reg}/tiny-ci:v1@{digest}" in proc.stdout
+
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reg}/tiny-ci:v1"],
+                         capture_output=True, timeout=60)
+    assert raw.returncode == 0, raw.stderr
+    assert "sha256:" + __import__("hashlib").sha256(raw.stdout).hexdigest() == digest
+    if with_buildah:
+        served = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{reg}/tiny-ci:v1-serve"],
+                                capture_output=True, text=True, timeout=60)
+        assert served.returncode == 0, served.stderr
+        assert json.loads(served.stdout)["Labels"]["org.opencontainers.image.title"] == "tiny-ci"
+
+    # second run: everything up to date, and the push is a no-op with the same digest
+    proc = subprocess.run(["bash", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "build-summary.json").read_text())
+    assert [s["status"] for s in again["stages"]] == ["up to date", "up to date"]
+    assert again["stages"][-1]["details"]["manifest_digest"] == digest
