@@ -153,6 +153,8 @@ def quantize(
             return _quantize_in_memory(source, rec, t0)
         raise ConfigError("out= is required unless the source is an in-memory model: pass an output directory")
     src = open_source(source)
+    if not src.infos:
+        raise BadInputError(f"{src.path} holds no tensors: nothing to quantize; pass a model directory with weights")
     out_path = Path(out).absolute()
     _refuse_out_in_source(src, out_path)
     from llmpack._atomic import atomic_dir

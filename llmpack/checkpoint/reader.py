@@ -261,6 +261,9 @@ class Checkpoint(Mapping[str, torch.Tensor]):
                     self._config = json.loads(p.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as e:
                     raise BadInputError(f"{p}: invalid JSON ({e}); fix or re-create config.json") from e
+                if not isinstance(self._config, dict):
+                    raise BadInputError(f"{p}: expected a JSON object, got {type(self._config).__name__}; "
+                                        "fix or re-create config.json")
             else:
                 self._config = None
         return self._config  # type: ignore[return-value]
