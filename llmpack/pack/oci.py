@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 from llmpack.constants import (
     ANN_REF_NAME,
     MT_OCI_INDEX,
+    MT_OCI_MANIFEST,
     OCI_INDEX_FILE,
     OCI_LAYOUT_FILE,
     OCI_LAYOUT_VERSION,
@@ -47,6 +48,8 @@ __all__ = [
 COMPRESSIONS = ("none", "gzip", "zstd")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TMP_PREFIX = ".tmp-"
+_PARSED_TYPES = (MT_OCI_INDEX, MT_OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json",
+                 "application/vnd.docker.distribution.manifest.list.v2+json")
 _FILE_MODE = 0o644
 _DIR_MODE = 0o755
 
@@ -240,14 +243,19 @@ class BlobStore:
             return []
 
     def referenced(self) -> set[str]:
-        """Digests reachable from ``index.json`` (manifests, configs, layers, nested indexes)."""
+        """Digests reachable from ``index.json`` (manifests, configs, layers, nested indexes).
+
+        Only manifests and indexes are parsed (by media type); layers are never read.
+        """
         seen: set[str] = set()
-        todo = [m.get("digest", "") for m in self.read_index_manifests()]
+        todo = [(m.get("digest", ""), m.get("mediaType", "")) for m in self.read_index_manifests()]
         while todo:
-            digest = todo.pop()
+            digest, media_type = todo.pop()
             if digest in seen or not DIGEST_RE.match(str(digest)):
                 continue
             seen.add(digest)
+            if media_type not in _PARSED_TYPES:
+                continue
             try:
                 doc = json.loads(self.path(digest).read_bytes())
             except (OSError, ValueError):
@@ -257,10 +265,10 @@ class BlobStore:
             for key in ("manifests", "layers", "blobs"):
                 for d in doc.get(key) or []:
                     if isinstance(d, dict):
-                        todo.append(d.get("digest", ""))
+                        todo.append((d.get("digest", ""), d.get("mediaType", "")))
             for key in ("config", "subject"):
                 if isinstance(doc.get(key), dict):
-                    todo.append(doc[key].get("digest", ""))
+                    todo.append((doc[key].get("digest", ""), doc[key].get("mediaType", "")))
         return seen
 
     def gc(self) -> list[str]:
