@@ -1,0 +1,532 @@
+"""INT8 accuracy budget: measure what each layer costs, then pick the cheapest remedy that fits.
+
+The search runs on one in-memory float model with fake quantization (:mod:`llmpack.quant.calibrate`),
+so nothing is copied and nothing is written:
+
+1. Collect per-input-channel activation maxima on calibration text (one forward pass).
+2. SmoothQuant scales (:mod:`llmpack.quant.smooth`) for every group where they fold exactly, with
+   alpha from the recipe or the default per group kind (:data:`DEFAULT_ALPHA`).
+3. Measure the whole plan end to end (perplexity and KL against the float model on the same
+   tokens). Within budget: done.
+4. Otherwise measure each layer's sensitivity — the relative output error it adds when quantized
+   alone, given float inputs (``sensitivity="local"``, one pass), or the KL of the whole model with
+   only that layer quantized (``sensitivity="e2e"``, one pass per layer) — and apply remedies in
+   order of preference: smoothing (already in), weight-only int8 for the most sensitive layers,
+   then float for the most sensitive of those. How many layers get a remedy is found by bisection
+   on end-to-end measurements, so the final plan's cost is measured, not estimated.
+
+Every decision is kept as a record (:attr:`Int8Decisions.records`) for ``llmpack.json`` and the report.
+
+Example:
+    >>> from llmpack.testing import tiny_model
+    >>> from llmpack.config import Recipe
+    >>> import torch
+    >>> m = tiny_model("llama")
+    >>> d = plan_int8(m, None, Recipe(method="int8", max_kl=0.05), batches=[torch.randint(0, 256, (1, 64))])
+    >>> d.int8_share() > 0
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from llmpack.config import Method, Recipe
+from llmpack.errors import BadInputError, ConfigError
+from llmpack.quant import smooth as _smooth
+from llmpack.quant.calibrate import (
+    EvalResult,
+    Evaluator,
+    LayerSim,
+    _sim_forward,
+    collect_input_absmax,
+    linear_layers,
+    simulate,
+    token_batches,
+)
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_CALIB_TOKENS",
+    "Int8Decisions",
+    "plan_int8",
+    "select_recipe",
+    "apply_decisions",
+]
+
+DEFAULT_ALPHA: dict[str, float] = {"attn_in": 0.5, "attn_out": 0.5, "mlp_in": 0.5, "mlp_out": 0.5}
+"""SmoothQuant alpha per group kind used when the recipe gives none (W8A8 only)."""
+
+DEFAULT_CALIB_TOKENS = 1024
+"""Calibration tokens used by the search (two windows of 512)."""
+
+BUDGET_MARGIN = 0.8
+"""The search aims at this fraction of the budget, so the plan also holds on text it has not seen."""
+
+_MODES = ("w8a8", "w8a16", "float")
+
+
+@dataclasses.dataclass
+class Int8Decisions:
+    """The outcome of the INT8 accuracy search, ready to apply while streaming or in memory.
+
+    Attributes:
+        method: ``"int8"`` (W8A8) or ``"int8-weight-only"``.
+        alpha: SmoothQuant alpha per group kind (empty: no smoothing).
+        groups: the smoothing groups that have a scale (``prev`` name → group).
+        smooth_scales: ``prev`` name → producer-side scale ``s`` (float32).
+        weight_only: linear layers stored W8A16 inside a W8A8 model.
+        keep_float: linear layers kept in float.
+        records: one JSON-ready record per linear layer, plus the search steps.
+        summary: float vs planned accuracy on the calibration text, the budget and the int8 share.
+        params: linear layer name → parameter count (for :meth:`int8_share`).
+
+    Example:
+        >>> d = Int8Decisions(method="int8")
+        >>> d.layer_mode("model.layers.0.mlp.down_proj")
+        'w8a8'
+    """
+
+    method: str = "int8"
+    alpha: dict[str, float] = dataclasses.field(default_factory=dict)
+    groups: dict[str, _smooth.SmoothGroup] = dataclasses.field(default_factory=dict)
+    smooth_scales: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    weight_only: set[str] = dataclasses.field(default_factory=set)
+    keep_float: set[str] = dataclasses.field(default_factory=set)
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    params: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    # ------------------------------------------------------------------ queries
+    def layer_mode(self, name: str) -> str:
+        """``"w8a8"``, ``"w8a16"`` or ``"float"`` for one linear layer."""
+        if name in self.keep_float:
+            return "float"
+        if name in self.weight_only or self.method == Method.INT8_WEIGHT_ONLY.value:
+            return "w8a16"
+        return "w8a8"
+
+    def int8_share(self) -> float:
+        """Share of linear-layer parameters (output head excluded) stored in int8 (W8A8 or W8A16)."""
+        total = sum(self.params.values())
+        if not total:
+            return 0.0
+        return sum(n for k, n in self.params.items() if k not in self.keep_float) / total
+
+    def tensor_ops(self) -> dict[str, list[_smooth.ScaleOp]]:
+        """Tensor name → smoothing folds to apply to it before quantization."""
+        return _smooth.tensor_ops(self.groups.values(), self.smooth_scales)
+
+    def transform(self, name: str, tensor: torch.Tensor, _ops: dict | None = None) -> torch.Tensor:
+        """Fold the smoothing scales into one streamed source tensor (identity for untouched tensors).
+
+        Call it on every ``(name, tensor)`` read from the source checkpoint, *before* the int8 / cast
+        action; the result has the same dtype and shape.
+
+        Example:
+            >>> Int8Decisions().transform("x.weight", torch.ones(2)).tolist()
+            [1.0, 1.0]
+        """
+        ops = (_ops if _ops is not None else self._ops_cache()).get(name)
+        if not ops:
+            return tensor
+        return _smooth.apply_ops(tensor, ops, self.smooth_scales, self.groups)
+
+    def _ops_cache(self) -> dict[str, list[_smooth.ScaleOp]]:
+        key = (id(self.smooth_scales), len(self.smooth_scales), len(self.groups))
+        cache = getattr(self, "_cached_ops", None)
+        if cache is None or cache[0] != key:
+            cache = (key, self.tensor_ops())
+            object.__setattr__(self, "_cached_ops", cache)
+        return cache[1]
+
+    def smoothed_tensors(self) -> frozenset[str]:
+        """Names of the source tensors :meth:`transform` changes."""
+        return frozenset(self._ops_cache())
+
+    def fold_into(self, model: torch.nn.Module) -> None:
+        """Fold the smoothing scales into an in-memory float model, in place (exact in float)."""
+        _smooth.fold(model, self.groups.values(), self.smooth_scales)
+
+    # ------------------------------------------------------------------ records
+    def manifest_decisions(self) -> dict[str, dict[str, Any]]:
+        """Per-module records for ``llmpack.json`` ``"decisions"`` (keys are module names).
+
+        Example:
+            >>> Int8Decisions(method="int8", keep_float={"fc"}, params={"fc": 4}).manifest_decisions()["fc"]["int8"]
+            'float'
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.records:
+            if r.get("kind") == "layer":
+                rec = {k: v for k, v in r.items() if k not in ("kind", "module")}
+                out[r["module"]] = rec
+        for name in self.params:
+            out.setdefault(name, {"int8": self.layer_mode(name), "reason": "default"})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (scales summarised, not stored: they are folded into the weights).
+
+        Example:
+            >>> d = Int8Decisions(method="int8", weight_only={"a"}, params={"a": 8, "b": 8})
+            >>> Int8Decisions.from_dict(d.to_dict()).weight_only
+            {'a'}
+        """
+        return {
+            "method": self.method,
+            "alpha": dict(self.alpha),
+            "smoothed": {
+                p: {"kind": g.kind, "targets": list(g.targets),
+                    "scale_max": round(float(self.smooth_scales[p].max()), 6) if p in self.smooth_scales else None,
+                    "scale_min": round(float(self.smooth_scales[p].min()), 6) if p in self.smooth_scales else None}
+                for p, g in sorted(self.groups.items())
+            },
+            "weight_only": sorted(self.weight_only),
+            "keep_float": sorted(self.keep_float),
+            "int8_share": round(self.int8_share(), 6),
+            "params": dict(sorted(self.params.items())),
+            "summary": self.summary,
+            "records": self.records,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Int8Decisions":
+        """Rebuild the decisions recorded by :meth:`to_dict` (without scale vectors)."""
+        try:
+            return cls(method=str(d["method"]), alpha=dict(d.get("alpha", {})), weight_only=set(d.get("weight_only", ())),
+                       keep_float=set(d.get("keep_float", ())), records=list(d.get("records", ())),
+                       summary=dict(d.get("summary", {})), params={k: int(v) for k, v in d.get("params", {}).items()})
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadInputError(f"llmpack.json int8 budget record is malformed ({e}): re-run quantize") from e
+
+
+# ---------------------------------------------------------------------- helpers
+def _budget_ok(r: EvalResult, recipe: Recipe, margin: float) -> bool:
+    ok = True
+    if recipe.max_ppl_increase is not None:
+        ok &= r.ppl_increase <= margin * float(recipe.max_ppl_increase)
+    if recipe.max_kl is not None:
+        ok &= r.kl <= margin * float(recipe.max_kl)
+    return ok
+
+
+def _alpha_for(recipe: Recipe, alpha: float | Mapping[str, float] | None) -> dict[str, float]:
+    if recipe.method is not Method.INT8:
+        return {}  # weight-only: activations stay float, smoothing buys nothing
+    if alpha is not None:
+        return dict(alpha) if isinstance(alpha, Mapping) else {k: float(alpha) for k in DEFAULT_ALPHA}
+    if recipe.smooth is not None:
+        if float(recipe.smooth) == 0.0:
+            return {}
+        return {k: float(recipe.smooth) for k in DEFAULT_ALPHA}
+    return dict(DEFAULT_ALPHA)
+
+
+def _sim_plan(lins: Iterable[str], modes: Mapping[str, str], target_scale: Mapping[str, torch.Tensor]) -> dict[str, LayerSim]:
+    plan = {}
+    for n in lins:
+        mode = modes[n]
+        s = target_scale.get(n)
+        if mode == "float":
+            continue  # float layers run untouched (smoothing is exact in float)
+        plan[n] = LayerSim(mode, s if mode == "w8a8" else None)
+    return plan
+
+
+@torch.no_grad()
+def _local_errors(model: torch.nn.Module, batches: Sequence[torch.Tensor], lins: Mapping[str, torch.nn.Module],
+                  target_scale: Mapping[str, torch.Tensor], modes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Relative output error ``|y_q - y|² / |y|²`` of each layer quantized alone, on float inputs."""
+    num: dict[str, dict[str, float]] = {n: {m: 0.0 for m in modes} for n in lins}
+    den: dict[str, float] = {n: 0.0 for n in lins}
+    handles = []
+
+    def make_hook(name: str, mod: torch.nn.Module):
+        sims = {m: _sim_forward(mod, LayerSim(m, target_scale.get(name) if m == "w8a8" else None)) for m in modes}
+
+        def hook(_m: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+            x = args[0]
+            y = out.float()
+            den[name] += float(y.pow(2).sum())
+            for m, f in sims.items():
+                num[name][m] += float((f(x).float() - y).pow(2).sum())
+        return hook
+
+    for n, mod in lins.items():
+        handles.append(mod.register_forward_hook(make_hook(n, mod)))
+    try:
+        device = next(iter(model.parameters())).device
+        for b in batches:
+            model(input_ids=b.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: {m: num[n][m] / max(den[n], 1e-30) for m in modes} for n in lins}
+
+
+def _bisect(n: int, ok: Callable[[int], bool]) -> int:
+    """Smallest k in [0, n] with ok(k) (ok assumed monotone, ok(n) already known True)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+# ---------------------------------------------------------------------- search
+def plan_int8(
+    model_or_source: "torch.nn.Module | str | os.PathLike[str]",
+    tokenizer: Any = None,
+    recipe: Recipe | None = None,
+    text: "str | None" = None,
+    *,
+    batches: Sequence[torch.Tensor] | None = None,
+    alpha: float | Mapping[str, float] | None = None,
+    calib_tokens: int = DEFAULT_CALIB_TOKENS,
+    seq_len: int = 512,
+    sensitivity: str = "local",
+    margin: float = BUDGET_MARGIN,
+    act_stats: Mapping[str, torch.Tensor] | None = None,
+    skip: Iterable[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> Int8Decisions:
+    """Decide smoothing, weight-only and float layers for INT8 under the recipe's accuracy budget.
+
+    With no budget (``max_ppl_increase`` and ``max_kl`` both ``None``) the defaults apply: W8A8 with
+    SmoothQuant (alpha per :data:`DEFAULT_ALPHA`) and no search; the plan is still measured and the
+    figures recorded. The model is never copied and is left unchanged.
+
+    Args:
+        model_or_source: a float causal LM in memory, or an HF directory (loaded once, float32).
+        tokenizer: its tokenizer (loaded from the directory when ``None``); unused with ``batches``.
+        recipe: an int8 recipe (``max_ppl_increase`` in percent, ``max_kl`` in nats, ``smooth`` alpha).
+        text: calibration text (default: ``llmpack.measure.text.default_text("calib")``).
+        batches: token batches ``[1, n]`` instead of ``tokenizer`` + ``text``.
+        alpha: SmoothQuant alpha (one number or per group kind) overriding ``recipe.smooth``.
+        calib_tokens: calibration tokens used (cost grows linearly).
+        seq_len: tokens per forward window.
+        sensitivity: ``"local"`` (one pass; per-layer output error) or ``"e2e"`` (one pass per layer; KL of
+            the model with that layer alone quantized).
+        margin: aim at ``margin × budget`` on the calibration text.
+        act_stats: precomputed :func:`~llmpack.quant.calibrate.collect_input_absmax` output (caching).
+        skip: layers kept in float regardless (e.g. the recipe's ignore patterns, resolved).
+        progress: called with a one-line message per step.
+
+    Returns:
+        :class:`Int8Decisions`.
+
+    Raises:
+        ConfigError: the recipe is not an int8 recipe, or ``sensitivity`` is unknown.
+        BadInputError: the model is not a causal LM with logits (budgets need perplexity / KL).
+
+    Example:
+        >>> from llmpack.testing import smollm2_dir        # doctest: +SKIP
+        >>> d = plan_int8(smollm2_dir(), recipe=Recipe(method="int8", max_ppl_increase=2))  # doctest: +SKIP
+        >>> d.summary["planned"]["ppl_increase_pct"] <= 2   # doctest: +SKIP
+        True
+    """
+    recipe = recipe or Recipe(method="int8")
+    if not recipe.method.is_int8:
+        raise ConfigError(f"plan_int8 needs an int8 recipe, got method {recipe.method.value}")
+    if sensitivity not in ("local", "e2e"):
+        raise ConfigError(f"unknown sensitivity {sensitivity!r}: choose 'local' or 'e2e'")
+    say = progress or (lambda _msg: None)
+    model, tokenizer = _resolve_model(model_or_source, tokenizer)
+    if batches is None:
+        if tokenizer is None:
+            raise BadInputError("plan_int8 needs a tokenizer (or token batches) to read the calibration text")
+        from llmpack.measure.text import resolve_text
+
+        batches = token_batches(tokenizer, resolve_text(text, kind="calib"), seq_len=seq_len, max_tokens=calib_tokens)
+    skip = set(skip)
+    lins = {n: m for n, m in linear_layers(model).items() if not _is_head(model, n, m)}
+    params = {n: int(m.weight.numel()) for n, m in lins.items()}
+    base_mode = "w8a8" if recipe.method is Method.INT8 else "w8a16"
+    ladder = [m for m in _MODES if _MODES.index(m) >= _MODES.index(base_mode)]
+
+    was_training = model.training
+    model.eval()
+    try:
+        say("calibrating: activation statistics")
+        stats = dict(act_stats) if act_stats is not None else collect_input_absmax(model, batches, lins)
+        alphas = _alpha_for(recipe, alpha)
+        groups = [g for g in _smooth.find_groups(model, skip=skip) if g.kind in alphas]
+        scales = _smooth.compute_scales(model, groups, stats, alphas)
+        groups = [g for g in groups if g.prev in scales]
+        target_scale = {t: g.expand(scales[g.prev]) for g in groups for t in g.targets}
+        say("measuring the float model")
+        ev = Evaluator(model, batches)
+
+        modes = {n: ("float" if n in skip else base_mode) for n in lins}
+        steps: list[dict[str, Any]] = []
+
+        def measure(m: Mapping[str, str], label: str) -> EvalResult:
+            with simulate(model, _sim_plan(lins, m, target_scale)):
+                r = ev()
+            steps.append({"kind": "step", "step": label, **r.to_dict(),
+                          "int8_share": round(_share(params, m), 6)})
+            say(f"{label}: ppl {r.ppl:.3f} ({r.ppl_increase:+.2f}%), KL {r.kl:.4f}")
+            return r
+
+        has_budget = recipe.max_ppl_increase is not None or recipe.max_kl is not None
+        result = measure(modes, "all layers " + base_mode + (" + smoothing" if groups else ""))
+        reasons = {n: ("kept float (skip / ignore)" if modes[n] == "float" else "default") for n in lins}
+        sens: dict[str, dict[str, float]] = {}
+        if has_budget and not _budget_ok(result, recipe, margin):
+            say("measuring per-layer sensitivity")
+            sens = _sensitivity(model, batches, lins, target_scale, ladder, sensitivity, ev, skip)
+            for lvl in range(1, len(ladder)):
+                cur, nxt = ladder[lvl - 1], ladder[lvl]
+                order = sorted((n for n in lins if modes[n] == cur), key=lambda n: -sens[n][cur])
+
+                def trial(k: int, order: list[str] = order, nxt: str = nxt) -> tuple[dict[str, str], EvalResult]:
+                    m = dict(modes)
+                    for n in order[:k]:
+                        m[n] = nxt
+                    return m, measure(m, f"{k} most sensitive {cur} layers -> {nxt}")
+
+                cache: dict[int, tuple[dict[str, str], EvalResult]] = {}
+
+                def ok(k: int) -> bool:
+                    if k not in cache:
+                        cache[k] = trial(k)
+                    return _budget_ok(cache[k][1], recipe, margin)
+
+                if ok(len(order)):
+                    k = _bisect(len(order), ok)
+                    modes, result = cache[k] if k in cache else trial(k)
+                    for n in order[:k]:
+                        reasons[n] = f"{cur} over budget (sensitivity rank {order.index(n) + 1})"
+                    break
+                modes, result = cache[len(order)]
+                for n in order:
+                    reasons[n] = f"{cur} over budget for every layer"
+        met = (not has_budget) or _budget_ok(result, recipe, 1.0)
+        if has_budget and not met:
+            say("budget not met even with every layer in float")
+
+        by_target = {t: g for g in groups for t in g.targets}
+        records: list[dict[str, Any]] = []
+        for n in lins:
+            rec: dict[str, Any] = {"kind": "layer", "module": n, "int8": modes[n], "reason": reasons[n],
+                                   "params": params[n]}
+            g = by_target.get(n)
+            if g is not None and modes[n] == "w8a8":
+                rec["smooth"] = {"alpha": alphas[g.kind], "from": g.prev, "group": g.kind}
+            if n in sens:
+                rec["sensitivity"] = {k: round(v, 6) for k, v in sens[n].items()}
+            records.append(rec)
+        records.extend(steps)
+        # Smoothing only matters for W8A8 targets; drop groups none of whose targets stay W8A8.
+        used = {p: g for p, g in ((g.prev, g) for g in groups) if any(modes[t] == "w8a8" for t in g.targets)}
+        summary = {
+            "budget": {"max_ppl_increase": recipe.max_ppl_increase, "max_kl": recipe.max_kl, "margin": margin},
+            "met": bool(met),
+            "calibration_tokens": ev.ntokens,
+            "float": {"ppl": round(ev.base_ppl, 4)},
+            "planned": result.to_dict(),
+            "sensitivity": sensitivity if sens else None,
+            "int8_share": round(_share(params, modes), 6),
+        }
+        return Int8Decisions(
+            method=recipe.method.value, alpha=alphas if used else {}, groups=used,
+            smooth_scales={p: scales[p] for p in used},
+            weight_only={n for n, m in modes.items() if m == "w8a16"} if recipe.method is Method.INT8 else set(),
+            keep_float={n for n, m in modes.items() if m == "float"}, records=records, summary=summary, params=params,
+        )
+    finally:
+        model.train(was_training)
+
+
+def _share(params: Mapping[str, int], modes: Mapping[str, str]) -> float:
+    total = sum(params.values())
+    return sum(n for k, n in params.items() if modes[k] != "float") / total if total else 0.0
+
+
+def _is_head(model: torch.nn.Module, name: str, mod: torch.nn.Module) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in ("lm_head", "embed_out", "output"):
+        return True
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    out = mod.weight.shape[1] if type(mod).__name__ == "Conv1D" else mod.weight.shape[0]
+    return isinstance(vocab, int) and out == vocab
+
+
+def _sensitivity(model: torch.nn.Module, batches: Sequence[torch.Tensor], lins: Mapping[str, torch.nn.Module],
+                 target_scale: Mapping[str, torch.Tensor], ladder: Sequence[str], how: str, ev: Evaluator,
+                 skip: set[str]) -> dict[str, dict[str, float]]:
+    quant_modes = [m for m in ladder if m != "float"]
+    if how == "local":
+        out = _local_errors(model, batches, lins, target_scale, quant_modes)
+    else:
+        out = {}
+        for n in lins:
+            out[n] = {}
+            for m in quant_modes:
+                with simulate(model, {n: LayerSim(m, target_scale.get(n) if m == "w8a8" else None)}):
+                    out[n][m] = ev().kl
+    for n in skip:
+        out.get(n, {}).clear()
+    return {n: {**{m: 0.0 for m in quant_modes}, **v} for n, v in out.items()}
+
+
+def _resolve_model(model_or_source: Any, tokenizer: Any) -> tuple[torch.nn.Module, Any]:
+    if isinstance(model_or_source, torch.nn.Module):
+        model = model_or_source
+        if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+            raise BadInputError(
+                f"{type(model).__name__} has no language-model head: the int8 accuracy budget measures perplexity/KL, "
+                "so it needs a causal LM; quantize encoders without max_ppl_increase / max_kl"
+            )
+        return model, tokenizer
+    path = Path(model_or_source)
+    if not (path / "config.json").is_file():
+        raise BadInputError(f"{path} is not an HF model directory (no config.json): pass a directory or a model")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def select_recipe(model: torch.nn.Module, tokenizer: Any, recipe: Recipe, calib_text: "str | None" = None,
+                  **kwargs: Any) -> Int8Decisions:
+    """The pipeline's entry point: :func:`plan_int8` on an in-memory model (see there for ``kwargs``).
+
+    Example:
+        >>> d = select_recipe(model, tok, Recipe(method="int8", max_ppl_increase=2))   # doctest: +SKIP
+    """
+    return plan_int8(model, tokenizer, recipe, calib_text, **kwargs)
+
+
+def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Recipe, *, inplace: bool = False) -> torch.nn.Module:
+    """Fold the smoothing into ``model`` and convert it to int8 with ``quantize_module``.
+
+    With ``inplace=False`` the model is deep-copied once (the copy is folded and converted layer by
+    layer, so the peak is one float copy plus the int8 result).
+
+    Example:
+        >>> from llmpack.testing import tiny_model
+        >>> q = apply_decisions(tiny_model("llama"), Int8Decisions(method="int8"), Recipe(method="int8"))
+        >>> type(q.model.layers[0].mlp.down_proj).__name__
+        'Int8Linear'
+    """
+    import copy
+
+    from llmpack.quant.apply import quantize_module
+
+    target = model if inplace else copy.deepcopy(model)
+    decisions.fold_into(target)
+    return quantize_module(target, recipe, skip=sorted(decisions.keep_float), weight_only=sorted(decisions.weight_only),
+                           inplace=True)

@@ -1,0 +1,326 @@
+"""Calibration for INT8: token batches from text, per-input-channel activation statistics, and a
+fake-quantization simulator used to measure what INT8 costs before anything is written.
+
+Everything here runs on one in-memory float model and never copies it: statistics are collected with
+forward hooks that keep one vector per linear layer (``max |x_j|`` over calibration tokens), and the
+simulator (:func:`simulate`) swaps each selected layer's ``forward`` for a quantize-dequantize version
+that recomputes the int8 weight on the fly, so no second copy of the weights is ever held.
+
+Example:
+    >>> from llmpack.testing import tiny_model
+    >>> m = tiny_model("llama")
+    >>> batches = [torch.randint(0, 256, (1, 16))]
+    >>> stats = collect_input_absmax(m, batches)
+    >>> stats["model.layers.0.mlp.down_proj"].shape
+    torch.Size([176])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from llmpack.errors import BadInputError
+
+__all__ = [
+    "LayerSim",
+    "EvalResult",
+    "token_batches",
+    "linear_layers",
+    "is_linear",
+    "in_dim",
+    "collect_input_absmax",
+    "fake_quant_weight",
+    "fake_quant_act",
+    "simulate",
+    "Evaluator",
+]
+
+_EPS = 1e-8
+QMAX = 127.0
+
+
+def is_linear(module: torch.nn.Module) -> bool:
+    """True for ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2, weight stored ``[in, out]``)."""
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def in_dim(module: torch.nn.Module) -> int:
+    """The weight dimension that indexes input features: 1 for ``nn.Linear``, 0 for ``Conv1D``."""
+    return 0 if type(module).__name__ == "Conv1D" else 1
+
+
+def linear_layers(model: torch.nn.Module, skip: Iterable[str] = ("lm_head",)) -> dict[str, torch.nn.Module]:
+    """Name → module for every linear layer INT8 may quantize (``lm_head`` and ``skip`` names excluded).
+
+    Example:
+        >>> from llmpack.testing import tiny_model
+        >>> len(linear_layers(tiny_model("llama")))
+        14
+    """
+    skip = tuple(skip)
+    out = {}
+    for name, mod in model.named_modules():
+        if not is_linear(mod):
+            continue
+        if any(name == s or name.endswith("." + s) for s in skip):
+            continue
+        out[name] = mod
+    return out
+
+
+def token_batches(tokenizer: Any, text: str, seq_len: int = 512, max_tokens: int | None = None) -> list[torch.Tensor]:
+    """Tokenize ``text`` once and cut it into ``[1, seq_len]`` windows (the last one may be shorter).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        text: calibration or evaluation text.
+        seq_len: tokens per window (non-overlapping).
+        max_tokens: keep at most this many tokens (``None`` = all).
+
+    Returns:
+        A list of ``LongTensor`` of shape ``[1, n]``, ``n >= 2``.
+
+    Example:
+        >>> from transformers import AutoTokenizer   # doctest: +SKIP
+        >>> token_batches(tok, "hello world " * 100, seq_len=64)[0].shape   # doctest: +SKIP
+        torch.Size([1, 64])
+    """
+    if seq_len < 2:
+        raise BadInputError(f"seq_len={seq_len} is too small: use at least 2 tokens per window")
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if ids.numel() < 2:
+        raise BadInputError("the calibration text tokenizes to fewer than 2 tokens: pass a longer text")
+    out = [ids[i:i + seq_len].unsqueeze(0) for i in range(0, ids.numel(), seq_len)]
+    return [b for b in out if b.shape[1] >= 2]
+
+
+@torch.no_grad()
+def collect_input_absmax(
+    model: torch.nn.Module,
+    batches: Sequence[torch.Tensor],
+    names: Iterable[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-input-channel ``max |x_j|`` of every linear layer's input over all calibration tokens.
+
+    Hooks keep one float32 vector per layer, so memory is that of one forward pass plus
+    ``sum(in_features)`` floats.
+
+    Args:
+        model: a float model (``nn.Linear`` / ``Conv1D`` layers).
+        batches: input id tensors ``[1, n]`` (see :func:`token_batches`).
+        names: layer names to watch (default: :func:`linear_layers`).
+
+    Returns:
+        layer name → float32 tensor ``[in_features]``.
+
+    Example:
+        >>> from llmpack.testing import tiny_model
+        >>> s = collect_input_absmax(tiny_model("gpt2"), [torch.randint(0, 256, (1, 8))])
+        >>> s["transformer.h.0.attn.c_attn"].shape
+        torch.Size([64])
+    """
+    mods = linear_layers(model) if names is None else {n: model.get_submodule(n) for n in names}
+    stats: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_m: torch.nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            v = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+            prev = stats.get(name)
+            stats[name] = v if prev is None else torch.maximum(prev, v)
+        return hook
+
+    for name, mod in mods.items():
+        handles.append(mod.register_forward_pre_hook(make_hook(name)))
+    try:
+        device = _model_device(model)
+        for b in batches:
+            model(input_ids=b.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def fake_quant_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
+    """Quantize-dequantize a weight per output channel, symmetric int8 (``[-127, 127]``).
+
+    Example:
+        >>> w = torch.randn(4, 8)
+        >>> bool((fake_quant_weight(w) - w).abs().max() <= w.abs().max() / 127)
+        True
+    """
+    reduce = 1 - out_dim
+    scale = w.abs().amax(dim=reduce, keepdim=True).clamp(min=_EPS) / QMAX
+    return torch.clamp(torch.round(w / scale), -QMAX, QMAX) * scale
+
+
+def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
+    """Quantize-dequantize activations per token (last dim reduced), symmetric dynamic int8.
+
+    Example:
+        >>> x = torch.randn(2, 3, 8)
+        >>> fake_quant_act(x).shape
+        torch.Size([2, 3, 8])
+    """
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / QMAX
+    return torch.clamp(torch.round(x / scale), -QMAX, QMAX) * scale
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSim:
+    """How one linear layer is simulated.
+
+    Args:
+        mode: ``"w8a8"`` (int8 weight per channel + int8 activation per token), ``"w8a16"``
+            (weight-only int8) or ``"float"``.
+        smooth: optional per-input-channel SmoothQuant scale ``s``: the layer computes
+            ``q(x / s) @ q(W * s)ᵀ``, which equals ``x @ Wᵀ`` without quantization.
+    """
+
+    mode: str = "w8a8"
+    smooth: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("w8a8", "w8a16", "float"):
+            raise BadInputError(f"unknown simulation mode {self.mode!r}: choose w8a8, w8a16 or float")
+
+
+def _sim_forward(mod: torch.nn.Module, sim: LayerSim):
+    conv1d = type(mod).__name__ == "Conv1D"
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        w = mod.weight
+        dt = x.dtype
+        if sim.mode == "float" and sim.smooth is None:
+            return mod.__class__.forward(mod, x)
+        s = sim.smooth
+        if s is not None:
+            s = s.to(device=x.device, dtype=torch.float32)
+            x = x.float() / s
+            w = w.float() * (s.unsqueeze(1) if conv1d else s)
+        if sim.mode != "float":
+            w = fake_quant_weight(w, out_dim=1 if conv1d else 0)
+        if sim.mode == "w8a8":
+            x = fake_quant_act(x)
+        w = w.to(dt)
+        x = x.to(dt)
+        if conv1d:
+            y = torch.addmm(mod.bias, x.reshape(-1, x.shape[-1]), w) if mod.bias is not None else x.reshape(-1, x.shape[-1]) @ w
+            return y.reshape(*x.shape[:-1], w.shape[1])
+        return F.linear(x, w, mod.bias)
+
+    return forward
+
+
+@contextlib.contextmanager
+def simulate(model: torch.nn.Module, plan: Mapping[str, LayerSim]) -> Iterator[torch.nn.Module]:
+    """Temporarily run the named linear layers as fake-quantized INT8 (no weights are copied or changed).
+
+    Example:
+        >>> from llmpack.testing import tiny_model
+        >>> m = tiny_model("llama")
+        >>> with simulate(m, {"model.layers.0.mlp.down_proj": LayerSim("w8a8")}):
+        ...     _ = m(input_ids=torch.tensor([[1, 2, 3]]))
+    """
+    patched = []
+    try:
+        for name, sim in plan.items():
+            mod = model.get_submodule(name)
+            if not is_linear(mod):
+                raise BadInputError(f"{name} is a {type(mod).__name__}, not a linear layer: only Linear/Conv1D can be simulated")
+            mod.forward = _sim_forward(mod, sim)
+            patched.append(mod)
+        yield model
+    finally:
+        for mod in patched:
+            with contextlib.suppress(AttributeError):
+                del mod.forward
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Accuracy of a (simulated) candidate against the float model on the same tokens.
+
+    Attributes:
+        ppl: candidate perplexity; ``base_ppl``: float perplexity.
+        kl: mean KL(float ‖ candidate) of next-token distributions, nats.
+        top1: share of positions where the arg-max token agrees with the float model.
+    """
+
+    ppl: float
+    base_ppl: float
+    kl: float
+    top1: float
+
+    @property
+    def ppl_increase(self) -> float:
+        """Relative perplexity increase in percent."""
+        return 100.0 * (self.ppl / self.base_ppl - 1.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"ppl": round(self.ppl, 4), "base_ppl": round(self.base_ppl, 4),
+                "ppl_increase_pct": round(self.ppl_increase, 3), "kl": round(self.kl, 6), "top1": round(self.top1, 4)}
+
+
+class Evaluator:
+    """Scores a model on fixed token batches against its own float outputs (computed once, cached).
+
+    The float log-probabilities are cached for the batches (``tokens × vocab`` float32), so keep the
+    calibration slice modest (the default budget search uses ~1k tokens: ~200 MB for a 49k vocab).
+
+    Example:
+        >>> from llmpack.testing import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ev = Evaluator(m, [torch.randint(0, 256, (1, 32))])
+        >>> ev().kl == 0.0
+        True
+    """
+
+    def __init__(self, model: torch.nn.Module, batches: Sequence[torch.Tensor]) -> None:
+        self.model = model
+        self.batches = list(batches)
+        self.device = _model_device(model)
+        self._ref: list[torch.Tensor] = []
+        nll, n = 0.0, 0
+        with torch.no_grad():
+            for b in self.batches:
+                logp = self._logprobs(b)
+                self._ref.append(logp)
+                nll += float(-logp.gather(-1, b[0, 1:].to(logp.device).unsqueeze(-1)).sum())
+                n += b.shape[1] - 1
+        self.ntokens = n
+        self.base_ppl = math.exp(nll / max(n, 1))
+
+    def _logprobs(self, b: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=b.to(self.device))
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return torch.log_softmax(logits[0, :-1].float(), dim=-1)
+
+    @torch.no_grad()
+    def __call__(self) -> EvalResult:
+        """Evaluate the model as it currently runs (e.g. inside :func:`simulate`)."""
+        nll, kl, agree, n = 0.0, 0.0, 0, 0
+        for b, ref in zip(self.batches, self._ref):
+            logp = self._logprobs(b)
+            tgt = b[0, 1:].to(logp.device).unsqueeze(-1)
+            nll += float(-logp.gather(-1, tgt).sum())
+            kl += float((ref.exp() * (ref - logp)).sum())
+            agree += int((ref.argmax(-1) == logp.argmax(-1)).sum())
+            n += ref.shape[0]
+        return EvalResult(ppl=math.exp(nll / max(n, 1)), base_ppl=self.base_ppl, kl=kl / max(n, 1), top1=agree / max(n, 1))
