@@ -321,3 +321,16 @@ def test_registry_limit_warning_reaches_pack_result(model_copy: Path, tmp_path: 
                         lambda sizes, names: registry_warnings(sizes, names, max_layer_bytes=50_000, max_layers=3))
     res = pack(model_copy, tmp_path / "out", quiet=True)
     assert sum("--max-shard-size" in w for w in res.warnings) == 5 + 1
+
+
+def test_rerun_after_killed_pack_cleans_temp_files(packable_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pack(packable_model, out, quiet=True)
+    blobs = out / "oci" / "blobs" / "sha256"
+    # what a SIGKILL mid-write leaves: a partial temp blob, a temp link in model/, and a lost index update
+    (blobs / ".tmp-deadbeef").write_bytes(b"partial")
+    (out / "model" / ".llmpack-tmp-config.json").write_bytes(b"partial")
+    (out / "oci" / "index.json").unlink()
+    res = pack(packable_model, out, quiet=True)
+    assert not (blobs / ".tmp-deadbeef").exists() and not (out / "model" / ".llmpack-tmp-config.json").exists()
+    assert verify_layout(out).manifests == [res.manifest_digest]
