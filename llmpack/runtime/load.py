@@ -170,7 +170,8 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
     Args:
         path: a model directory (llmpack output or any HF safetensors dir).
         device: ``"cpu"`` or ``"cuda"`` (tensors are placed there as they are assigned).
-        dtype: cast float tensors to this dtype (default: as stored; int8 tensors are never cast).
+        dtype: cast float tensors to this dtype (default: ``config.json``'s dtype, as ``from_pretrained`` does;
+            int8 tensors and modules kept in float32 by ``fp16_overflow="keep"`` are never cast).
         lazy: keep CPU tensors backed by the file mmap (pages read on first use); ``False`` copies them.
 
     Returns:
@@ -216,13 +217,23 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
             raise ConfigError(f"{d} is quantized ({qcfg.get('quant_method')}) but this llmpack build has no int8 runtime") from None
         swap_quantized_modules(model, qcfg, keys)
     expected = dict(model.state_dict(keep_vars=True))
+    fp32: list[str] = []
+    if (d / MANIFEST_FILE).is_file():
+        from llmpack.checkpoint.manifest import read_manifest
+
+        fp32 = list(read_manifest(d).extra.get("fp32_modules") or [])
+    target = dtype if dtype is not None else _config_dtype(config)
+
+    def in_fp32(name: str) -> bool:
+        return any(name.startswith(m + ".") for m in fp32)
+
     for f in files:
         sd: dict[str, torch.Tensor] = {}
         with safe_open(f, "pt", device="cpu") as so:
             for k in so.keys():
                 t = so.get_tensor(k)
-                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-                    t = t.to(dtype)
+                if target is not None and t.is_floating_point() and t.dtype != target and not in_fp32(k):
+                    t = t.to(target)  # as from_pretrained does: float tensors follow the model dtype
                 elif not lazy and dev.type == "cpu":
                     t = t.clone()
                 ref = expected.get(k)
@@ -244,12 +255,7 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
                 f"tensor {name} is missing from {d} (still on the meta device); the checkpoint is incomplete or "
                 "was written for another architecture"
             )
-    manifest = d / MANIFEST_FILE
-    if manifest.is_file():
-        from llmpack.checkpoint.manifest import read_manifest
-
-        fp32 = read_manifest(d).extra.get("fp32_modules") or []
-        if fp32:
-            apply_fp32_modules(model, list(fp32))
+    if fp32:
+        apply_fp32_modules(model, fp32)
     model.eval()
     return model

@@ -1,0 +1,29 @@
+"""CLI quantize: exit codes 0 / 2, JSON output, int8-only flags refused for float methods."""
+
+from __future__ import annotations
+
+import json
+
+from llmpack.cli import main
+
+
+def test_cli_quantize_ok_json(tiny_dirs, tmp_path, capsys) -> None:
+    rc = main(["quantize", str(tiny_dirs["llama"]), "--method", "bf16", "--out", str(tmp_path / "o"),
+               "--max-shard-size", "100KB", "--ignore", "lm_head*", "--format", "json", "--quiet"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["recipe"]["method"] == "bf16" and data["recipe"]["ignore"] == ["lm_head*"]
+    assert any(k.startswith("model-00001-of-") for k in data["files"])
+
+
+def test_cli_quantize_errors(tiny_dirs, tmp_path, capsys) -> None:
+    assert main(["quantize", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llmpack: error:") and err.count("\n") == 1
+    assert main(["quantize", str(tiny_dirs["llama"]), "--method", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert main(["quantize", str(tiny_dirs["llama"]), "--method", "bf16", "--max-kl", "0.1",
+                 "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "w.bin").write_bytes(b"x")
+    assert main(["quantize", str(tmp_path / "w.bin"), "--out", str(tmp_path / "o")]) == 2
+    assert "never unpickles" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
