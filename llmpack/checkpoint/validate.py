@@ -221,8 +221,8 @@ def validate_safetensors(path: "str | os.PathLike[str]", *, dtype_sizes: Mapping
             raise CorruptFileError(f"{p}: gap of {b - pos} bytes before tensor {name!r} (data_offsets [{b}, {e}]); "
                                    f"{_FIX}")
         if e > data_len:
-            raise CorruptFileError(f"{p}: tensor {name!r} data_offsets [{b}, {e}] run past the data section "
-                                   f"({data_len} bytes: the file is truncated); {_FIX}")
+            raise CorruptFileError(f"{p}: tensor {name!r} data_offsets [{b}, {e}] run past the end of the data "
+                                   f"({data_len} bytes); {_FIX}")
         pos = e
         prev = name
     if pos != data_len:
