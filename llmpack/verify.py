@@ -82,11 +82,12 @@ def verify(path: "str | os.PathLike[str]", *, quiet: bool = True) -> Any:
                 raise IntegrityError(f"{p} is missing (recorded in {MANIFEST_FILE}); re-create or re-download the model")
             size = p.stat().st_size
             if size != int(entry["size"]):
-                raise IntegrityError(f"{p}: size {size} differs from the recorded {entry['size']}; the file is corrupt")
+                raise IntegrityError(f"{p}: size {size} differs from the recorded {entry['size']}; the file is corrupt: "
+                                     "re-download or re-quantize the model")
             digest = hash_file(p)
             if digest != entry["sha256"]:
                 raise IntegrityError(f"{p}: sha256 {digest[:12]}… differs from the recorded {str(entry['sha256'])[:12]}…; "
-                                     "the file is corrupt or was modified")
+                                     "the file is corrupt or was modified; re-download or re-quantize the model")
             hashed += size
             bar.update(size)
     recorded = set(manifest.files)
