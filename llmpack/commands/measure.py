@@ -1,0 +1,131 @@
+"""``llmpack measure BASELINE CANDIDATE``: size, latency and accuracy deltas, with CI gates (exit 1)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from llmpack.errors import GateFailedError
+
+__all__ = ["register", "run", "add_gate_arguments", "add_measure_arguments", "write_outputs", "finish"]
+
+DESCRIPTION = """\
+Measure a candidate model against its baseline: bytes on disk and in memory, peak memory,
+latency (prefill and decode tokens/s for causal LMs, forward for encoders; baseline and candidate
+timed interleaved), and accuracy (perplexity, KL divergence, top-1 agreement; embedding cosine for
+encoders). Gates turn it into a CI check: a failed gate exits 1 and names the gate.
+
+Example:
+  llmpack measure ./smollm2 ./smollm2-int8 --quick --max-ppl-increase 2 --min-top1 0.9 \\
+      --json report.json --markdown report.md --plot report.png
+"""
+
+
+def add_gate_arguments(p: argparse.ArgumentParser, *, ppl: bool = True) -> None:
+    """Gate options (shared with ``quantize --measure``; pass ``ppl=False`` where ``--max-ppl-increase``
+    already exists with the same meaning)."""
+    g = p.add_argument_group("gates (a failed gate exits 1)")
+    if ppl:
+        g.add_argument("--max-ppl-increase", type=float, metavar="PCT",
+                       help="largest allowed perplexity increase, percent (e.g. 2)")
+    g.add_argument("--min-top1", type=float, metavar="F", help="smallest allowed top-1 agreement, 0..1 (e.g. 0.9)")
+    g.add_argument("--min-speedup", type=float, metavar="X",
+                   help="smallest allowed speedup over the baseline at every batch size (e.g. 1.0)")
+    g.add_argument("--max-size-ratio", type=float, metavar="R",
+                   help="largest allowed candidate / baseline size (e.g. 0.6)")
+    g.add_argument("--max-kl", type=float, metavar="NATS", help="largest allowed mean KL divergence (nats)")
+    g.add_argument("--min-cosine", type=float, metavar="F",
+                   help="encoders: smallest allowed embedding cosine vs the baseline")
+
+
+def add_measure_arguments(p: argparse.ArgumentParser) -> None:
+    """Measurement options: device, text, batch sizes, sequence length, quick mode, outputs."""
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="where to run (default: cuda if available)")
+    p.add_argument("--text", metavar="FILE", default=None,
+                   help="UTF-8 text file for perplexity / KL (default: a fixed slice of pydoc_data.topics)")
+    p.add_argument("--batch-sizes", metavar="LIST", default=None, help="comma-separated batch sizes (default 1,8; quick 1)")
+    p.add_argument("--seq-len", type=int, default=128, metavar="N", help="prompt tokens per row when timing (default 128)")
+    p.add_argument("--new-tokens", type=int, default=None, metavar="N",
+                   help="decode steps timed after the prefill (default 32; quick 8)")
+    p.add_argument("--runs", type=int, default=None, metavar="N",
+                   help="timed run pairs per batch size (default: fit a time budget)")
+    p.add_argument("--quick", action="store_true", help="a short measurement (under a minute for a small model)")
+    p.add_argument("--json", metavar="F", default=None, help="write the report as JSON")
+    p.add_argument("--markdown", metavar="F", default=None, help="write the report as Markdown")
+    p.add_argument("--html", metavar="F", default=None, help="write the report as HTML")
+    p.add_argument("--plot", metavar="F", default=None, help="write a PNG plot (latency distributions, size bars)")
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``measure`` subcommand."""
+    p = subparsers.add_parser("measure", help="size, latency and accuracy of a candidate vs its baseline (CI gates)",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("baseline", metavar="BASELINE", help="the reference model directory (e.g. the float original)")
+    p.add_argument("candidate", metavar="CANDIDATE", help="the model directory to judge (e.g. llmpack's output)")
+    add_measure_arguments(p)
+    add_gate_arguments(p)
+    return p
+
+
+def write_outputs(report: Any, args: Any) -> list[str]:
+    """Write ``--json`` / ``--markdown`` / ``--html`` / ``--plot`` files when asked; returns the paths written."""
+    from pathlib import Path
+
+    written = []
+    if getattr(args, "json", None):
+        report.to_json(args.json)
+        written.append(args.json)
+    if getattr(args, "markdown", None):
+        report.to_markdown(args.markdown)
+        written.append(args.markdown)
+    if getattr(args, "html", None):
+        p = Path(args.html)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("<!doctype html><meta charset=\"utf-8\">\n" + report.to_html() + "\n", encoding="utf-8")
+        written.append(args.html)
+    if getattr(args, "plot", None):
+        report.plot(args.plot)
+        written.append(args.plot)
+    return written
+
+
+def finish(report: Any, args: Any) -> int:
+    """Write the requested files, print the report (human or JSON) and raise when a gate failed.
+
+    ``quantize --measure`` calls this too, so both commands print and gate the same way.
+
+    Raises:
+        GateFailedError: a gate failed (exit 1); the message names each failed gate with its value.
+    """
+    from llmpack._output import emit
+
+    write_outputs(report, args)
+    fmt = getattr(args, "format", "human")
+    human = report.to_markdown() if not getattr(args, "quiet", False) else report.summary()
+    emit(fmt, human, report.to_dict())
+    if not report.passed:
+        failed = [g.line() for g in report.gate_results if g.applicable and not g.passed]
+        raise GateFailedError(f"measure gate failed: {'; '.join(failed)}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``llmpack measure``."""
+    from pathlib import Path
+
+    from llmpack.measure.api import gates_from_args, measure, parse_batch_sizes
+
+    report = measure(
+        args.baseline,
+        args.candidate,
+        text=Path(args.text) if args.text else None,
+        device=args.device,
+        batch_sizes=parse_batch_sizes(args.batch_sizes) if args.batch_sizes else None,
+        seq_len=args.seq_len,
+        new_tokens=args.new_tokens,
+        runs=args.runs,
+        quick=args.quick,
+        gates=gates_from_args(args),
+        quiet=args.quiet or args.format == "json",
+    )
+    return finish(report, args)

@@ -1,0 +1,543 @@
+"""``llmpack.measure(baseline, candidate)``: size, latency and accuracy of a candidate against its baseline.
+
+Example:
+    >>> import llmpack
+    >>> report = llmpack.measure("models/smollm2", "models/smollm2-bf16", quick=True)  # doctest: +SKIP
+    >>> print(report.summary())                                                        # doctest: +SKIP
+    bf16: 0.50× size, 2.3× faster (b1), +0.1% ppl
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from llmpack.constants import CONFIG_FILE, MANIFEST_FILE
+from llmpack.errors import BadInputError, ConfigError, LlmpackError, SourceNotFoundError
+from llmpack.measure.accuracy import AccuracyStats, causal_lm_accuracy, encoder_accuracy
+from llmpack.measure.latency import _load_avg, environment, time_models
+from llmpack.measure.report import ModelInfo, Report, evaluate_gates, validate_gates
+from llmpack.measure.size import PeakMemory, SizeStats, disk_usage, memory_method, param_bytes
+from llmpack.measure.text import resolve_text
+
+__all__ = ["measure", "measure_after_quantize", "detect_task", "load_model", "DEFAULTS", "QUICK"]
+
+# Budgets: timed run pairs per batch size are chosen as budget_s / (time of one warm-up pair),
+# clamped to [min_runs, max_runs], unless runs= is given.
+DEFAULTS: dict[str, Any] = {"batch_sizes": (1, 8), "new_tokens": 32, "warmup": 1, "budget_s": 20.0, "min_runs": 3,
+                            "max_runs": 30, "max_tokens": None, "max_sentences": 64}
+QUICK: dict[str, Any] = {"batch_sizes": (1,), "new_tokens": 8, "warmup": 1, "budget_s": 3.0, "min_runs": 2,
+                         "max_runs": 10, "max_tokens": 1024, "max_sentences": 16}
+# FP16 on CPU has no fast kernels (40-60x slower than FP32): cap the work.
+FP16_CPU_CAP: dict[str, Any] = {"batch_sizes": (1,), "seq_len": 32, "new_tokens": 4, "warmup": 1, "runs": 1,
+                                "max_tokens": 256}
+DEFAULT_WINDOW = 512
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+_ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2",
+                  "albert", "camembert", "modernbert", "nomic_bert", "e5", "bge"}
+
+
+# ---- sources ------------------------------------------------------------------------------------
+def _read_config(path: Path) -> dict[str, Any]:
+    if path.is_file() and path.suffix == ".gguf":
+        return {}
+    f = path / CONFIG_FILE
+    if not f.is_file():
+        raise BadInputError(f"{f} is missing: pass a Hugging Face model directory (config.json + safetensors)")
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise BadInputError(f"cannot read {f}: {e}; fix or regenerate config.json") from e
+
+
+def detect_task(config: Mapping[str, Any] | Any, model: torch.nn.Module | None = None) -> str:
+    """``"causal-lm"`` or ``"encoder"`` from a config (dict or ``PretrainedConfig``) and/or module class.
+
+    Raises:
+        BadInputError: neither a causal LM nor an encoder.
+
+    Example:
+        >>> detect_task({"architectures": ["LlamaForCausalLM"]})
+        'causal-lm'
+        >>> detect_task({"model_type": "bert", "architectures": ["BertModel"]})
+        'encoder'
+    """
+    if not isinstance(config, Mapping):
+        config = config.to_dict() if hasattr(config, "to_dict") else {}
+    archs = list(config.get("architectures") or [])
+    if model is not None:
+        archs.insert(0, type(model).__name__)
+    if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs):
+        return "causal-lm"
+    mtype = str(config.get("model_type", "")).lower()
+    if mtype in _ENCODER_TYPES or any(a.endswith(("Model", "ForMaskedLM", "ForSentenceEmbedding")) for a in archs):
+        return "encoder"
+    raise BadInputError(f"cannot tell the task of model type {mtype or '?'} ({', '.join(archs) or 'no architectures'}): "
+                        "measure supports causal LMs (*ForCausalLM) and encoders (BERT-like)")
+
+
+def load_model(path: str | os.PathLike[str], task: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a model directory (or a ``.gguf`` file) for measuring. The ONE place measure loads models.
+
+    Uses :func:`llmpack.load` (which also runs llmpack's int8 layers); falls back to transformers'
+    ``from_pretrained`` (stored dtype kept) where ``llmpack.runtime.load`` is not installed, and for ``.gguf``.
+
+    Example:
+        >>> m = load_model("models/smollm2", "causal-lm")  # doctest: +SKIP
+    """
+    p = Path(path)
+    dev = torch.device(device)
+    if p.is_dir():
+        try:
+            from llmpack.runtime.load import load as _llmpack_load
+        except ImportError:
+            _llmpack_load = None
+        if _llmpack_load is not None:
+            return _llmpack_load(p, device=str(dev)).eval()
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    cls = AutoModelForCausalLM if task == "causal-lm" else AutoModel
+    kw: dict[str, Any] = {"gguf_file": p.name} if p.is_file() else {}
+    where = p.parent if p.is_file() else p
+    try:
+        model = cls.from_pretrained(where, dtype="auto", **kw)
+    except TypeError:  # transformers < 4.56 spells it torch_dtype
+        model = cls.from_pretrained(where, torch_dtype="auto", **kw)
+    return model.to(dev).eval()
+
+
+def _tokenizer_from(path: Path) -> Any | None:
+    from transformers import AutoTokenizer
+
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                                              "tokenizer.model")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"cannot load the tokenizer of {path}: {e}; check its tokenizer files") from e
+
+
+def _tokenizer_fingerprint(tok: Any) -> str:
+    h = hashlib.sha256()
+    vocab = tok.get_vocab()
+    for k in sorted(vocab):
+        h.update(f"{k}\x00{vocab[k]}\x01".encode("utf-8", "surrogatepass"))
+    for attr in ("bos_token_id", "eos_token_id", "unk_token_id"):
+        h.update(f"{attr}={getattr(tok, attr, None)}".encode())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _Side:
+    """One side of the comparison: where it came from and the loaded module."""
+
+    def __init__(self, src: Any, role: str) -> None:
+        self.role = role
+        self.module: torch.nn.Module | None = None
+        self.path: Path | None = None
+        self.config: dict[str, Any] = {}
+        if isinstance(src, torch.nn.Module):
+            self.module = src
+            cfg = getattr(src, "config", None)
+            self.config = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+            self.kind = "module"
+            self.name = f"{type(src).__name__} (in memory)"
+        elif isinstance(src, (str, os.PathLike)):
+            p = Path(src).expanduser()
+            if not p.exists():
+                raise SourceNotFoundError(f"{role} model {p} does not exist: pass a model directory or an nn.Module")
+            self.path = p
+            self.kind = "gguf" if p.is_file() and p.suffix == ".gguf" else "dir"
+            if self.kind == "dir" and not p.is_dir():
+                raise BadInputError(f"{role} model {p} is a file: pass a model directory (or a .gguf file)")
+            self.config = _read_config(p)
+            self.name = p.name if p.name not in ("model", "") else f"{p.parent.name}/{p.name}"
+        else:
+            raise BadInputError(f"{role} must be a model directory or an nn.Module, got {type(src).__name__}")
+
+    def task(self) -> str:
+        if self.kind == "gguf":
+            return "causal-lm"
+        return detect_task(self.config, self.module)
+
+    def tokenizer_dir(self) -> Path | None:
+        if self.path is not None:
+            return self.path
+        name = str(self.config.get("_name_or_path") or self.config.get("name_or_path") or "")
+        return Path(name) if name and Path(name).is_dir() else None
+
+    def method(self) -> str | None:
+        if self.path is None or not (self.path / MANIFEST_FILE).is_file():
+            return None
+        recipe: Any = None
+        try:
+            from llmpack.checkpoint.manifest import read_manifest
+
+            recipe = getattr(read_manifest(self.path), "recipe", None)
+        except ImportError:
+            try:
+                recipe = json.loads((self.path / MANIFEST_FILE).read_text(encoding="utf-8")).get("recipe")
+            except (OSError, json.JSONDecodeError):
+                return None
+        except LlmpackError:
+            return None
+        if recipe is None:
+            return None
+        method = recipe.get("method") if isinstance(recipe, Mapping) else getattr(recipe, "method", None)
+        method = getattr(method, "value", method)
+        return str(method) if method else None
+
+
+def _resolve_tokenizer(a: _Side, b: _Side, given: Any, notes: list[str]) -> Any:
+    if given is not None:
+        if isinstance(given, (str, os.PathLike)):
+            tok = _tokenizer_from(Path(given))
+            if tok is None:
+                raise BadInputError(f"no tokenizer files in {given}: pass a directory with tokenizer.json")
+            return tok
+        return given
+    da, db = a.tokenizer_dir(), b.tokenizer_dir()
+    ta = _tokenizer_from(da) if da is not None else None
+    tb = _tokenizer_from(db) if db is not None else None
+    if ta is None and tb is None:
+        raise BadInputError("no tokenizer found for either model: pass tokenizer= (a tokenizer or a directory "
+                            "holding tokenizer.json)")
+    if ta is None or tb is None:
+        who, other = ("baseline", "candidate") if ta is None else ("candidate", "baseline")
+        notes.append(f"the {who} has no tokenizer; the {other}'s was used for both")
+        return ta or tb
+    if da is not None and db is not None:
+        ha, hb = _file_sha256(da / "tokenizer.json"), _file_sha256(db / "tokenizer.json")
+        if ha is not None and ha == hb:
+            return ta
+    if _tokenizer_fingerprint(ta) != _tokenizer_fingerprint(tb):
+        raise BadInputError(f"baseline ({da}) and candidate ({db}) have different tokenizers (vocabulary or special "
+                            "tokens differ): compare models that share one tokenizer, or pass tokenizer= to force one")
+    return ta
+
+
+def _dominant_dtype(by_dtype: Mapping[str, int]) -> str:
+    return max(by_dtype.items(), key=lambda kv: kv[1])[0] if by_dtype else ""
+
+
+def _has_dtype(model: torch.nn.Module, dtype: torch.dtype) -> bool:
+    return any(p.dtype == dtype for p in model.parameters())
+
+
+def _max_positions(cfg: Mapping[str, Any]) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        v = cfg.get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def _check_int(name: str, v: Any, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
+    return v
+
+
+def _module_device(m: torch.nn.Module) -> torch.device | None:
+    for p in m.parameters():
+        return p.device
+    return None
+
+
+# ---- the API -----------------------------------------------------------------------------------
+def measure(
+    baseline: Any,
+    candidate: Any,
+    *,
+    text: "str | os.PathLike[str] | Iterable[str] | None" = None,
+    device: str | torch.device | None = None,
+    batch_sizes: Sequence[int] | None = None,
+    seq_len: int = 128,
+    new_tokens: int | None = None,
+    warmup: int | None = None,
+    runs: int | None = None,
+    quick: bool = False,
+    gates: Mapping[str, float] | None = None,
+    tokenizer: Any = None,
+    quiet: bool = False,
+    window: int | None = None,
+    stride: int | None = None,
+) -> Report:
+    """Measure a candidate model against its baseline: size, latency and accuracy, and check gates.
+
+    Args:
+        baseline, candidate: model directories (loaded with :func:`llmpack.load`), ``.gguf`` files, or
+            in-memory ``nn.Module`` s (moved to ``device`` in place). Both must share one tokenizer.
+        text: evaluation text: ``None`` (a fixed slice of ``pydoc_data.topics``), a file path, a string or
+            an iterable of strings.
+        device: ``"cpu"`` or ``"cuda"`` (default: CUDA when available).
+        batch_sizes: batch sizes timed (default ``(1, 8)``; ``(1,)`` with ``quick``).
+        seq_len: prompt tokens per row when timing (cut to the model's context length).
+        new_tokens: decode steps timed after the prefill (causal LMs; default 32, 8 with ``quick``).
+        warmup: untimed run pairs per batch size (default 1).
+        runs: timed run pairs per batch size (default: as many as fit a time budget of 20 s per batch
+            size, 3 s with ``quick``, at least 3 / 2).
+        quick: a short measurement (well under a minute for SmolLM2 on 2 cores).
+        gates: e.g. ``{"max_ppl_increase_pct": 2, "min_top1": 0.9, "min_speedup": 1.0,
+            "max_size_ratio": 0.6, "max_kl": 0.05, "min_cosine": 0.99}``.
+        tokenizer: a tokenizer (or a directory with one) used for both models; skips the same-tokenizer check.
+        quiet: no progress bars.
+        window, stride: perplexity windows (default ``min(512, context length)``, stride = window).
+
+    Returns:
+        A :class:`~llmpack.measure.report.Report`; ``report.passed`` / ``report.failed_gates`` tell the gates.
+
+    Raises:
+        ConfigError: an unknown gate or an invalid setting. BadInputError: models that cannot be compared
+        (different tokenizers or tasks), missing files, no tokenizer.
+
+    Example:
+        >>> from llmpack.testing import tiny_model, byte_tokenizer
+        >>> m = tiny_model("llama")
+        >>> r = measure(m, m, tokenizer=byte_tokenizer(), quick=True, quiet=True, seq_len=16, text="hello " * 50)
+        >>> r.accuracy.top1
+        1.0
+    """
+    from llmpack._output import progress
+
+    t_start = time.perf_counter()
+    load0 = _load_avg()
+    gates_v = validate_gates(gates)
+    seq_len = _check_int("seq_len", seq_len, 2)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("device='cuda' was asked for but CUDA is not available: use device='cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise BadInputError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
+    prof = dict(QUICK if quick else DEFAULTS)
+    bs_list = tuple(batch_sizes) if batch_sizes is not None else tuple(prof["batch_sizes"])
+    if not bs_list:
+        raise ConfigError("batch_sizes is empty: pass e.g. (1, 8)")
+    for b in bs_list:
+        _check_int("batch size", b, 1)
+    n_new = _check_int("new_tokens", new_tokens if new_tokens is not None else prof["new_tokens"], 0)
+    n_warm = _check_int("warmup", warmup if warmup is not None else prof["warmup"], 0)
+    if runs is not None:
+        _check_int("runs", runs, 1)
+    notes: list[str] = []
+
+    a, b = _Side(baseline, "baseline"), _Side(candidate, "candidate")
+    task_a, task_b = a.task(), b.task()
+    if task_a != task_b:
+        raise BadInputError(f"baseline is a {task_a} model but candidate is a {task_b} model: compare like with like")
+    task = task_a
+    tok = _resolve_tokenizer(a, b, tokenizer, notes)
+    text_s = resolve_text(text)
+
+    # ---- load (peak memory while loading) ----
+    sizes: dict[str, SizeStats] = {}
+    models: dict[str, torch.nn.Module] = {}
+    for side in (a, b):
+        st = SizeStats()
+        if side.module is not None:
+            m = side.module.eval()
+            if _module_device(m) not in (None, dev):
+                m.to(dev)
+        else:
+            with PeakMemory(dev) as pm:
+                m = load_model(side.path, task, dev)  # type: ignore[arg-type]
+            st.load_peak_bytes = pm.peak_bytes
+            st.memory_method = pm.method
+            if side.kind == "dir":
+                st.files = disk_usage(side.path)  # type: ignore[arg-type]
+                st.disk_bytes = sum(st.files.values())
+                st.weight_file_bytes = sum(v for k, v in st.files.items() if k.endswith(".safetensors"))
+            else:
+                st.disk_bytes = st.weight_file_bytes = side.path.stat().st_size  # type: ignore[union-attr]
+                st.files = {side.path.name: st.disk_bytes}  # type: ignore[union-attr]
+        st.param_bytes_by_dtype, st.param_bytes, st.buffer_bytes, st.num_params = param_bytes(m)
+        models[side.role] = m
+        sizes[side.role] = st
+    ma, mb = models["baseline"], models["candidate"]
+
+    # ---- caps ----
+    max_tokens = prof["max_tokens"]
+    max_pos = _max_positions(a.config) or _max_positions(b.config)
+    if dev.type == "cpu" and (_has_dtype(ma, torch.float16) or _has_dtype(mb, torch.float16)):
+        cap = FP16_CPU_CAP
+        bs_list = tuple(cap["batch_sizes"])
+        seq_len = min(seq_len, cap["seq_len"])
+        n_new = min(n_new, cap["new_tokens"])
+        n_warm, runs = cap["warmup"], cap["runs"]
+        max_tokens = min(max_tokens or cap["max_tokens"], cap["max_tokens"])
+        notes.append(f"FP16 on CPU has no fast kernels (40-60× slower than FP32), so this run was capped: "
+                     f"{runs} timed run at batch 1 × {seq_len} tokens + {n_new} decode steps, accuracy on the first "
+                     f"{max_tokens} tokens. Measure FP16 on CUDA, or compare BF16 on CPU.")
+    if task == "causal-lm" and max_pos is not None and seq_len + n_new > max_pos:
+        new_seq = max(2, max_pos - n_new)
+        notes.append(f"seq_len {seq_len} + {n_new} new tokens exceeds the context length {max_pos}: "
+                     f"seq_len cut to {new_seq}")
+        seq_len = new_seq
+    win = window or min(DEFAULT_WINDOW, max_pos or DEFAULT_WINDOW)
+    if max_pos is not None and win > max_pos:
+        raise ConfigError(f"window {win} exceeds the model's context length {max_pos}: pass window <= {max_pos}")
+
+    # ---- accuracy ----
+    token_ids: torch.Tensor
+    if task == "causal-lm":
+        ids = tok(text_s, return_attention_mask=False, verbose=False)["input_ids"]
+        token_ids = torch.tensor(ids, dtype=torch.long).reshape(-1)
+        if max_tokens is not None and token_ids.numel() > max_tokens:
+            token_ids = token_ids[:max_tokens]
+        n_wins = max(1, math.ceil(max(token_ids.numel() - 1, 1) / (stride or win)))
+        with progress(n_wins, "accuracy", unit="window", quiet=quiet) as bar:
+            acc: AccuracyStats = causal_lm_accuracy(ma, mb, token_ids, window=win, stride=stride, device=dev,
+                                                    on_step=lambda: bar.update(1))
+    else:
+        acc = encoder_accuracy(ma, mb, tok, text_s, max_sentences=prof["max_sentences"],
+                               max_length=min(seq_len, max_pos or seq_len), device=dev)
+        ids = tok(text_s, return_attention_mask=False, verbose=False, add_special_tokens=False)["input_ids"]
+        token_ids = torch.tensor(ids, dtype=torch.long).reshape(-1)
+        if max_pos is not None and seq_len > max_pos:
+            notes.append(f"seq_len {seq_len} exceeds the context length {max_pos}: cut to {max_pos}")
+            seq_len = max_pos
+
+    # ---- latency ----
+    with progress(None, "latency", unit="run", quiet=quiet) as bar:
+        entries, peaks = time_models(
+            ma, mb, token_ids, task=task, batch_sizes=bs_list, seq_len=seq_len, new_tokens=n_new,
+            warmup=n_warm, runs=runs, budget_s=prof["budget_s"], min_runs=prof["min_runs"],
+            max_runs=prof["max_runs"], device=dev, on_step=lambda: bar.update(1),
+        )
+    method = memory_method(dev)
+    for role in ("baseline", "candidate"):
+        sizes[role].run_peak_bytes = peaks[role]
+        sizes[role].memory_method = sizes[role].memory_method or method
+
+    # ---- report ----
+    infos = {}
+    for side in (a, b):
+        st = sizes[side.role]
+        infos[side.role] = ModelInfo(
+            name=side.name, path=str(side.path) if side.path is not None else None, kind=side.kind,
+            architecture=type(models[side.role]).__name__,
+            dtype=_dominant_dtype(st.param_bytes_by_dtype), method=side.method(), num_params=st.num_params)
+    cand = infos["candidate"]
+    if dev.type == "cpu" and (cand.dtype == "int8" or (cand.method or "").startswith("int8")) and _cpu_has_bf16():
+        notes.append("this CPU has AVX512-BF16, where BF16 alone runs ~2.5× faster than FP32: INT8 earns its place "
+                     "only where it also beats a BF16 baseline — measure against BF16 too")
+    notes.append(f"peak memory measured by {method} (see docs/report-schema.md)")
+    env = environment(dev)
+    load = max(load0 or 0.0, env.get("load_avg_1m") or 0.0)
+    if dev.type == "cpu" and load > (os.cpu_count() or 1):
+        notes.append(f"the machine was busy (1-minute load average {load:.1f} on {os.cpu_count()} CPUs): "
+                     "latencies are inflated and noisy; the interleaved ratios are less affected")
+    settings = {
+        "batch_sizes": list(bs_list), "seq_len": seq_len, "new_tokens": n_new if task == "causal-lm" else 0,
+        "warmup": n_warm, "runs": runs, "quick": quick, "window": win if task == "causal-lm" else None,
+        "stride": (stride or win) if task == "causal-lm" else None,
+        "text": {"source": _text_source(text), "chars": len(text_s),
+                 "sha256": hashlib.sha256(text_s.encode("utf-8")).hexdigest(), "tokens": int(token_ids.numel())},
+    }
+    report = Report(
+        task=task, baseline=infos["baseline"], candidate=cand,
+        size_baseline=sizes["baseline"], size_candidate=sizes["candidate"], latency=entries, accuracy=acc,
+        environment=env, settings=settings, gates=gates_v, notes=notes,
+        created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    report.gate_results = evaluate_gates(report, gates_v)
+    report.duration_s = time.perf_counter() - t_start
+    return report
+
+
+def _text_source(text: Any) -> str:
+    if text is None:
+        return "default: pydoc_data.topics eval slice"
+    if isinstance(text, Path) or (isinstance(text, str) and "\n" not in text and len(text) < 4096
+                                  and Path(text).is_file()):
+        return f"file: {text}"
+    return "string" if isinstance(text, str) else "iterable"
+
+
+def gates_from_args(args: Any) -> dict[str, float]:
+    """Gate dict from CLI arguments (``--max-ppl-increase``, ``--min-top1``, ``--min-speedup``,
+    ``--max-size-ratio``, ``--max-kl``, ``--min-cosine``; missing attributes are ignored).
+
+    Example:
+        >>> import argparse
+        >>> gates_from_args(argparse.Namespace(max_ppl_increase=2.0, min_top1=None))
+        {'max_ppl_increase_pct': 2.0}
+    """
+    mapping = {"max_ppl_increase": "max_ppl_increase_pct", "min_top1": "min_top1", "min_speedup": "min_speedup",
+               "max_size_ratio": "max_size_ratio", "max_kl": "max_kl", "min_cosine": "min_cosine"}
+    out = {}
+    for attr, gate in mapping.items():
+        v = getattr(args, attr, None)
+        if v is not None:
+            out[gate] = float(v)
+    return out
+
+
+def measure_after_quantize(source: Any, out_dir: str | os.PathLike[str], args: Any = None, **overrides: Any) -> Report:
+    """Measure a freshly quantized ``out_dir`` against its ``source`` (what ``quantize --measure`` runs).
+
+    Reads optional attributes of the quantize command's ``args``: ``device``, ``text``, ``quick``, ``quiet``,
+    ``batch_sizes`` (list or ``"1,8"``), ``seq_len`` and the gate options of :func:`gates_from_args`
+    (``--max-ppl-increase`` doubles as the gate on the evaluation text). Keyword ``overrides`` win.
+
+    Example:
+        >>> r = measure_after_quantize("models/smollm2", "out/smollm2-int8", quick=True)  # doctest: +SKIP
+    """
+    kw: dict[str, Any] = {}
+    if args is not None:
+        for name in ("device", "text", "quick", "quiet", "seq_len"):
+            v = getattr(args, name, None)
+            if v is not None:
+                kw[name] = v
+        bs = getattr(args, "batch_sizes", None)
+        if bs is not None:
+            kw["batch_sizes"] = parse_batch_sizes(bs) if isinstance(bs, str) else tuple(bs)
+        gates = gates_from_args(args)
+        if gates:
+            kw["gates"] = gates
+    kw.update(overrides)
+    return measure(source, out_dir, **kw)
+
+
+def parse_batch_sizes(value: str) -> tuple[int, ...]:
+    """``"1,8"`` -> ``(1, 8)``.
+
+    Example:
+        >>> parse_batch_sizes("1, 8")
+        (1, 8)
+    """
+    try:
+        out = tuple(int(x) for x in str(value).split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"invalid batch sizes {value!r}: use comma-separated integers such as 1,8") from None
+    if not out or any(x < 1 for x in out):
+        raise ConfigError(f"invalid batch sizes {value!r}: use comma-separated integers >= 1 such as 1,8")
+    return out

@@ -1,0 +1,647 @@
+"""The measurement :class:`Report`: JSON (versioned schema, see ``docs/report-schema.md``), Markdown,
+HTML for notebooks, a PNG plot, a one-line summary and CI gates.
+
+Example:
+    >>> r = Report.example()
+    >>> r.summary()
+    'bf16: 0.50× size, 2.0× faster (b1), +0.3% ppl'
+    >>> Report.from_dict(r.to_dict()).to_dict() == r.to_dict()
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from llmpack.constants import REPORT_SCHEMA_VERSION
+from llmpack.errors import BadInputError, ConfigError
+from llmpack.measure.accuracy import AccuracyStats
+from llmpack.measure.latency import LatencyEntry, Timing
+from llmpack.measure.size import SizeStats
+
+__all__ = ["Report", "ModelInfo", "GateResult", "GATES", "validate_gates", "evaluate_gates", "REPORT_SCHEMA_NAME"]
+
+REPORT_SCHEMA_NAME = "llmpack.measure.report"
+
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64", "int8": "int8"}
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What was measured.
+
+    Attributes:
+        name: a display name (directory name, or the module's class name).
+        path: the model directory / file, or ``None`` for an in-memory module.
+        kind: ``"dir"``, ``"gguf"`` or ``"module"``.
+        architecture: the model class name, e.g. ``LlamaForCausalLM``.
+        dtype: the dtype holding most parameter bytes, e.g. ``float32`` / ``int8``.
+        method: the llmpack quantization method from ``llmpack.json`` (``None`` when not made by llmpack).
+        num_params: parameter elements.
+
+    Example:
+        >>> ModelInfo(name="m", dtype="bfloat16").label
+        'bf16'
+    """
+
+    name: str
+    path: str | None = None
+    kind: str = "module"
+    architecture: str = ""
+    dtype: str = ""
+    method: str | None = None
+    num_params: int = 0
+
+    @property
+    def label(self) -> str:
+        """Short label used in the summary line: the llmpack method, else the dominant dtype."""
+        return self.method or _SHORT_DTYPES.get(self.dtype, self.dtype) or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelInfo":
+        """Inverse of :meth:`to_dict`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclasses.dataclass
+class GateResult:
+    """One gate's outcome. ``applicable`` is False when the metric does not exist for the task
+    (e.g. ``min_top1`` on an encoder); such a gate is skipped, never failed.
+
+    Example:
+        >>> GateResult("min_top1", 0.9, 0.95, True).line()
+        'min_top1: 0.95 >= 0.9 ok'
+    """
+
+    name: str
+    threshold: float
+    value: float | None
+    passed: bool
+    applicable: bool = True
+
+    def line(self) -> str:
+        """One human line: ``name: value op threshold ok|FAILED``."""
+        if not self.applicable:
+            return f"{self.name}: not applicable to this model (skipped)"
+        op = GATES[self.name][2] if self.name in GATES else "?"
+        val = "n/a" if self.value is None else f"{self.value:.4g}"
+        return f"{self.name}: {val} {op} {self.threshold:g} {'ok' if self.passed else 'FAILED'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GateResult":
+        """Inverse of :meth:`to_dict`."""
+        return cls(name=d["name"], threshold=d["threshold"], value=d.get("value"), passed=bool(d["passed"]),
+                   applicable=bool(d.get("applicable", True)))
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or a == 0:
+        return None
+    return b / a
+
+
+# name -> (description, metric(report) -> value | None, comparison)
+GATES: dict[str, tuple[str, Callable[["Report"], float | None], str]] = {
+    "max_ppl_increase_pct": ("perplexity increase of the candidate, percent (causal LMs)",
+                             lambda r: r.accuracy.ppl_delta_pct, "<="),
+    "min_top1": ("top-1 next-token agreement with the baseline, 0..1 (causal LMs)", lambda r: r.accuracy.top1, ">="),
+    "min_speedup": ("slowest speedup (baseline p50 / candidate p50) over batch sizes, prefill or encoder forward",
+                    lambda r: r.min_speedup, ">="),
+    "max_size_ratio": ("candidate / baseline size (weight files on disk; parameter bytes for in-memory models)",
+                       lambda r: r.size_ratio, "<="),
+    "max_kl": ("mean KL divergence of next-token distributions, nats (causal LMs)", lambda r: r.accuracy.kl_mean, "<="),
+    "min_cosine": ("lowest embedding cosine candidate vs baseline over the sentences (encoders)",
+                   lambda r: r.accuracy.cosine_min, ">="),
+}
+
+
+def validate_gates(gates: Mapping[str, Any] | None) -> dict[str, float]:
+    """Check gate names and values; returns ``{name: float}``.
+
+    Raises:
+        ConfigError: an unknown gate name (the message lists the valid ones) or a non-numeric value.
+
+    Example:
+        >>> validate_gates({"min_top1": "0.9"})
+        {'min_top1': 0.9}
+    """
+    out: dict[str, float] = {}
+    for name, value in (gates or {}).items():
+        if name not in GATES:
+            raise ConfigError(f"unknown gate {name!r}: valid gates are {', '.join(GATES)}")
+        if value is None:
+            continue
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"gate {name} needs a number, got {value!r}") from None
+        if math.isnan(v):
+            raise ConfigError(f"gate {name} needs a number, got NaN")
+        out[name] = v
+    return out
+
+
+def evaluate_gates(report: "Report", gates: Mapping[str, Any] | None) -> list[GateResult]:
+    """Evaluate ``gates`` against a report (a missing metric makes the gate not applicable).
+
+    Example:
+        >>> [g.passed for g in evaluate_gates(Report.example(), {"max_size_ratio": 0.4})]
+        [False]
+    """
+    results = []
+    for name, thr in validate_gates(gates).items():
+        _, metric, op = GATES[name]
+        value = metric(report)
+        if value is None:
+            results.append(GateResult(name, thr, None, True, applicable=False))
+            continue
+        ok = (value <= thr) if op == "<=" else (value >= thr)
+        if isinstance(value, float) and math.isnan(value):
+            ok = False
+        results.append(GateResult(name, thr, float(value), bool(ok)))
+    return results
+
+
+def _finite(x: Any) -> Any:
+    """Replace non-finite floats by ``None`` (strict JSON) recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _fmt(x: float | None, spec: str = ".4g", suffix: str = "") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:{spec}}{suffix}"
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}×"
+
+
+@dataclasses.dataclass
+class Report:
+    """Baseline vs candidate: size, latency and accuracy, plus gates. Built by :func:`llmpack.measure`.
+
+    Attributes:
+        task: ``"causal-lm"`` or ``"encoder"``.
+        baseline, candidate: what was measured (:class:`ModelInfo`).
+        size_baseline, size_candidate: :class:`~llmpack.measure.size.SizeStats`.
+        latency: one :class:`~llmpack.measure.latency.LatencyEntry` per phase and batch size.
+        accuracy: :class:`~llmpack.measure.accuracy.AccuracyStats`.
+        environment: device, device name, threads, CPU model, library versions.
+        settings: the measurement settings actually used (after caps, e.g. FP16 on CPU).
+        gates: the gates asked for; ``gate_results`` their outcome.
+        notes: plain-language remarks (caps applied, BF16 comparison hints, …).
+        duration_s: wall time of the whole measurement.
+        created: ISO-8601 UTC time the report was made.
+
+    Example:
+        >>> Report.example().passed
+        True
+    """
+
+    task: str
+    baseline: ModelInfo
+    candidate: ModelInfo
+    size_baseline: SizeStats
+    size_candidate: SizeStats
+    latency: list[LatencyEntry]
+    accuracy: AccuracyStats
+    environment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    gates: dict[str, float] = dataclasses.field(default_factory=dict)
+    gate_results: list[GateResult] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    duration_s: float = 0.0
+    created: str = ""
+    schema_version: int = REPORT_SCHEMA_VERSION
+
+    # ---- derived figures ----------------------------------------------------------------------
+    @property
+    def disk_ratio(self) -> float | None:
+        """Candidate / baseline bytes of weight files on disk (``None`` unless both are directories)."""
+        return _ratio(self.size_baseline.weight_file_bytes, self.size_candidate.weight_file_bytes)
+
+    @property
+    def param_ratio(self) -> float | None:
+        """Candidate / baseline bytes of parameters and buffers in memory."""
+        return _ratio(self.size_baseline.total_param_bytes, self.size_candidate.total_param_bytes)
+
+    @property
+    def size_ratio(self) -> float | None:
+        """The size ratio gates and the summary use: on-disk weights when known, else parameter bytes."""
+        d = self.disk_ratio
+        return d if d is not None else self.param_ratio
+
+    @property
+    def primary_phase(self) -> str:
+        """``prefill`` for causal LMs, ``forward`` for encoders."""
+        return "prefill" if self.task == "causal-lm" else "forward"
+
+    def speedup(self, batch_size: int | None = None, phase: str | None = None) -> float | None:
+        """Baseline p50 / candidate p50 for a phase (default: the primary phase) at a batch size
+        (default: the first measured)."""
+        phase = phase or self.primary_phase
+        rows = [e for e in self.latency if e.phase == phase]
+        if batch_size is not None:
+            rows = [e for e in rows if e.batch_size == batch_size]
+        return rows[0].speedup if rows else None
+
+    @property
+    def min_speedup(self) -> float | None:
+        """The slowest primary-phase speedup over the measured batch sizes (what ``min_speedup`` gates)."""
+        vals = [e.speedup for e in self.latency if e.phase == self.primary_phase]
+        return min(vals) if vals else None
+
+    @property
+    def passed(self) -> bool:
+        """True when no gate failed (also when no gate was given)."""
+        return not self.failed_gates
+
+    @property
+    def failed_gates(self) -> list[str]:
+        """Names of the gates that failed."""
+        return [g.name for g in self.gate_results if g.applicable and not g.passed]
+
+    def summary(self) -> str:
+        """One line, e.g. ``int8: 0.41× size, 2.7× faster (b1), +1.8% ppl``."""
+        parts = []
+        sr = self.size_ratio
+        if sr is not None:
+            parts.append(f"{sr:.2f}× size")
+        rows = [e for e in self.latency if e.phase == self.primary_phase]
+        if rows:
+            s, bs = rows[0].speedup, rows[0].batch_size
+            if s is None or math.isnan(s):
+                pass
+            elif s >= 1.0:
+                parts.append(f"{s:.1f}× faster (b{bs})")
+            else:
+                parts.append(f"{1.0 / s:.1f}× slower (b{bs})")
+        acc = self.accuracy
+        if acc.ppl_delta_pct is not None:
+            parts.append(f"{acc.ppl_delta_pct:+.1f}% ppl" if math.isfinite(acc.ppl_delta_pct) else "ppl inf")
+        elif acc.cosine_mean is not None:
+            parts.append(f"cos {acc.cosine_mean:.4f}")
+        line = f"{self.candidate.label}: {', '.join(parts)}"
+        if self.failed_gates:
+            line += f" — FAILED {', '.join(self.failed_gates)}"
+        return line
+
+    # ---- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The versioned JSON document (``docs/report-schema.md``); non-finite numbers become ``null``.
+
+        Example:
+            >>> Report.example().to_dict()["schema_version"]
+            1
+        """
+        d = {
+            "schema": REPORT_SCHEMA_NAME,
+            "schema_version": self.schema_version,
+            "created": self.created,
+            "duration_s": self.duration_s,
+            "task": self.task,
+            "summary": self.summary(),
+            "passed": self.passed,
+            "models": {"baseline": self.baseline.to_dict(), "candidate": self.candidate.to_dict()},
+            "size": {
+                "baseline": self.size_baseline.to_dict(),
+                "candidate": self.size_candidate.to_dict(),
+                "ratios": {
+                    "disk": self.disk_ratio,
+                    "params": self.param_ratio,
+                    "load_peak": _ratio(self.size_baseline.load_peak_bytes, self.size_candidate.load_peak_bytes),
+                    "run_peak": _ratio(self.size_baseline.run_peak_bytes, self.size_candidate.run_peak_bytes),
+                },
+            },
+            "latency": [e.to_dict() for e in self.latency],
+            "accuracy": self.accuracy.to_dict(),
+            "gates": dict(self.gates),
+            "gate_results": [g.to_dict() for g in self.gate_results],
+            "failed_gates": self.failed_gates,
+            "environment": dict(self.environment),
+            "settings": dict(self.settings),
+            "notes": list(self.notes),
+        }
+        return _finite(d)
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
+        """The JSON text of :meth:`to_dict`; also written to ``path`` when given.
+
+        Example:
+            >>> '"schema_version": 1' in Report.example().to_json()
+            True
+        """
+        text = json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False) + "\n"
+        if path is not None:
+            _write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Report":
+        """Rebuild a report from :meth:`to_dict` output (derived keys are recomputed, not trusted).
+
+        Raises:
+            BadInputError: not a report, or written by a newer schema version.
+
+        Example:
+            >>> Report.from_dict(Report.example().to_dict()).task
+            'causal-lm'
+        """
+        if not isinstance(d, Mapping) or d.get("schema") != REPORT_SCHEMA_NAME:
+            raise BadInputError(f"not an llmpack report: expected \"schema\": \"{REPORT_SCHEMA_NAME}\"")
+        ver = d.get("schema_version")
+        if not isinstance(ver, int) or ver > REPORT_SCHEMA_VERSION:
+            raise BadInputError(f"report schema_version {ver!r} is newer than this llmpack reads "
+                                f"({REPORT_SCHEMA_VERSION}): upgrade llmpack")
+        return cls(
+            task=d["task"],
+            baseline=ModelInfo.from_dict(d["models"]["baseline"]),
+            candidate=ModelInfo.from_dict(d["models"]["candidate"]),
+            size_baseline=SizeStats.from_dict(d["size"]["baseline"]),
+            size_candidate=SizeStats.from_dict(d["size"]["candidate"]),
+            latency=[LatencyEntry.from_dict(e) for e in d.get("latency", [])],
+            accuracy=AccuracyStats.from_dict(d["accuracy"]),
+            environment=dict(d.get("environment", {})),
+            settings=dict(d.get("settings", {})),
+            gates=dict(d.get("gates", {})),
+            gate_results=[GateResult.from_dict(g) for g in d.get("gate_results", [])],
+            notes=list(d.get("notes", [])),
+            duration_s=float(d.get("duration_s", 0.0)),
+            created=str(d.get("created", "")),
+            schema_version=ver,
+        )
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike[str]) -> "Report":
+        """Read a report from JSON text or a ``.json`` file.
+
+        Example:
+            >>> Report.from_json(Report.example().to_json()).candidate.label
+            'bf16'
+        """
+        s = str(text_or_path)
+        if not s.lstrip().startswith("{"):
+            s = Path(s).read_text(encoding="utf-8")
+        try:
+            return cls.from_dict(json.loads(s))
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"report is not valid JSON: {e}") from e
+
+    # ---- rendering ----------------------------------------------------------------------------
+    def _size_rows(self) -> list[tuple[str, str, str, str]]:
+        a, b = self.size_baseline, self.size_candidate
+        rows = []
+        if a.disk_bytes is not None or b.disk_bytes is not None:
+            rows.append(("weight files on disk", _fmt_bytes(a.weight_file_bytes), _fmt_bytes(b.weight_file_bytes),
+                         _fmt_ratio(self.disk_ratio)))
+            rows.append(("all files on disk", _fmt_bytes(a.disk_bytes), _fmt_bytes(b.disk_bytes),
+                         _fmt_ratio(_ratio(a.disk_bytes, b.disk_bytes))))
+        rows.append(("parameters + buffers", _fmt_bytes(a.total_param_bytes), _fmt_bytes(b.total_param_bytes),
+                     _fmt_ratio(self.param_ratio)))
+        for dt in sorted(set(a.param_bytes_by_dtype) | set(b.param_bytes_by_dtype)):
+            rows.append((f"  {dt}", _fmt_bytes(a.param_bytes_by_dtype.get(dt, 0)),
+                         _fmt_bytes(b.param_bytes_by_dtype.get(dt, 0)), ""))
+        rows.append(("peak memory, loading", _fmt_bytes(a.load_peak_bytes), _fmt_bytes(b.load_peak_bytes),
+                     _fmt_ratio(_ratio(a.load_peak_bytes, b.load_peak_bytes))))
+        rows.append(("peak memory, running", _fmt_bytes(a.run_peak_bytes), _fmt_bytes(b.run_peak_bytes),
+                     _fmt_ratio(_ratio(a.run_peak_bytes, b.run_peak_bytes))))
+        return rows
+
+    def _latency_rows(self) -> list[tuple[str, ...]]:
+        rows = []
+        for e in self.latency:
+            shape = f"{e.batch_size}×{e.seq_len}" + (f" +{e.new_tokens}" if e.new_tokens else "")
+            unit = "ms/step" if e.phase == "decode" else "ms"
+            rows.append((e.phase, shape, f"{e.baseline.p50_ms:.2f} / {e.baseline.p95_ms:.2f} {unit}",
+                         f"{e.candidate.p50_ms:.2f} / {e.candidate.p95_ms:.2f} {unit}",
+                         f"{e.baseline.tokens_per_s:.1f} → {e.candidate.tokens_per_s:.1f}",
+                         f"{e.speedup:.2f}×", str(len(e.baseline.samples_ms))))
+        return rows
+
+    def _accuracy_rows(self) -> list[tuple[str, str, str, str]]:
+        a = self.accuracy
+        if a.task == "causal-lm":
+            return [
+                ("perplexity", _fmt(a.ppl_baseline), _fmt(a.ppl_candidate), _fmt(a.ppl_delta_pct, "+.2f", "%")),
+                ("KL divergence mean / p99 (nats)", "", f"{_fmt(a.kl_mean, '.3g')} / {_fmt(a.kl_p99, '.3g')}", ""),
+                ("top-1 agreement", "", _fmt(a.top1, ".4f"), ""),
+                ("scored tokens / windows", "", f"{a.tokens} / {a.windows} (window {a.window}, stride {a.stride})", ""),
+            ]
+        return [
+            ("embedding cosine mean / min", "", f"{_fmt(a.cosine_mean, '.5f')} / {_fmt(a.cosine_min, '.5f')}", ""),
+            ("paraphrase pair similarity", _fmt(a.paraphrase_sim_baseline, ".3f"),
+             _fmt(a.paraphrase_sim_candidate, ".3f"), ""),
+            ("unrelated pair similarity", _fmt(a.unrelated_sim_baseline, ".3f"),
+             _fmt(a.unrelated_sim_candidate, ".3f"), ""),
+            ("sentences", "", str(a.sentences), ""),
+        ]
+
+    def _env_line(self) -> str:
+        e = self.environment
+        return (f"{e.get('device', '?')} ({e.get('device_name', '?')}), {e.get('threads', '?')} threads, "
+                f"torch {e.get('torch', '?')}, transformers {e.get('transformers', '?')}, "
+                f"llmpack {e.get('llmpack', '?')}; measured in {self.duration_s:.1f} s")
+
+    def to_markdown(self, path: str | os.PathLike[str] | None = None) -> str:
+        """A Markdown report (summary, size, latency, accuracy, gates, environment, notes).
+
+        Example:
+            >>> Report.example().to_markdown().splitlines()[0]
+            '## llmpack measure: base → cand'
+        """
+        def table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+            out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+            out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+            return out
+
+        b, c = self.baseline, self.candidate
+        lines = [f"## llmpack measure: {b.name} → {c.name}", "", f"**{self.summary()}**", ""]
+        lines.append(f"Baseline `{b.name}` ({b.architecture}, {b.dtype}); candidate `{c.name}` "
+                     f"({c.architecture}, {c.dtype}{', method ' + c.method if c.method else ''}); task {self.task}.")
+        lines += ["", "### Size", ""]
+        lines += table(("", "baseline", "candidate", "ratio"), self._size_rows())
+        lines += ["", "### Latency (p50 / p95, interleaved)", ""]
+        lines += table(("phase", "batch×seq", "baseline", "candidate", "tokens/s", "speedup", "runs"),
+                       self._latency_rows())
+        lines += ["", "### Accuracy", ""]
+        lines += table(("", "baseline", "candidate", "delta"), self._accuracy_rows())
+        if self.gate_results:
+            lines += ["", f"### Gates: {'passed' if self.passed else 'FAILED'}", ""]
+            lines += [f"- {g.line()}" for g in self.gate_results]
+        lines += ["", "### Environment", "", self._env_line()]
+        if self.notes:
+            lines += ["", "### Notes", ""] + [f"- {n}" for n in self.notes]
+        text = "\n".join(lines) + "\n"
+        if path is not None:
+            _write_text(Path(path), text)
+        return text
+
+    def to_html(self) -> str:
+        """A self-contained HTML fragment (what notebooks show).
+
+        Example:
+            >>> "<table" in Report.example().to_html()
+            True
+        """
+        esc = html.escape
+
+        def table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+            h = "".join(f"<th>{esc(x)}</th>" for x in head)
+            body = "".join("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in r) + "</tr>" for r in rows)
+            return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+        colour = "#1a7f37" if self.passed else "#cf222e"
+        parts = [
+            "<div class=\"llmpack-report\">",
+            f"<h3>llmpack measure: {esc(self.baseline.name)} → {esc(self.candidate.name)}</h3>",
+            f"<p style=\"font-weight:bold;color:{colour}\">{esc(self.summary())}</p>",
+            "<h4>Size</h4>", table(("", "baseline", "candidate", "ratio"), self._size_rows()),
+            "<h4>Latency (p50 / p95, interleaved)</h4>",
+            table(("phase", "batch×seq", "baseline", "candidate", "tokens/s", "speedup", "runs"),
+                  self._latency_rows()),
+            "<h4>Accuracy</h4>", table(("", "baseline", "candidate", "delta"), self._accuracy_rows()),
+        ]
+        if self.gate_results:
+            parts.append(f"<h4>Gates: {'passed' if self.passed else 'FAILED'}</h4><ul>"
+                         + "".join(f"<li>{esc(g.line())}</li>" for g in self.gate_results) + "</ul>")
+        parts.append(f"<p><small>{esc(self._env_line())}</small></p>")
+        if self.notes:
+            parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in self.notes) + "</ul>")
+        parts.append("</div>")
+        return "\n".join(parts)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Write a PNG: latency distributions (box plots per phase and batch size) and size bars.
+
+        Example:
+            >>> import tempfile, os
+            >>> p = Report.example().plot(os.path.join(tempfile.mkdtemp(), "r.png"))
+            >>> p.stat().st_size > 1000
+            True
+        """
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(12, 4.5), dpi=100)
+        ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+        data, labels, colours = [], [], []
+        for e in self.latency:
+            tag = f"{e.phase}\nb{e.batch_size}"
+            for who, t, col in (("A", e.baseline, "#8c959f"), ("B", e.candidate, "#0969da")):
+                data.append(t.samples_ms or [t.p50_ms])
+                labels.append(f"{tag} {who}")
+                colours.append(col)
+        if data:
+            bp = ax1.boxplot(data, patch_artist=True, showfliers=True)
+            for patch, col in zip(bp["boxes"], colours):
+                patch.set_facecolor(col)
+            ax1.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+            ax1.set_yscale("log")
+        ax1.set_ylabel("ms (decode: ms per step)")
+        ax1.set_title(f"latency — A = {self.baseline.label}, B = {self.candidate.label}")
+        a, b = self.size_baseline, self.size_candidate
+        cats = [("weights on disk", a.weight_file_bytes, b.weight_file_bytes),
+                ("params+buffers", a.total_param_bytes, b.total_param_bytes),
+                ("peak load", a.load_peak_bytes, b.load_peak_bytes),
+                ("peak run", a.run_peak_bytes, b.run_peak_bytes)]
+        cats = [c for c in cats if c[1] is not None or c[2] is not None]
+        xs = list(range(len(cats)))
+        ax2.bar([x - 0.2 for x in xs], [(c[1] or 0) / 2**20 for c in cats], 0.4, label=self.baseline.label,
+                color="#8c959f")
+        ax2.bar([x + 0.2 for x in xs], [(c[2] or 0) / 2**20 for c in cats], 0.4, label=self.candidate.label,
+                color="#0969da")
+        ax2.set_xticks(xs, [c[0] for c in cats], fontsize=8)
+        ax2.set_ylabel("MiB")
+        ax2.set_title("size and memory")
+        ax2.legend()
+        fig.suptitle(self.summary(), fontsize=10)
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+        return out
+
+    # ---- a small fixed report for docs and tests ----------------------------------------------
+    @classmethod
+    def example(cls) -> "Report":
+        """A small, fixed report (no model involved) for docs, tests and trying the renderers.
+
+        Example:
+            >>> Report.example().candidate.label
+            'bf16'
+        """
+        t = Timing.from_samples
+        rep = cls(
+            task="causal-lm",
+            baseline=ModelInfo(name="base", path="base", kind="dir", architecture="LlamaForCausalLM",
+                               dtype="float32", num_params=1000),
+            candidate=ModelInfo(name="cand", path="cand", kind="dir", architecture="LlamaForCausalLM",
+                                dtype="bfloat16", num_params=1000),
+            size_baseline=SizeStats(files={"model.safetensors": 4000}, disk_bytes=4000, weight_file_bytes=4000,
+                                    param_bytes_by_dtype={"float32": 4000}, param_bytes=4000, num_params=1000,
+                                    load_peak_bytes=5000, run_peak_bytes=800, memory_method="rss-hwm-reset"),
+            size_candidate=SizeStats(files={"model.safetensors": 2000}, disk_bytes=2000, weight_file_bytes=2000,
+                                     param_bytes_by_dtype={"bfloat16": 2000}, param_bytes=2000, num_params=1000,
+                                     load_peak_bytes=2600, run_peak_bytes=400, memory_method="rss-hwm-reset"),
+            latency=[LatencyEntry("prefill", 1, 128, 0, t([10.0, 11.0, 12.0], 128), t([5.0, 5.5, 6.0], 128)),
+                     LatencyEntry("decode", 1, 128, 32, t([2.0, 2.1, 2.2], 1), t([1.5, 1.6, 1.7], 1))],
+            accuracy=AccuracyStats(task="causal-lm", tokens=2000, windows=4, window=512, stride=512,
+                                   ppl_baseline=16.0, ppl_candidate=16.048, kl_mean=0.002, kl_p99=0.02,
+                                   kl_max=0.05, top1=0.985),
+            environment={"device": "cpu", "device_name": "example CPU", "threads": 2, "torch": "x",
+                         "transformers": "y", "llmpack": "z"},
+            settings={"batch_sizes": [1], "seq_len": 128, "new_tokens": 32},
+            duration_s=1.0,
+            created="2025-01-01T00:00:00Z",
+        )
+        rep.gates = {"max_ppl_increase_pct": 2.0}
+        rep.gate_results = evaluate_gates(rep, rep.gates)
+        return rep
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
