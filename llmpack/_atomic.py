@@ -53,7 +53,7 @@ def _acquire_lock(lock: Path) -> None:
                 pid = int(lock.read_text().strip() or "0")
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and not _pid_alive(pid):
+            if (pid and pid != os.getpid() and not _pid_alive(pid)) or (not pid and _older_than(lock, 10.0)):
                 with contextlib.suppress(OSError):
                     lock.unlink()  # stale lock of a dead process
                 continue
@@ -67,6 +67,62 @@ def _acquire_lock(lock: Path) -> None:
             f.write(f"{os.getpid()}\n")
         return
     raise OutputLockedError(f"cannot take the lock {lock}: delete it if no llmpack process is running")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would race with other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    """Whether ``path`` was last modified more than ``seconds`` ago (a lock without a PID: its writer died)."""
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def _clean_stale(target: Path) -> None:
+    """Remove temp dirs a killed run (SIGKILL, power loss) left beside ``target``; call with the lock held.
+
+    ``<TEMP_PREFIX><name>-XXXXXXXX`` is a half-written output: removed. ``<TEMP_PREFIX><name>-old-XXXXXXXX`` is
+    the previous output, moved aside just before the new one was renamed into place: when ``target`` is
+    missing it is put back (nothing is lost), otherwise removed. Temp dirs of a target named ``<name>-old``
+    (same prefix) are left alone while that target's lock is held by a live process.
+    """
+    import re
+
+    pat = re.compile(re.escape(TEMP_PREFIX + target.name) + r"-(old-)?[a-z0-9_]{8}")
+    try:
+        names = sorted(os.listdir(target.parent))
+    except OSError:
+        return
+    other = lock_path(target.parent / (target.name + "-old"))
+    other_live = other.exists()
+    for n in names:
+        m = pat.fullmatch(n)
+        if m is None:
+            continue
+        p = target.parent / n
+        if not p.is_dir() or p.is_symlink():
+            continue
+        if m.group(1):
+            if other_live:
+                continue
+            if not target.exists() and (p / "llmpack.json").is_file():
+                with contextlib.suppress(OSError):
+                    os.replace(p, target)
+                continue
+        shutil.rmtree(p, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -129,11 +185,13 @@ def atomic_dir(target: "str | os.PathLike[str]", *, overwrite: bool = False) -> 
     _acquire_lock(lock)
     tmp: Path | None = None
     try:
+        _clean_stale(target)
         with sigterm_as_interrupt():
             if target.exists() and not overwrite:  # appeared while we waited for the lock
                 raise OutputExistsError(f"output {target} already exists: pass overwrite=True (--overwrite) or another path")
             try:
                 tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}-", dir=target.parent))
+                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an output dir is 0755 like its files
             except OSError as e:
                 raise OutputWriteError(f"cannot create a temp dir in {target.parent}: {e}") from e
             try:
