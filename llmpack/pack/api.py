@@ -305,7 +305,8 @@ class _Lock:
 
 
 def _is_pack_output(out: Path) -> bool:
-    return (out / CACHE_FILE).is_file() or ((out / "oci" / OCI_LAYOUT_FILE).is_file() and (out / "Dockerfile").is_file())
+    # the lock file is created first and kept: an interrupted or killed pack is still a pack output
+    return (out / LOCK_FILE).is_file() or (out / CACHE_FILE).is_file() or ((out / "oci" / OCI_LAYOUT_FILE).is_file() and (out / "Dockerfile").is_file())
 
 
 def _prepare_out(model_dir: Path, out: Path, overwrite: bool) -> None:
