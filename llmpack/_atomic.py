@@ -62,7 +62,7 @@ def _acquire_lock(lock: Path) -> None:
                 f"(pid {pid or '?'}); wait for it, or delete {lock} if that process is gone"
             ) from None
         except OSError as e:
-            raise OutputWriteError(f"cannot create lock file {lock}: {e}") from e
+            raise OutputWriteError(f"cannot create lock file {lock}: {e}; choose a writable --out") from e
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
         return
@@ -180,7 +180,7 @@ def atomic_dir(target: "str | os.PathLike[str]", *, overwrite: bool = False) -> 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputWriteError(f"cannot create {target.parent}: {e}") from e
+        raise OutputWriteError(f"cannot create {target.parent}: {e}; choose a writable --out") from e
     lock = lock_path(target)
     _acquire_lock(lock)
     tmp: Path | None = None
@@ -193,7 +193,7 @@ def atomic_dir(target: "str | os.PathLike[str]", *, overwrite: bool = False) -> 
                 tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}-", dir=target.parent))
                 os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an output dir is 0755 like its files
             except OSError as e:
-                raise OutputWriteError(f"cannot create a temp dir in {target.parent}: {e}") from e
+                raise OutputWriteError(f"cannot create a temp dir in {target.parent}: {e}; free space or choose a writable --out") from e
             try:
                 yield tmp
             except KeyboardInterrupt as e:

@@ -167,7 +167,7 @@ class ShardWriter:
             try:
                 f = open(self.dir / fname, "xb")
             except OSError as e:
-                raise OutputWriteError(f"cannot create {self.dir / fname}: {e}") from e
+                raise OutputWriteError(f"cannot create {self.dir / fname}: {e}; free space or choose another --out") from e
             self._open[fname] = f
             self._hash[fname] = hashlib.sha256()
             self._size[fname] = 0
@@ -178,7 +178,7 @@ class ShardWriter:
         try:
             self._open[fname].write(data)
         except OSError as e:
-            raise OutputWriteError(f"writing {self.dir / fname} failed: {e}") from e
+            raise OutputWriteError(f"writing {self.dir / fname} failed: {e}; free space or choose another --out") from e
         self._hash[fname].update(data)
         self._size[fname] += len(data)
 
@@ -215,7 +215,7 @@ class ShardWriter:
             os.fsync(f.fileno())
             f.close()
         except OSError as e:
-            raise OutputWriteError(f"writing {self.dir / fname} failed: {e}") from e
+            raise OutputWriteError(f"writing {self.dir / fname} failed: {e}; free space or choose another --out") from e
         self._records.append(FileRecord(fname, self._hash[fname].hexdigest(), self._size[fname]))
 
     def close(self) -> list[FileRecord]:
@@ -235,7 +235,7 @@ class ShardWriter:
             try:
                 p.write_bytes(data)
             except OSError as e:
-                raise OutputWriteError(f"cannot write {p}: {e}") from e
+                raise OutputWriteError(f"cannot write {p}: {e}; free space or choose another --out") from e
             self._records.append(FileRecord(SAFETENSORS_INDEX_FILE, hashlib.sha256(data).hexdigest(), len(data)))
         return sorted(self._records, key=lambda r: r.name)
 
