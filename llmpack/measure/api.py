@@ -26,7 +26,7 @@ from llmpack.measure.accuracy import AccuracyStats, causal_lm_accuracy, encoder_
 from llmpack.measure.latency import _load_avg, environment, time_models
 from llmpack.measure.report import ModelInfo, Report, evaluate_gates, validate_gates
 from llmpack.measure.size import PeakMemory, SizeStats, disk_usage, memory_method, param_bytes
-from llmpack.measure.text import resolve_text
+from llmpack.measure.text import looks_like_file, resolve_text
 
 __all__ = ["measure", "measure_after_quantize", "detect_task", "load_model", "DEFAULTS", "QUICK"]
 
@@ -476,8 +476,7 @@ def measure(
 def _text_source(text: Any) -> str:
     if text is None:
         return "default: pydoc_data.topics eval slice"
-    if isinstance(text, Path) or (isinstance(text, str) and "\n" not in text and len(text) < 4096
-                                  and Path(text).is_file()):
+    if isinstance(text, Path) or (isinstance(text, str) and looks_like_file(text)):
         return f"file: {text}"
     return "string" if isinstance(text, str) else "iterable"
 

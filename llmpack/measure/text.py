@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["default_text", "resolve_text", "SLICES"]
+__all__ = ["default_text", "resolve_text", "looks_like_file", "SLICES"]
 
 SLICES = ("eval", "calib", "heldout")
 DEFAULT_NBYTES = 8192
@@ -39,6 +39,21 @@ def default_text(kind: str = "eval", nbytes: int = DEFAULT_NBYTES) -> str:
     return _corpus()[i * nbytes:(i + 1) * nbytes]
 
 
+def looks_like_file(text: str) -> bool:
+    """True when ``text`` is the path of an existing file (a short, one-line string naming a file).
+
+    Example:
+        >>> looks_like_file("hello world, " * 40)
+        False
+    """
+    if len(text) >= 4096 or "\n" in text:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # name too long, NUL byte ...
+        return False
+
+
 def resolve_text(text: "str | Path | Iterable[str] | None", kind: str = "eval", nbytes: int = DEFAULT_NBYTES) -> str:
     """Turn ``text=`` arguments into one string: ``None`` → default slice; a path → its contents;
     an iterable of strings → joined with blank lines; any other string → itself.
@@ -51,7 +66,7 @@ def resolve_text(text: "str | Path | Iterable[str] | None", kind: str = "eval", 
 
     if text is None:
         return default_text(kind, nbytes)
-    if isinstance(text, Path) or (isinstance(text, str) and len(text) < 4096 and "\n" not in text and Path(text).is_file()):
+    if isinstance(text, Path) or (isinstance(text, str) and looks_like_file(text)):
         p = Path(text)
         try:
             out = p.read_text(encoding="utf-8")

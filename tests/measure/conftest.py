@@ -1,0 +1,51 @@
+"""Fixtures for the measure tests: tiny model directories that carry a (byte-level) tokenizer."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tok_dirs(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model dirs copied and given ``byte_tokenizer()`` files (256 tokens = their vocab). Read-only!"""
+    from llmpack.testing import byte_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-tok")
+    tok = byte_tokenizer()
+    out = {}
+    for kind, src in tiny_dirs.items():
+        d = root / kind
+        shutil.copytree(src, d)
+        tok.save_pretrained(d)
+        out[kind] = d
+    return out
+
+
+# Settings that keep a tiny-model measure() call to about a second.
+FAST = {"quick": True, "quiet": True, "batch_sizes": (1,), "seq_len": 16, "new_tokens": 2, "runs": 1, "warmup": 1}
+
+
+@pytest.fixture
+def fast() -> dict:
+    """Keyword arguments for a fast measure() call."""
+    return dict(FAST)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request: pytest.FixtureRequest):
+    """Tiny models gain nothing from 2 threads, and on a busy machine each parallel op can wait a whole
+    scheduler tick for its partner thread; run them single-threaded (slow tests keep the default)."""
+    import torch
+
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
