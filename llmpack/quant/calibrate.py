@@ -43,6 +43,7 @@ __all__ = [
 
 _EPS = 1e-8
 QMAX = 127.0
+ACT_DIVISOR = 127.5  # = llmpack.quant.int8.ACT_DIVISOR (compressed-tensors dynamic activation semantics)
 
 
 def is_linear(module: torch.nn.Module) -> bool:
@@ -165,15 +166,16 @@ def fake_quant_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
 
 
 def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
-    """Quantize-dequantize activations per token (last dim reduced), symmetric dynamic int8.
+    """Quantize-dequantize activations per token (last dim reduced), dynamic int8 with the runtime's
+    semantics (``absmax / 127.5``, clamped to ``[-128, 127]``, as ``Int8Linear`` computes).
 
     Example:
         >>> x = torch.randn(2, 3, 8)
         >>> fake_quant_act(x).shape
         torch.Size([2, 3, 8])
     """
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / QMAX
-    return torch.clamp(torch.round(x / scale), -QMAX, QMAX) * scale
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / ACT_DIVISOR
+    return torch.clamp(torch.round(x / scale), -QMAX - 1, QMAX) * scale
 
 
 @dataclasses.dataclass(frozen=True)
