@@ -168,12 +168,10 @@ def _activation_overflow_model() -> torch.nn.Module:
 
 
 def test_fp16_activation_overflow_error_and_keep(tmp_path) -> None:
-    from transformers import AutoModelForCausalLM
-
     from llmpack.runtime.load import load
 
     m = _activation_overflow_model()
-    assert max(float(p.abs().max()) for p in m.parameters()) < 65504
+    assert max(float(p.detach().abs().max()) for p in m.parameters()) < 65504
     with pytest.raises(Fp16OverflowError, match=r"first in module model\.layers\.0\.mlp.*bf16"):
         quantize(m, "fp16", out=tmp_path / "o", quiet=True)
     assert list(tmp_path.iterdir()) == []
@@ -190,4 +188,3 @@ def test_fp16_activation_overflow_error_and_keep(tmp_path) -> None:
         ref = m(ids).logits
     assert torch.isfinite(out).all()
     assert (out.float().softmax(-1) - ref.softmax(-1)).abs().max() < 0.05
-    assert isinstance(AutoModelForCausalLM, type)

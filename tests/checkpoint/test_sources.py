@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
 
@@ -61,13 +64,26 @@ def test_missing_and_hub_unavailable(tmp_path, monkeypatch) -> None:
     assert "\n" not in str(ei.value)
 
 
-@pytest.mark.slow
-def test_gguf_source(tmp_path) -> None:
-    from llmpack.testing import smollm2_gguf_path
+def test_gguf_source_glue(tmp_path, monkeypatch) -> None:
+    """The GGUF path: transformers' reader (patched here to a tiny model; the real 98 MB SmolLM2 GGUF goes
+    through the same calls in llmpack.testing.smollm2_dir) -> plain model without quantization_config."""
+    import transformers
 
-    src = open_source(smollm2_gguf_path())
+    seen = {}
+
+    def fake_from_pretrained(path, gguf_file=None, **kw):
+        seen["args"] = (path, gguf_file)
+        m = tiny_model("llama")
+        m.config.quantization_config = {"quant_method": "gguf"}
+        return m
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    g = tmp_path / "m.gguf"
+    g.write_bytes(b"GGUF fake")
+    src = open_source(g)
+    assert seen["args"] == (tmp_path, "m.gguf")
     assert src.kind == "gguf" and "lm_head.weight" in src.dropped_tied
     assert src.config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in src.config
-    assert len(src.fingerprint()) == 64
-    src.write_extra(tmp_path)
-    assert (tmp_path / "tokenizer_config.json").exists()
+    ref = hashlib.sha256(json.dumps([["m.gguf", g.stat().st_size, hashlib.sha256(g.read_bytes()).hexdigest()]],
+                                    separators=(",", ":")).encode()).hexdigest()
+    assert src.fingerprint() == ref
