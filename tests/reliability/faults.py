@@ -102,8 +102,9 @@ FAULTS: tuple[Fault, ...] = (
     # --- output and environment -----------------------------------------------------------------
     F("output-exists", "Output and environment", "the output directory already exists",
       "refused unless `--overwrite`; the old output is replaced only once the new one is complete", 2),
-    F("full-disk", "Output and environment", "output on a full disk (a 2 MB tmpfs)",
-      "fails with one line naming the file being written; temp dir and lock removed", 2),
+    F("full-disk", "Output and environment", "output of `quantize` or `pack` on a full disk (a 2 MB tmpfs)",
+      "fails with one line naming the file being written and saying to free space; temp dir and lock removed; "
+      "`pack` writes no `index.json` or Dockerfile, so no image looks complete", 2),
     F("read-only-output", "Output and environment", "output directory on a read-only mount",
       "fails with one line naming the directory; nothing left behind", 2),
     F("sigkill-quantize", "Output and environment", "`quantize` killed with SIGKILL mid-write",
@@ -181,6 +182,9 @@ LIMITS: tuple[str, ...] = (
     "SIGKILL cannot be caught: a killed run leaves its temp dir (`.llmpack-tmp-<name>-*`) and lock file until "
     "the next run on the same output removes them (a lock whose PID is dead is stale). A killed `pack` leaves "
     "a `.tmp-*` blob that the next pack's garbage collection removes.",
+    "`pack` writes into its build directory in place (that is what makes re-packing incremental): a failed or "
+    "killed pack leaves the files it had finished, but never an `index.json` or `Dockerfile` pointing at "
+    "missing blobs; the next pack into the same directory continues from there.",
     "A lock file whose PID was reused by an unrelated live process looks held: delete it by hand "
     "(the message says which file).",
 )

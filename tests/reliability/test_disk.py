@@ -46,6 +46,14 @@ def test_fault_full_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str], sma
     assert_clean(out)
     assert list(small_disk.iterdir()) == []
     s.unchanged()
+    # pack onto the full disk: one line, no temp file, and no image (index.json) that would look complete
+    model = tmp_path / "m"
+    assert cli(capsys, "quantize", src, "--method", "bf16", "--out", model, "-q")[0] == 0
+    build = small_disk / "build"
+    code, _, err = cli(capsys, "pack", model, "--out", build, "-q")
+    assert_error("full-disk", code, err, "model.safetensors", "No space left", fix="free space")
+    assert not (build / "oci" / "index.json").exists() and not (build / "Dockerfile").exists()
+    assert [p.name for p in build.rglob("*") if p.name.startswith((".tmp-", ".llmpack-tmp-"))] == []
 
 
 def test_fault_read_only_output(tmp_path: Path, capsys: pytest.CaptureFixture[str], ro_disk: Path) -> None:
