@@ -152,9 +152,7 @@ def find_weight_files(directory: Path) -> list[Path]:
             raise IntegrityError(f"{index}: corrupt index ({e}); re-create it") from e
         out = []
         for rel in files:
-            p = (directory / rel).resolve()
-            if directory.resolve() not in p.parents:
-                raise UnsafePathError(f"{index}: shard path {rel!r} escapes {directory}")
+            p = check_inside(directory / rel, directory, what="shard", named_in=index)  # HF cache blobs allowed
             if not p.is_file():
                 raise IntegrityError(f"{index}: shard {rel} is missing from {directory}")
             out.append(directory / rel)
