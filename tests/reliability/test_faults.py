@@ -316,3 +316,21 @@ def test_fault_output_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     code, _, err = cli(capsys, "quantize", src, "--method", "bf16", "--out", out, "--overwrite", "-q")
     assert code == 0, err
     assert not (out / "keep.txt").exists() and (out / "llmpack.json").is_file()
+
+
+def test_hf_cache_snapshot_symlinks_are_fine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Control: a Hugging Face cache snapshot links every file into ``../../blobs``; that is not an escape."""
+    import shutil
+
+    flat = make_sharded(tmp_path, "flat")
+    (flat / "tokenizer.json").write_text('{"v": 2}')
+    repo = tmp_path / "models--org--tiny"
+    blobs, snap = repo / "blobs", repo / "snapshots" / "0123abc"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for i, p in enumerate(sorted(flat.iterdir())):
+        shutil.copyfile(p, blobs / f"blob{i}")
+        os.symlink(f"../../blobs/blob{i}", snap / p.name)
+    code, _, err = cli(capsys, "quantize", snap, "--method", "bf16", "--out", tmp_path / "out", "-q")
+    assert code == 0, err
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"v": 2}'
