@@ -51,7 +51,10 @@ def _clean(d: Any) -> Any:
 
 
 def _group(targets: list[str], act: bool) -> dict[str, Any]:
-    return {"targets": list(targets), "weights": dict(WEIGHT_ARGS), "input_activations": dict(ACT_ARGS) if act else None}
+    # "format" per group, as compressed-tensors itself writes it: without it the library infers
+    # "pack-quantized" for weight-only groups and looks for weight_packed tensors.
+    return {"targets": list(targets), "weights": dict(WEIGHT_ARGS), "input_activations": dict(ACT_ARGS) if act else None,
+            "format": CT_FORMAT_INT}
 
 
 def build_quantization_config(
@@ -107,6 +110,7 @@ def build_quantization_config(
             targets=g["targets"],
             weights=QuantizationArgs(**g["weights"]),
             input_activations=QuantizationArgs(**g["input_activations"]) if g["input_activations"] else None,
+            format=g["format"],
         )
         for name, g in groups.items()
     }
@@ -129,6 +133,7 @@ def build_quantization_config(
             "input_activations": (
                 {k: g["input_activations"][k] for k in ACT_ARGS} if g.get("input_activations") else None
             ),
+            "format": g.get("format", CT_FORMAT_INT),
         }
     return _clean(out)
 
@@ -192,6 +197,9 @@ def parse_quantization_config(qcfg: Mapping[str, Any]) -> ParsedQuantConfig:
                 f"llmpack cannot run this scheme"
             )
         a = g.get("input_activations")
+        gfmt = g.get("format")
+        if gfmt not in (None, CT_FORMAT_INT):
+            raise ConfigError(f"quantization_config group {gname!r} has format {gfmt!r}: llmpack runs {CT_FORMAT_INT!r} only")
         if a:
             if not (a.get("num_bits") == 8 and a.get("type", "int") == "int" and a.get("dynamic", False)):
                 raise ConfigError(

@@ -25,6 +25,7 @@ from llmpack.errors import BadInputError, NonFiniteWeightError
 __all__ = [
     "QMAX",
     "SCALE_EPS",
+    "ACT_DIVISOR",
     "check_finite",
     "int8_per_channel",
     "quantize_per_token",
@@ -97,14 +98,22 @@ def int8_per_channel(
     return q, scale
 
 
+ACT_DIVISOR = 127.5
+"""Dynamic activation scale = ``absmax / 127.5`` with values clamped to ``[-128, 127]``: the
+compressed-tensors reference semantics for 8-bit symmetric dynamic activations (``bit_range / 2``)."""
+
+
 def quantize_per_token(
-    x: torch.Tensor, *, qmax: int = QMAX
+    x: torch.Tensor, *, divisor: float = ACT_DIVISOR, qmin: int = -128, qmax: int = 127
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic symmetric per-token (per-row) int8 quantization of a 2-D activation.
 
+    The default follows compressed-tensors: ``scale = absmax / 127.5``, ``q = clamp(round(x / scale), -128, 127)``.
+
     Args:
         x: ``[tokens, features]`` float activations.
-        qmax: largest magnitude (127 for full int8; 63 for 7-bit kernels that would saturate).
+        divisor: ``absmax / divisor`` is the scale.
+        qmin / qmax: the clamp range of the quantized values.
 
     Returns:
         ``(q, scale)`` with ``q`` int8 ``[tokens, features]`` and ``scale`` float32 ``[tokens, 1]``.
@@ -112,11 +121,11 @@ def quantize_per_token(
     Example:
         >>> q, s = quantize_per_token(torch.tensor([[0.5, -1.0]]))
         >>> q.tolist()
-        [[64, -127]]
+        [[64, -128]]
     """
     xf = x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min_(SCALE_EPS).div_(qmax)
-    q = torch.round(xf / scale).clamp_(-qmax, qmax).to(torch.int8)
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min_(SCALE_EPS).div_(divisor)
+    q = torch.round(xf / scale).clamp_(qmin, qmax).to(torch.int8)
     return q, scale
 
 

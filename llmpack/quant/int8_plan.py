@@ -2,7 +2,7 @@
 and which stay float. Called by :func:`llmpack.plan.plan` for int8 methods; pure (no tensor data).
 
 Defaults: every ``nn.Linear`` and GPT-2 ``Conv1D`` weight is quantized per output channel, except
-output heads (``lm_head`` or any layer projecting to the vocabulary), which stay float with
+output heads (``lm_head``, ``embed_out``, ``output``), which stay float with
 embeddings and norms. ``quantize_embeddings`` stores ``nn.Embedding`` tables int8 per row. Ignore
 patterns keep a tensor exactly as in the source.
 
@@ -37,14 +37,8 @@ INT8_ACTIONS = ("int8", "int8-weight-only", "int8-embedding")
 
 
 def _is_output_head(module: str, shape: Sequence[int], mtype: str, config: Mapping[str, Any] | None) -> bool:
-    leaf = module.rsplit(".", 1)[-1]
-    if leaf in OUTPUT_HEAD_NAMES:
-        return True
-    vocab = (config or {}).get("vocab_size")
-    if isinstance(vocab, int) and vocab > 0 and len(shape) == 2:
-        out = shape[1] if mtype == "Conv1D" else shape[0]
-        return out == vocab
-    return False
+    # By name only: a vocabulary-size test would also catch MLPs whose width happens to equal the vocab.
+    return module.rsplit(".", 1)[-1] in OUTPUT_HEAD_NAMES
 
 
 def _scale_dtype_name(recipe: Recipe, in_dtype: Any) -> str:

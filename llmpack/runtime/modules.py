@@ -11,8 +11,8 @@ Kernels (chosen once per process, override with ``LLMPACK_INT8_KERNEL``):
 * ``int_mm``: ``torch._int_mm`` (int8 x int8 -> int32), exact. Used on CUDA (when ``K`` and ``N``
   are multiples of 8; ``M <= 16`` is padded) and on CPUs with VNNI / AMX int8 instructions.
 * ``onednn``: oneDNN's int8 matmul (``torch.ops.onednn.qlinear_pointwise``) on CPUs without VNNI
-  (AVX2). Their ``u8 x s8`` instruction saturates 16-bit pair sums, so activations use 7 bits
-  (``[-63, 63]``) to stay exact; ``torch._int_mm`` on such CPUs is a slow reference loop (~20x
+  (AVX2). Their ``u8 x s8`` instruction saturates 16-bit pair sums, so activations use
+  ``[-64, 64]`` (scale ``absmax / 64``, about 7 bits) to stay exact; ``torch._int_mm`` on such CPUs is a slow reference loop (~20x
   slower than FP32, measured).
 * ``dequant``: a float matmul on the int8 values; the fallback for shapes or devices the integer
   kernels refuse. Results equal the integer kernels up to float rounding.
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmpack.errors import BadInputError, ConfigError
-from llmpack.quant.int8 import QMAX, SCALE_EPS, int8_per_channel
+from llmpack.quant.int8 import ACT_DIVISOR, SCALE_EPS, int8_per_channel
 
 __all__ = [
     "KERNELS",
@@ -55,7 +55,9 @@ __all__ = [
 
 ENV_KERNEL = "LLMPACK_INT8_KERNEL"
 KERNELS = ("int_mm", "onednn", "dequant")
-_ONEDNN_QMAX = 63  # 7-bit activations: 127 * 127 * 2 < 2**15, so AVX2's u8*s8 pair sums never saturate
+# AVX2 oneDNN kernel: activations in [-64, 64] (+64 zero point -> u8 in [0, 128]); 128 * 127 * 2 < 2**15,
+# so the u8*s8 pair sums of vpmaddubsw never saturate.
+_ONEDNN_QMAX = 64
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -260,10 +262,15 @@ class Int8Linear(nn.Module):
         kernel = self._kernel(x2)
         dt = x2.dtype
         m = x2.shape[0]
-        qmax = _ONEDNN_QMAX if kernel == "onednn" else QMAX
         xf = x2.float()
-        a_scale = xf.abs().amax(dim=1, keepdim=True).clamp_min_(SCALE_EPS).div_(qmax)
-        xq = torch.round(xf / a_scale).clamp_(-qmax, qmax)
+        amax = xf.abs().amax(dim=1, keepdim=True).clamp_min_(SCALE_EPS)
+        if kernel == "onednn":
+            a_scale = amax.div_(_ONEDNN_QMAX)
+            xq = torch.round(xf / a_scale)  # in [-64, 64] by construction
+        else:
+            # compressed-tensors semantics: absmax / 127.5, clamp to [-128, 127]
+            a_scale = amax.div_(ACT_DIVISOR)
+            xq = torch.round(xf / a_scale).clamp_(-128, 127)
         if kernel == "int_mm":
             xq8 = xq.to(torch.int8)
             if x2.device.type == "cuda" and m <= 16:
@@ -278,9 +285,9 @@ class Int8Linear(nn.Module):
                 cache["onednn"] = packed
                 cache["onednn_zp"] = torch.zeros(self.out_features, dtype=torch.long)
                 cache["scale_vec"] = cache["scale_row"].reshape(-1).contiguous()
-            xu8 = xq.add_(_ONEDNN_QMAX + 1).to(torch.uint8)
+            xu8 = xq.add_(_ONEDNN_QMAX).to(torch.uint8)
             y = torch.ops.onednn.qlinear_pointwise(
-                xu8, 1.0, _ONEDNN_QMAX + 1, packed, cache["scale_vec"], cache["onednn_zp"], None,
+                xu8, 1.0, _ONEDNN_QMAX, packed, cache["scale_vec"], cache["onednn_zp"], None,
                 1.0, 0, torch.float32, "none", [], "",
             )
             y.mul_(a_scale)
