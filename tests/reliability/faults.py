@@ -114,6 +114,8 @@ FAULTS: tuple[Fault, ...] = (
       "the next run cleans the stale temp blob, succeeds, and `verify` passes on the OCI layout", 0),
     F("ctrl-c-quantize", "Output and environment", "Ctrl-C (SIGINT) during `quantize`",
       "exit 130, one line; temp dir and lock removed, no output", 130),
+    F("sigterm-quantize", "Output and environment", "SIGTERM (a CI job cancelled) during `quantize`",
+      "handled like Ctrl-C: exit 130, one line; temp dir and lock removed, no output", 130),
     F("ctrl-c-pack", "Output and environment", "Ctrl-C (SIGINT) during `pack`",
       "exit 130, one line; no temp blob left; a rerun succeeds", 130),
     F("concurrent-runs", "Output and environment", "two `quantize` runs on the same output at once",

@@ -93,6 +93,19 @@ def test_fault_ctrl_c_quantize(tmp_path: Path, kill_on_exit: list) -> None:
     s.unchanged()
 
 
+def test_fault_sigterm_quantize(tmp_path: Path, kill_on_exit: list) -> None:
+    src = make_src(tmp_path)
+    out = tmp_path / "out"
+    marker = tmp_path / "paused"
+    proc = spawn(["quantize", str(src), "--method", "bf16", "--out", str(out), "-q"], marker)
+    kill_on_exit.append(proc)
+    wait_marker(proc, marker)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert_error("sigterm-quantize", proc.returncode, err, "SIGTERM", fix="removed")
+    assert_clean(out)
+
+
 def test_fault_ctrl_c_pack(tmp_path: Path, capsys: pytest.CaptureFixture[str], model: Path,
                            kill_on_exit: list) -> None:
     build = tmp_path / "build"
