@@ -1,6 +1,7 @@
 """Latency: baseline and candidate timed interleaved (A B A B …) so machine drift cancels in the ratio.
 
-For causal LMs one *run* is a prefill pass over ``batch × seq_len`` prompt tokens (timed) followed by
+For causal LMs one *run* is a prefill pass over ``batch × seq_len`` prompt tokens (timed; only the last
+position's logits are computed, via ``logits_to_keep=1`` where the model supports it, as in ``generate()``) followed by
 ``new_tokens`` greedy decode steps that feed the KV cache back in (timed as a whole, reported per step
 and as tokens/s). Decode is driven by hand — ``model(next_token, cache=..., use_cache=True)`` — rather
 than ``generate()``, so only the forward passes are timed. Encoders time one forward pass.
@@ -190,6 +191,16 @@ def cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _logits_keep_kwarg(model: torch.nn.Module) -> dict[str, int]:
+    """``{"logits_to_keep": 1}`` where the model supports it: the prefill then computes only the last
+    position's logits, as ``generate()`` does, instead of a ``batch × seq × vocab`` tensor nobody uses."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
 def _out_cache(out: Any) -> Any:
     for key in ("cache", "past_key_values"):
         try:
@@ -242,7 +253,8 @@ def _one_run(model: torch.nn.Module, task: str, x: torch.Tensor, new_tokens: int
         mask = torch.ones_like(x)
         _, ms = clock(lambda: model(input_ids=x, attention_mask=mask))
         return ms, None
-    out, prefill_ms = clock(lambda: model(input_ids=x, use_cache=True))
+    keep = _logits_keep_kwarg(model)
+    out, prefill_ms = clock(lambda: model(input_ids=x, use_cache=True, **keep))
     if new_tokens <= 0:
         return prefill_ms, None
     cache = _out_cache(out)
