@@ -41,36 +41,36 @@ class Fault:
         return "test_fault_" + self.id.replace("-", "_")
 
 
-_CORRUPT = "names the file (and tensor), says to re-download or re-quantize; nothing is written"
+_CORRUPT = "the line says to re-download or re-quantize; nothing is written"
 F = Fault
 FAULTS: tuple[Fault, ...] = (
     # --- corrupt or hostile safetensors ------------------------------------------------------
     F("truncated-shard", "Corrupt input", "a shard cut short in the middle of its tensor data",
-      f"refused before any tensor is read (offsets run past the data); {_CORRUPT}", 3),
+      f"refused before any tensor is read, naming the file and the first tensor past the end; {_CORRUPT}", 3),
     F("flipped-byte", "Corrupt input", "one byte flipped in the tensor data of a quantized model",
       "`llmpack verify` reports the sha256 mismatch and names the shard", 3),
     F("header-past-eof", "Corrupt input", "header length prefix larger than the file",
-      f"refused while reading the 8-byte prefix; {_CORRUPT}", 3),
+      f"refused while reading the 8-byte prefix, naming the file; {_CORRUPT}", 3),
     F("header-too-large", "Corrupt input", "header length prefix above the 100 MB limit",
-      f"refused without allocating it; {_CORRUPT}", 3),
+      f"refused without allocating it, naming the file; {_CORRUPT}", 3),
     F("header-invalid-json", "Corrupt input", "header bytes that are not JSON",
-      f"refused; {_CORRUPT}", 3),
+      f"refused, naming the file; {_CORRUPT}", 3),
     F("header-not-utf8", "Corrupt input", "header bytes that are not UTF-8",
-      f"refused; {_CORRUPT}", 3),
+      f"refused, naming the file; {_CORRUPT}", 3),
     F("unknown-dtype", "Corrupt input", "a tensor with a dtype outside the safetensors set (`Q9`)",
-      "refused, naming the tensor and the supported dtypes", 2),
+      "refused, naming the file, the tensor and the supported dtypes; re-export with a standard dtype", 2),
     F("shape-size-mismatch", "Corrupt input", "shape × dtype size differs from the data_offsets span",
-      f"refused, naming the tensor; {_CORRUPT}", 3),
+      f"refused, naming the file and tensor; {_CORRUPT}", 3),
     F("offsets-overlap", "Corrupt input", "two tensors whose data_offsets overlap",
-      f"refused, naming both tensors; {_CORRUPT}", 3),
+      f"refused, naming the file and both tensors; {_CORRUPT}", 3),
     F("offsets-exceed-data", "Corrupt input", "data_offsets past the end of the data section",
-      f"refused, naming the tensor; {_CORRUPT}", 3),
+      f"refused, naming the file and tensor; {_CORRUPT}", 3),
     F("duplicate-tensor-names", "Corrupt input", "the same tensor name twice in one header "
-      "(`json.loads` would silently keep the last)", f"refused, naming the tensor; {_CORRUPT}", 3),
+      "(`json.loads` would silently keep the last)", f"refused, naming the file and tensor; {_CORRUPT}", 3),
     F("bad-metadata", "Corrupt input", "`__metadata__` holding a non-string value",
-      f"refused; {_CORRUPT}", 3),
+      f"refused, naming the file; {_CORRUPT}", 3),
     F("trailing-bytes", "Corrupt input", "bytes after the last tensor (the safetensors library refuses these)",
-      f"refused; {_CORRUPT}", 3),
+      f"refused, naming the file; {_CORRUPT}", 3),
     # --- index and paths -----------------------------------------------------------------------
     F("index-missing-shard", "Index and paths", "`model.safetensors.index.json` names a shard that does not exist",
       "refused, naming the index and the missing shard", 3),
