@@ -154,7 +154,7 @@ def test_smollm2_bf16_vs_fp32(smollm2_dir: Path, tmp_path: Path) -> None:
     from llmpack.measure.text import default_text
 
     cand = _bf16_dir(smollm2_dir, tmp_path)
-    text = default_text("eval", 3000)
+    text = default_text("eval", 2048)
     r = measure(smollm2_dir, cand, text=text, quick=True, quiet=True, batch_sizes=(1,), seq_len=32, new_tokens=2,
                 runs=1, window=256, gates={"max_ppl_increase_pct": 0.5, "min_top1": 0.9, "max_size_ratio": 0.55})
     acc = r.accuracy
