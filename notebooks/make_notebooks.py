@@ -19,6 +19,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 
 SETUP = '''\
+import json
 import os
 import tempfile
 import time
@@ -135,68 +136,85 @@ BUDGET = [
 # Accuracy budget: which layers can INT8 take?
 
 Naive INT8 hurts some models badly: on SmolLM2, activation outliers feed the `mlp.down_proj`
-layers. Rather than guess, llmpack measures each layer's **sensitivity** (how much the model's
-output changes when only that layer is quantized) on calibration text, and under a budget such as
-"at most +2 % perplexity" keeps the most sensitive layers in float.
+layers. Rather than guess, llmpack measures each layer's **sensitivity** — the output error a layer
+adds when it alone is quantized — on calibration text, and under a budget such as "at most +2 %
+perplexity" applies the cheapest remedies that fit: SmoothQuant folding first, then weight-only INT8
+for the most sensitive layers, then float for the most sensitive of those. The number of layers that
+get a remedy is found by bisection on end-to-end measurements, so the final plan's cost is measured,
+not estimated.
 
-This notebook plots the per-layer sensitivity of SmolLM2 and shows the decisions the budget mode makes."""),
+This notebook runs that search on SmolLM2, plots the per-layer sensitivity and shows the decisions."""),
     ("code", SETUP),
-    ("md", """\
-## Per-layer sensitivity
-
-For every linear layer: KL divergence of the next-token distribution when that layer alone runs in
-INT8, on a short calibration text (`default_text("calib")`, disjoint from the evaluation text)."""),
     ("code", '''\
-import matplotlib.pyplot as plt
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmpack.measure.text import default_text
-from llmpack.quant.budget import layer_sensitivity
+from llmpack.config import Recipe
+from llmpack.quant.budget import plan_int8
 
 tok = AutoTokenizer.from_pretrained(SRC)
 fp32 = AutoModelForCausalLM.from_pretrained(SRC).eval()
-ids = tok(default_text("calib", 2048), return_tensors="pt").input_ids[:, :256]
+# a tight budget so the search has to work; 512 calibration tokens keep it quick
+recipe = Recipe(method="int8", max_ppl_increase=0.5)
 t = time.perf_counter()
-sens = layer_sensitivity(fp32, ids)
-print(f"{len(sens)} layers in {time.perf_counter() - t:.1f} s")
-top = sorted(sens.items(), key=lambda kv: -kv[1])[:8]
-for name, kl in top:
-    print(f"{kl:10.5f}  {name}")'''),
+plan = plan_int8(fp32, tok, recipe, calib_tokens=512, seq_len=256)
+print(f"searched in {time.perf_counter() - t:.1f} s")
+print(json.dumps(plan.summary, indent=1))'''),
+    ("md", """\
+## Per-layer sensitivity
+
+Relative output error of each linear layer when only that layer runs in INT8 (W8A8 and weight-only
+W8A16), on calibration text that is disjoint from the evaluation text."""),
     ("code", '''\
-kinds = sorted({name.rsplit(".", 1)[-1] for name in sens})
+import matplotlib.pyplot as plt
+
+layers = [r for r in plan.records if r.get("kind") == "layer"]
+sens = {r["module"]: r.get("sensitivity", {}) for r in layers}
 fig, ax = plt.subplots(figsize=(10, 4))
-for kind in kinds:
-    pts = [(int(n.split(".layers.")[1].split(".")[0]), v) for n, v in sens.items()
-           if n.endswith("." + kind) and ".layers." in n]
+for kind in sorted({m.rsplit(".", 1)[-1] for m in sens}):
+    pts = sorted((int(m.split(".layers.")[1].split(".")[0]), v.get("w8a8", 0.0)) for m, v in sens.items()
+                 if m.endswith("." + kind) and ".layers." in m and v)
     if pts:
-        xs, ys = zip(*sorted(pts))
-        ax.semilogy(xs, ys, marker="o", ms=3, label=kind)
+        xs, ys = zip(*pts)
+        ax.semilogy(xs, [max(y, 1e-9) for y in ys], marker="o", ms=3, label=kind)
 ax.set_xlabel("decoder layer")
-ax.set_ylabel("KL divergence when quantized alone (nats)")
+ax.set_ylabel("output error when quantized alone (W8A8)")
 ax.set_title("SmolLM2-135M: per-layer INT8 sensitivity")
 ax.legend(ncol=4, fontsize=8)
 plt.show()'''),
     ("md", """\
 ## The budget mode's decisions
 
-`max_ppl_increase=2` asks for at most +2 % perplexity on the calibration text. The decisions, with
-their reasons, are recorded in `llmpack.json`."""),
+Every linear layer gets a mode — `w8a8`, `w8a16` (weight-only) or `float` — and a reason; the search
+steps show what each remedy cost. `llmpack.quantize(SRC, method="int8", max_ppl_increase=2, out=...)`
+runs the same search and records these decisions in `llmpack.json`."""),
     ("code", '''\
-t = time.perf_counter()
-res = quantize(SRC, method="int8", max_ppl_increase=2, out=WORK / "smollm2-int8-budget",
-                       overwrite=True, quiet=True)
-print(res.summary(), f"({time.perf_counter() - t:.1f} s)")
-kept = [d for d in res.decisions if d.action not in ("int8",) and d.name.endswith(".weight")
-        and "proj" in d.name]
-print(f"{len(kept)} linear weights kept in float:")
-for d in kept[:12]:
-    print(f"  {d.name:45s} {d.action:6s} {d.reason}")'''),
+from collections import Counter
+
+print("modes:", dict(Counter(r["int8"] for r in layers)), f" int8 share: {plan.int8_share():.0%}")
+for r in [r for r in layers if r["int8"] != "w8a8"][:12]:
+    print(f"  {r['module']:40s} {r['int8']:6s} {r['reason']}")
+print("search steps:")
+for r in plan.records:
+    if r.get("kind") == "step":
+        print(f"  {r['step']:45s} ppl {r['ppl_increase_pct']:+6.2f}%  kl {r['kl']:.4f}  int8 share {r['int8_share']:.0%}")'''),
+    ("md", """\
+Apply the plan to the in-memory model and check it on held-out text (never used by the search):"""),
     ("code", '''\
-naive = quantize(SRC, method="int8", out=WORK / "smollm2-int8-naive", overwrite=True, quiet=True)
-for name in ("smollm2-int8-naive", "smollm2-int8-budget"):
-    r = measure(SRC, WORK / name, quick=True, batch_sizes=(1,), quiet=True)
-    print(f"{name:22s} {r.summary()}")
-r'''),
+from llmpack.measure.text import default_text
+from llmpack.quant.budget import apply_decisions
+
+qmodel = apply_decisions(fp32, plan, recipe)
+ids = tok(default_text("heldout", 4096), return_tensors="pt").input_ids[:, :256]
+
+
+def ppl(model):
+    with torch.inference_mode():
+        return float(torch.exp(model(ids, labels=ids).loss))
+
+
+base, cand = ppl(fp32), ppl(qmodel)
+print(f"held-out perplexity: float {base:.2f}, planned int8 {cand:.2f} ({100 * (cand / base - 1):+.2f}%)")
+print("kept in float:", len(plan.keep_float), " weight-only:", len(plan.weight_only))'''),
 ]
 
 CONTAINER = [
