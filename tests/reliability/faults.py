@@ -2,7 +2,7 @@
 
 ``FAULTS`` is the single source of truth. ``tests/reliability/test_faults.py`` (and the signal, disk and
 security test modules) hold exactly one ``test_fault_<id>`` per row, asserting the exit code written
-here; ``tests/reliability/test_report.py`` fails when ``docs/reliability.md`` differs from :func:`render`
+here; ``tests/reliability/test_reliability_page.py`` fails when ``docs/reliability.md`` differs from :func:`render`
 or when a row has no test (or a test no row). Regenerate the page with::
 
     .venv/bin/python tests/reliability/faults.py        # writes docs/reliability.md
