@@ -141,7 +141,8 @@ def render_cli(parser: argparse.ArgumentParser | None = None) -> str:
         for name, help_text, sub in subs:
             lines.append(f"## {sub.prog}\n")
             if help_text:
-                lines.append(_md_cell(help_text).rstrip(".") + ".\n")
+                h = _md_cell(help_text).rstrip(".")
+                lines.append(h[:1].upper() + h[1:] + ".\n")
             lines.append("```text\n" + sub.format_usage().strip() + "\n```\n")
             if sub.description:
                 lines.append("```text\n" + textwrap.dedent(sub.description).strip() + "\n```\n")
