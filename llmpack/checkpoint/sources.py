@@ -79,7 +79,10 @@ class Source:
             t = self._get(info.name)
             h.update(f"{info.name}\0{t.dtype}\0{list(t.shape)}\0".encode())
             if t.numel():
-                h.update(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+                flat = t.detach().cpu().contiguous().reshape(-1)
+                if flat.stride(-1) != 1:  # a one-element slice of a larger tensor keeps its old stride
+                    flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
+                h.update(memoryview(flat.view(torch.uint8).numpy()))
             yield info.name, t
         self._tensor_hash = h
 

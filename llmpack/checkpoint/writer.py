@@ -200,7 +200,10 @@ class ShardWriter:
             t = tensor.detach()
             if t.device.type != "cpu":
                 t = t.cpu()
-            data = memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+            t = t.contiguous().reshape(-1)
+            if t.stride(-1) != 1:  # a one-element slice of a larger tensor keeps its old stride
+                t = torch.empty(t.shape, dtype=t.dtype).copy_(t)
+            data = memoryview(t.view(torch.uint8).numpy())
             self._write(fname, data)
             del data, t
         self.bytes_written += spec.nbytes
