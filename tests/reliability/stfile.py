@@ -22,7 +22,7 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach().contiguous()
     if t.numel() == 0:
         return b""
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t).reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def header_and_data(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None

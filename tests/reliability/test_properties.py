@@ -68,8 +68,9 @@ def state_dicts(draw: st.DrawFn) -> dict[str, torch.Tensor]:
 
 
 def _bits(t: torch.Tensor) -> bytes:
-    t = t.contiguous()
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    if not t.numel():
+        return b""
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t).reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 @SETTINGS
@@ -227,3 +228,19 @@ def test_validation_rejects_damage(sd: dict[str, torch.Tensor], cut: int, delta:
         with pytest.raises(CorruptFileError):
             validate_safetensors(p)
 
+
+
+def test_one_element_slice_regression(tmp_path: Path) -> None:
+    """Found by the round-trip property: a one-element slice of a larger tensor keeps its old stride, so
+    ``contiguous().reshape(-1).view(torch.uint8)`` raised. Both the writer and the in-memory source hash it."""
+    import llmpack
+
+    base = torch.arange(8, dtype=torch.float64)
+    m = torch.nn.Module()
+    m.register_buffer("one", base[::4][1:])  # shape [1], stride 4
+    m.register_buffer("w", torch.randn(3, 3))
+    assert m.one.stride() == (4,)
+    res = llmpack.quantize(m, "bf16", out=tmp_path / "out", quiet=True)
+    assert res.out_dir is not None
+    got = llmpack.open(tmp_path / "out")
+    assert got["one"].item() == 4.0 and got["one"].dtype == torch.bfloat16
