@@ -70,6 +70,8 @@ BUDGET_MARGIN = 0.8
 """The search aims at this fraction of the budget, so the plan also holds on text it has not seen."""
 
 _MODES = ("w8a8", "w8a16", "float")
+MANIFEST_KEY = "int8_budget"
+"""Key of the search record in ``llmpack.json`` ``"extra"``."""
 
 
 @dataclasses.dataclass
@@ -86,6 +88,7 @@ class Int8Decisions:
         records: one JSON-ready record per linear layer, plus the search steps.
         summary: float vs planned accuracy on the calibration text, the budget and the int8 share.
         params: linear layer name → parameter count (for :meth:`int8_share`).
+        has_bias: producer module → whether it has a bias (``None``: assume it may).
 
     Example:
         >>> d = Int8Decisions(method="int8")
@@ -102,6 +105,7 @@ class Int8Decisions:
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
     params: dict[str, int] = dataclasses.field(default_factory=dict)
+    has_bias: dict[str, bool] | None = None
 
     # ------------------------------------------------------------------ queries
     def layer_mode(self, name: str) -> str:
@@ -121,7 +125,7 @@ class Int8Decisions:
 
     def tensor_ops(self) -> dict[str, list[_smooth.ScaleOp]]:
         """Tensor name → smoothing folds to apply to it before quantization."""
-        return _smooth.tensor_ops(self.groups.values(), self.smooth_scales)
+        return _smooth.tensor_ops(self.groups.values(), self.smooth_scales, self.has_bias)
 
     def transform(self, name: str, tensor: torch.Tensor, _ops: dict | None = None) -> torch.Tensor:
         """Fold the smoothing scales into one streamed source tensor (identity for untouched tensors).
@@ -195,6 +199,26 @@ class Int8Decisions:
             "summary": self.summary,
             "records": self.records,
         }
+
+    def annotate_manifest(self, manifest: Any) -> None:
+        """Record these decisions in a :class:`~llmpack.checkpoint.manifest.Manifest` before it is written:
+        one record per linear layer in ``decisions`` (keyed by module name, next to the per-tensor
+        records) and the whole search under ``extra["int8_budget"]``."""
+        for name, rec in self.manifest_decisions().items():
+            manifest.decisions.setdefault(name, {}).update(rec)
+        manifest.extra[MANIFEST_KEY] = self.to_dict()
+
+    @classmethod
+    def from_manifest(cls, manifest: Any) -> "Int8Decisions | None":
+        """The decisions recorded by :meth:`annotate_manifest` (``None`` when the model had no search).
+
+        Example:
+            >>> from llmpack.checkpoint.manifest import read_manifest
+            >>> Int8Decisions.from_manifest(read_manifest("smollm2-int8")).keep_float   # doctest: +SKIP
+            set()
+        """
+        rec = (getattr(manifest, "extra", None) or {}).get(MANIFEST_KEY)
+        return None if rec is None else cls.from_dict(rec)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Int8Decisions":
@@ -443,6 +467,7 @@ def plan_int8(
             smooth_scales={p: scales[p] for p in used},
             weight_only={n for n, m in modes.items() if m == "w8a16"} if recipe.method is Method.INT8 else set(),
             keep_float={n for n, m in modes.items() if m == "float"}, records=records, summary=summary, params=params,
+            has_bias={p: getattr(model.get_submodule(p), "bias", None) is not None for p in used},
         )
     finally:
         model.train(was_training)
@@ -528,5 +553,8 @@ def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Re
 
     target = model if inplace else copy.deepcopy(model)
     decisions.fold_into(target)
-    return quantize_module(target, recipe, skip=sorted(decisions.keep_float), weight_only=sorted(decisions.weight_only),
+    # Float layers travel as exact-name ignore patterns: the core plan keeps ignored tensors as they are.
+    keep = tuple(p for p in sorted(decisions.keep_float) if p not in recipe.ignore)
+    rec = dataclasses.replace(recipe, ignore=recipe.ignore + keep) if keep else recipe
+    return quantize_module(target, rec, skip=sorted(decisions.keep_float), weight_only=sorted(decisions.weight_only),
                            inplace=True)

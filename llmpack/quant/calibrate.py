@@ -37,6 +37,7 @@ __all__ = [
     "collect_input_absmax",
     "fake_quant_weight",
     "fake_quant_act",
+    "act_grid",
     "simulate",
     "Evaluator",
 ]
@@ -174,8 +175,31 @@ def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
         >>> fake_quant_act(x).shape
         torch.Size([2, 3, 8])
     """
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / ACT_DIVISOR
-    return torch.clamp(torch.round(x / scale), -QMAX - 1, QMAX) * scale
+    divisor, lo, hi = act_grid(x.device)
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / divisor
+    return torch.clamp(torch.round(x / scale), lo, hi) * scale
+
+
+def act_grid(device: "torch.device | str" = "cpu") -> tuple[float, float, float]:
+    """``(divisor, lo, hi)`` of the dynamic activation grid ``Int8Linear`` uses on ``device``.
+
+    CPUs without VNNI run oneDNN's ``u8 x s8`` kernel with 7-bit activations (``absmax / 63``,
+    ``[-63, 63]``); everything else uses compressed-tensors' 8-bit grid (``absmax / 127.5``,
+    ``[-128, 127]``). The simulator follows the kernel so the budget measures what will run here.
+
+    Example:
+        >>> act_grid("cuda")
+        (127.5, -128.0, 127.0)
+    """
+    if torch.device(device).type == "cpu":
+        try:
+            from llmpack.runtime.modules import cpu_int8_kernel
+
+            if cpu_int8_kernel() == "onednn":
+                return 63.0, -63.0, 63.0
+        except ImportError:  # runtime not built: assume the 8-bit grid
+            pass
+    return ACT_DIVISOR, -QMAX - 1, QMAX
 
 
 @dataclasses.dataclass(frozen=True)

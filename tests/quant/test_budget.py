@@ -1,0 +1,187 @@
+"""INT8 accuracy budget: selection, records, llmpack.json round trip, and the SmolLM2 targets on held-out text."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from llmpack.config import Recipe
+from llmpack.errors import BadInputError, ConfigError
+from llmpack.quant.budget import Int8Decisions, apply_decisions, plan_int8
+from llmpack.quant.calibrate import Evaluator, LayerSim, collect_input_absmax, linear_layers, simulate, token_batches
+from llmpack.testing import tiny_model
+
+
+def _batches(n: int = 96, seed: int = 0) -> list[torch.Tensor]:
+    return [torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))]
+
+
+def _with_outliers(kind: str = "llama") -> torch.nn.Module:
+    """A tiny model whose MLP inputs carry outlier channels (like SmolLM2's down_proj), so int8 costs something."""
+    m = tiny_model(kind)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.post_attention_layernorm.weight[:3] = 40.0
+            layer.mlp.up_proj.weight[:4] *= 30.0
+    return m
+
+
+def test_defaults_smooth_everything_and_quantize_every_layer() -> None:
+    m = tiny_model("llama")
+    d = plan_int8(m, None, Recipe(method="int8"), batches=_batches())
+    lins = linear_layers(m)
+    assert set(d.params) == set(lins) - {"lm_head"}
+    assert d.int8_share() == 1.0 and not d.keep_float and not d.weight_only
+    assert {g.kind for g in d.groups.values()} == {"attn_in", "attn_out", "mlp_in", "mlp_out"}
+    assert d.summary["met"] and d.summary["sensitivity"] is None
+    assert d.summary["float"]["ppl"] > 1
+    layer = next(r for r in d.records if r.get("module") == "model.layers.0.mlp.down_proj")
+    assert layer["int8"] == "w8a8" and layer["smooth"]["from"] == "model.layers.0.mlp.up_proj"
+
+
+def test_budget_is_met_by_the_cheapest_remedies() -> None:
+    m = _with_outliers()
+    b = _batches()
+    naive = plan_int8(m, None, Recipe(method="int8", smooth=0.0), batches=b)
+    budget = naive.summary["planned"]["kl"] / 4
+    assert budget > 0
+    d = plan_int8(m, None, Recipe(method="int8", max_kl=budget), batches=b)
+    assert d.summary["met"]
+    assert d.summary["planned"]["kl"] <= budget
+    # remedies are applied in order: weight-only before float; float only if weight-only everywhere was not enough
+    if d.keep_float:
+        assert d.weight_only | d.keep_float == set(d.params)
+    steps = [r for r in d.records if r.get("kind") == "step"]
+    assert steps and steps[0]["step"].startswith("all layers w8a8")
+    # the recorded plan is what the simulator measures
+    ev = Evaluator(m, b)
+    target = {t: g.expand(d.smooth_scales[g.prev]) for g in d.groups.values() for t in g.targets}
+    plan = {n: LayerSim(d.layer_mode(n), target.get(n) if d.layer_mode(n) == "w8a8" else None)
+            for n in d.params if d.layer_mode(n) != "float"}
+    with simulate(m, plan):
+        again = ev()
+    assert math.isclose(again.kl, d.summary["planned"]["kl"], rel_tol=1e-3, abs_tol=1e-6)
+
+
+def test_budget_with_ppl_and_e2e_sensitivity() -> None:
+    m = _with_outliers()
+    d = plan_int8(m, None, Recipe(method="int8", max_ppl_increase=0.0), batches=_batches(24), sensitivity="e2e",
+                  alpha=0.5)
+    assert any("sensitivity" in r for r in d.records if r.get("kind") == "layer")
+    assert d.summary["sensitivity"] == "e2e"
+
+
+def test_weight_only_recipe_never_smooths() -> None:
+    d = plan_int8(tiny_model("llama"), None, Recipe(method="int8-weight-only"), batches=_batches())
+    assert not d.groups and not d.alpha
+    assert all(d.layer_mode(n) == "w8a16" for n in d.params)
+
+
+def test_real_int8_model_matches_the_simulation() -> None:
+    m = _with_outliers()
+    b = _batches()
+    d = plan_int8(m, None, Recipe(method="int8", max_kl=1e-3), batches=b)
+    q = apply_decisions(m, d, Recipe(method="int8"))
+    for n in d.keep_float:
+        assert isinstance(q.get_submodule(n), torch.nn.Linear), n
+    for n in d.weight_only:
+        assert q.get_submodule(n).act_quant is False, n
+    ev = Evaluator(m, b)
+    with torch.no_grad():
+        real = torch.log_softmax(q(input_ids=b[0]).logits[0, :-1].float(), -1)
+    ref = ev._ref[0]
+    kl_real = float((ref.exp() * (ref - real)).sum(-1).mean())
+    assert kl_real <= max(2 * d.summary["planned"]["kl"], 1e-4)
+    # the source model was not modified
+    again = Evaluator(m, b)
+    assert again.base_ppl == ev.base_ppl
+
+
+def test_decisions_round_trip_through_llmpack_json(tmp_path) -> None:
+    from llmpack.checkpoint.manifest import Manifest, read_manifest, write_manifest
+
+    m = _with_outliers()
+    d = plan_int8(m, None, Recipe(method="int8", max_kl=1e-4), batches=_batches())
+    man = Manifest(source={"kind": "module", "path": "<memory>", "fingerprint": ""},
+                   recipe=Recipe(method="int8", max_kl=1e-4).to_dict())
+    d.annotate_manifest(man)
+    write_manifest(tmp_path, man)
+    back = Int8Decisions.from_manifest(read_manifest(tmp_path))
+    assert back is not None
+    assert back.weight_only == d.weight_only and back.keep_float == d.keep_float
+    assert back.alpha == d.alpha and back.params == d.params
+    assert math.isclose(back.int8_share(), d.int8_share())
+    raw = json.loads((tmp_path / "llmpack.json").read_text())
+    assert raw["decisions"]["model.layers.1.mlp.down_proj"]["int8"] == d.layer_mode("model.layers.1.mlp.down_proj")
+    assert raw["extra"]["int8_budget"]["summary"]["met"] is True
+
+
+def test_transform_applies_the_smoothing_while_streaming() -> None:
+    m = _with_outliers()
+    d = plan_int8(m, None, Recipe(method="int8"), batches=_batches())
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    streamed = {k: d.transform(k, v) for k, v in sd.items()}
+    assert d.smoothed_tensors() and all(k in sd for k in d.smoothed_tensors())
+    folded = tiny_model("llama")
+    folded.load_state_dict(streamed)
+    x = _batches()[0]
+    with torch.no_grad():
+        torch.testing.assert_close(folded(input_ids=x).logits, m(input_ids=x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(ConfigError):
+        plan_int8(tiny_model("llama"), None, Recipe(method="bf16"), batches=_batches())
+    with pytest.raises(ConfigError, match="sensitivity"):
+        plan_int8(tiny_model("llama"), None, Recipe(method="int8"), batches=_batches(), sensitivity="magic")
+    with pytest.raises(BadInputError, match="causal LM"):
+        plan_int8(tiny_model("bert"), None, Recipe(method="int8"), batches=_batches())
+    with pytest.raises(BadInputError, match="malformed"):
+        Int8Decisions.from_dict({"weight_only": []})
+
+
+# ---------------------------------------------------------------------------------------- SmolLM2
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    return m, tok
+
+
+@pytest.mark.slow
+def test_smollm2_targets_on_heldout_text(smollm2) -> None:
+    """Issue 5 item 2: <= +3 % with a 2 % budget and >= 80 % int8 params; defaults within +10 %.
+
+    Calibrated on the ``calib`` slice; judged with the real ``Int8Linear`` model on the ``heldout`` slice.
+    """
+    from llmpack.measure.text import default_text
+
+    m, tok = smollm2
+    calib = token_batches(tok, default_text("calib"), 512, max_tokens=1024)
+    held = token_batches(tok, default_text("heldout"), 512, max_tokens=1024)
+    stats = collect_input_absmax(m, calib)  # shared by both searches
+    ev = Evaluator(m, held)
+
+    def heldout_ppl(d: Int8Decisions) -> float:
+        q = apply_decisions(m, d, Recipe(method="int8"))
+        nll, n = 0.0, 0
+        with torch.no_grad():
+            for b in held:
+                logp = torch.log_softmax(q(input_ids=b).logits[0, :-1].float(), -1)
+                nll -= float(logp.gather(-1, b[0, 1:, None]).sum())
+                n += b.shape[1] - 1
+        return math.exp(nll / n)
+
+    default = plan_int8(m, tok, Recipe(method="int8"), batches=calib, act_stats=stats)
+    ppl = heldout_ppl(default)
+    assert ppl <= 1.10 * ev.base_ppl, (ppl, ev.base_ppl)
+
+    budget = plan_int8(m, tok, Recipe(method="int8", max_ppl_increase=2.0), batches=calib, act_stats=stats)
+    ppl2 = heldout_ppl(budget)
+    assert budget.int8_share() >= 0.80
+    assert ppl2 <= 1.03 * ev.base_ppl, (ppl2, ev.base_ppl, budget.summary)
