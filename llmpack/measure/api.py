@@ -25,7 +25,7 @@ from llmpack.errors import BadInputError, ConfigError, LlmpackError, SourceNotFo
 from llmpack.measure.accuracy import AccuracyStats, causal_lm_accuracy, encoder_accuracy
 from llmpack.measure.latency import _load_avg, environment, time_models
 from llmpack.measure.report import ModelInfo, Report, evaluate_gates, validate_gates
-from llmpack.measure.size import PeakMemory, SizeStats, disk_usage, memory_method, param_bytes
+from llmpack.measure.size import PeakMemory, SizeStats, disk_usage, memory_method, param_bytes, touch_weights
 from llmpack.measure.text import looks_like_file, resolve_text
 
 __all__ = ["measure", "measure_after_quantize", "detect_task", "load_model", "DEFAULTS", "QUICK"]
@@ -369,6 +369,7 @@ def measure(
         else:
             with PeakMemory(dev) as pm:
                 m = load_model(side.path, task, dev)  # type: ignore[arg-type]
+                touch_weights(m)  # lazily mmapped weights count as loaded
             st.load_peak_bytes = pm.peak_bytes
             st.memory_method = pm.method
             if side.kind == "dir":

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["disk_usage", "param_bytes", "PeakMemory", "current_rss", "SizeStats", "dtype_name", "memory_method"]
+__all__ = ["disk_usage", "param_bytes", "touch_weights", "PeakMemory", "current_rss", "SizeStats", "dtype_name", "memory_method"]
 
 _RSS_RE = re.compile(r"^(VmRSS|VmHWM):\s+(\d+)\s+kB", re.MULTILINE)
 
@@ -51,7 +51,8 @@ class SizeStats:
         param_bytes: bytes of parameters (all dtypes).
         buffer_bytes: bytes of buffers (all dtypes; int8 scales registered as buffers land here).
         num_params: number of parameter elements (int8 weights count one each).
-        load_peak_bytes: peak additional memory while loading (``None`` when the model was passed in memory).
+        load_peak_bytes: peak additional memory while loading and touching every weight page once
+            (memory-mapped weights count), ``None`` when the model was passed in memory.
         run_peak_bytes: peak additional memory while running the timed passes.
         memory_method: how the peaks were measured (see the module docstring).
 
@@ -155,6 +156,24 @@ def param_bytes(model: torch.nn.Module) -> tuple[dict[str, int], int, int, int]:
     for _, buf in model.named_buffers():
         bb += add(buf)
     return dict(sorted(by.items())), pb, bb, n
+
+
+def touch_weights(model: torch.nn.Module) -> None:
+    """Read one byte of every 4 KiB page of each CPU parameter and buffer, so memory-mapped (lazy)
+    weights become resident: the loading peak then counts what running the model needs.
+
+    Example:
+        >>> touch_weights(torch.nn.Linear(4, 4))
+    """
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.device.type != "cpu" or t.numel() == 0 or not t.is_contiguous():
+                continue
+            try:
+                raw = t.detach().reshape(-1).view(torch.uint8)
+            except RuntimeError:
+                continue
+            raw[::4096].sum()
 
 
 def current_rss() -> int:

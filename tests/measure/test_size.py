@@ -70,3 +70,17 @@ def test_sizestats_roundtrip() -> None:
     s = SizeStats(files={"m.safetensors": 3}, disk_bytes=3, param_bytes_by_dtype={"int8": 3}, load_peak_bytes=7)
     assert SizeStats.from_dict(s.to_dict()) == s
     assert s.total_param_bytes == 3
+
+
+def test_touch_weights_makes_mapped_weights_resident(tmp_path) -> None:
+    from llmpack.measure.size import touch_weights
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"\x01" * 40_000_000)
+    m = torch.nn.Module()
+    m.register_buffer("w", torch.from_file(str(f), shared=True, size=40_000_000, dtype=torch.uint8))
+    with PeakMemory("cpu") as untouched:
+        pass
+    with PeakMemory("cpu") as pm:
+        touch_weights(m)
+    assert pm.peak_bytes > 30_000_000 > untouched.peak_bytes
