@@ -164,7 +164,7 @@ _OUTRO = """
 """
 
 PROPERTIES: tuple[str, ...] = (
-    "random state dicts (float64/32/16, bfloat16, int8, uint8, int16/32/64, bool; 0-dim, empty, non-contiguous and "
+    "random state dicts (float64/32/16, bfloat16, float8 e4m3/e5m2, int8, uint8, int16/32/64, bool; 0-dim, empty, non-contiguous and "
     "shared-storage tensors) survive the streaming shard writer → `llmpack.open` → read bit-exactly, "
     "and every written file passes strict header validation",
     "shard-plan invariants: every tensor lands in exactly one shard, in order, and every shard stays within "

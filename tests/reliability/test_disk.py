@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 import torch
-from conftest import Src, assert_clean, assert_error, cli, make_src, try_mount, umount
+from reltools import Src, assert_clean, assert_error, cli, make_src, try_mount, umount
 
 
 @pytest.fixture

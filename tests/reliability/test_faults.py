@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (Src, assert_clean, assert_error, cli, make_sharded, make_src, tensors)
+from reltools import (Src, assert_clean, assert_error, cli, make_sharded, make_src, tensors)
 from stfile import write_st
 
 FIX = r"re-download|re-quantize"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Src, assert_error, cli, make_src
+from reltools import Src, assert_error, cli, make_src
 
 from faults import by_id
 

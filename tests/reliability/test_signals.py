@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import (Src, assert_clean, assert_error, cli, leftovers, make_src, spawn, wait_marker)
+from reltools import (Src, assert_clean, assert_error, cli, leftovers, make_src, spawn, wait_marker)
 
 from llmpack.constants import TEMP_PREFIX
 
