@@ -21,3 +21,9 @@ def kill_on_exit() -> Iterator[list[subprocess.Popen[str]]]:
         if p.poll() is None:
             p.kill()
             p.communicate()
+
+
+@pytest.fixture(autouse=True)
+def _no_debug_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors must be one line; ``LLMPACK_DEBUG`` (which adds the traceback) is off for this suite."""
+    monkeypatch.delenv("LLMPACK_DEBUG", raising=False)

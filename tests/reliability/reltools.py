@@ -119,6 +119,7 @@ def spawn(argv: list[str], marker: Path, *, go: Path | None = None, pause: str =
     """Start ``python child.py`` running ``llmpack argv`` that pauses mid-write (after ``marker`` appears)."""
     env = dict(os.environ, LLMPACK_TEST_MARKER=str(marker), LLMPACK_TEST_PAUSE=pause, LLMPACK_PROGRESS="0",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("LLMPACK_DEBUG", None)
     if go is not None:
         env["LLMPACK_TEST_GO"] = str(go)
     return subprocess.Popen([sys.executable, str(CHILD), *argv], env=env, cwd=str(marker.parent),
