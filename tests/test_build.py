@@ -6,6 +6,7 @@ stages write, so caching logic is tested in milliseconds; the ``slow`` tests run
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 
 import llmpack
-import llmpack.build as B
+
+B = importlib.import_module("llmpack.build")  # the module: `import llmpack.build as B` may yield the function
 from llmpack.checkpoint.manifest import Manifest, write_manifest
 from llmpack.cli import main
 from llmpack.errors import ConfigError, GateFailedError, OutputExistsError, SourceNotFoundError

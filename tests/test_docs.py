@@ -184,3 +184,16 @@ def test_argparse_help_renders_for_every_subcommand(capsys: pytest.CaptureFixtur
         assert e.value.code == 0
         assert f"usage: llmpack {name}" in capsys.readouterr().out
     assert isinstance(parser, argparse.ArgumentParser)
+
+
+def test_every_llmpack_toml_key_is_documented() -> None:
+    import importlib
+
+    B = importlib.import_module("llmpack.build")  # the module (llmpack.build may be the function)
+    text = (DOCS / "build.md").read_text(encoding="utf-8")
+    for section, keys in (("source", B.SourceSection.KEYS), ("quantize", B.QuantizeSection.KEYS),
+                          ("measure", B.MeasureSection.KEYS), ("pack", B.PackSection.KEYS)):
+        assert f"[{section}]" in text
+        for key in keys:
+            assert re.search(rf"^#? ?{re.escape(key)} = ", text, flags=re.M) or f"{key} = " in text, (
+                f"[{section}] {key} is not documented in docs/build.md")
