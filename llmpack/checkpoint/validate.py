@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import stat
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -131,7 +132,8 @@ def validate_safetensors(path: "str | os.PathLike[str]", *, dtype_sizes: Mapping
         CorruptFileError: truncated file, header length past the end of the file or above ``max_header``,
             header not UTF-8 JSON object, duplicate tensor names, malformed entries, a shape that does not
             match its byte span, offsets that overlap, leave a gap or run past the data (exit 3).
-        UnsupportedFormatError: a tensor has a dtype llmpack cannot read (exit 2).
+        UnsupportedFormatError: a tensor has a dtype llmpack cannot read, or the path is not a regular file
+            (exit 2).
         SourceNotFoundError: the file cannot be opened.
 
     Example:
@@ -142,6 +144,13 @@ def validate_safetensors(path: "str | os.PathLike[str]", *, dtype_sizes: Mapping
 
     p = Path(path)
     sizes = DTYPE_SIZES if dtype_sizes is None else dtype_sizes
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as e:
+        raise SourceNotFoundError(f"cannot read {p}: {e.strerror or e}; check the path and permissions") from e
+    if not stat.S_ISREG(mode):  # a FIFO would block the open() forever
+        raise UnsupportedFormatError(f"{p} is not a regular file (a FIFO, device or directory); "
+                                     "replace it with the real .safetensors file")
     try:
         with open(p, "rb") as f:
             size = os.fstat(f.fileno()).st_size

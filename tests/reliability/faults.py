@@ -71,6 +71,8 @@ FAULTS: tuple[Fault, ...] = (
       f"refused, naming the file; {_CORRUPT}", 3),
     F("trailing-bytes", "Corrupt input", "bytes after the last tensor (the safetensors library refuses these)",
       f"refused, naming the file; {_CORRUPT}", 3),
+    F("fifo-weights", "Corrupt input", "a FIFO (or directory) named `model.safetensors`",
+      "refused at once instead of blocking forever on open(), naming the file", 2),
     # --- index and paths -----------------------------------------------------------------------
     F("index-missing-shard", "Index and paths", "`model.safetensors.index.json` names a shard that does not exist",
       "refused, naming the index and the missing shard", 3),

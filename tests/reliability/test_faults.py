@@ -136,6 +136,18 @@ def test_fault_trailing_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "after the last tensor" in line
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dir"])
+def test_fault_fifo_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    src = make_src(tmp_path)
+    (src / "model.safetensors").unlink()
+    if kind == "fifo":
+        os.mkfifo(src / "model.safetensors")
+    else:
+        (src / "model.safetensors").mkdir()
+    _quantize_fails(capsys, tmp_path, src, "fifo-weights", "model.safetensors", "not a regular file",
+                    fix="replace it")
+
+
 # --- index and paths -------------------------------------------------------------------------------
 
 def test_fault_index_missing_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

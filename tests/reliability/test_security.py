@@ -49,7 +49,7 @@ def test_fault_secret_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], p
     s = Src(model)
     code, _, err = cli(capsys, "pack", model, "--out", tmp_path / "build", "-q")
     assert_error("secret-file", code, err, secret.split("/")[0], fix="--allow-file")
-    assert not (tmp_path / "build").exists() or not any((tmp_path / "build").rglob("*.tar"))
+    assert not (tmp_path / "build").exists()  # refused before anything is written
     s.unchanged()
     if "/" not in secret:
         code, _, err = cli(capsys, "pack", model, "--out", tmp_path / "build2", "--allow-file", secret, "-q")
@@ -76,6 +76,15 @@ def test_fault_tar_entries(packed: tuple[Path, Path]) -> None:
                     seen[m.name[len("models/rel/"):]] = f.read()
     files = {p.relative_to(model).as_posix(): p.read_bytes() for p in model.rglob("*") if p.is_file()}
     assert seen == files
+    # the tar writer normalises names and refuses any that would leave models/<name>/
+    from llmpack.errors import UnsafePathError
+    from llmpack.pack.tar import layer_members
+
+    names = [m.name for m in layer_members([("sub/./a.json", None, 1), ("b//c.json", None, 1)], prefix="models/x")]
+    assert names == ["models/", "models/x/", "models/x/b/", "models/x/b/c.json", "models/x/sub/", "models/x/sub/a.json"]
+    for bad in ("../etc/passwd", "/etc/passwd", "a/../../x", "", "a\x00b"):
+        with pytest.raises(UnsafePathError):
+            layer_members([(bad, None, 1)], prefix="models/x")
     assert by_id("tar-entries").exit_code == 0
 
 
