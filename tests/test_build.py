@@ -18,10 +18,11 @@ import pytest
 
 import llmpack
 
-B = importlib.import_module("llmpack.build")  # the module: `import llmpack.build as B` may yield the function
 from llmpack.checkpoint.manifest import Manifest, write_manifest
 from llmpack.cli import main
 from llmpack.errors import ConfigError, GateFailedError, OutputExistsError, SourceNotFoundError
+
+B = importlib.import_module("llmpack.build")  # the module: `import llmpack.build as B` may yield the function
 
 BASIC = """
 [source]
