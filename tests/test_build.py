@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 import llmpack
-
 from llmpack.checkpoint.manifest import Manifest, write_manifest
 from llmpack.cli import main
 from llmpack.errors import ConfigError, GateFailedError, OutputExistsError, SourceNotFoundError
