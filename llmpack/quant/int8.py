@@ -119,9 +119,9 @@ def quantize_per_token(
         ``(q, scale)`` with ``q`` int8 ``[tokens, features]`` and ``scale`` float32 ``[tokens, 1]``.
 
     Example:
-        >>> q, s = quantize_per_token(torch.tensor([[0.5, -1.0]]))
-        >>> q.tolist()
-        [[64, -128]]
+        >>> q, s = quantize_per_token(torch.tensor([[0.51, -1.0]]))
+        >>> q[0, 0].item(), round(s.item() * 127.5, 6)
+        (65, 1.0)
     """
     xf = x.float()
     scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min_(SCALE_EPS).div_(divisor)
