@@ -60,7 +60,7 @@ __all__ = [
     "apply_decisions",
 ]
 
-DEFAULT_ALPHA: dict[str, float] = {"attn_in": 0.5, "attn_out": 0.5, "mlp_in": 0.5, "mlp_out": 0.5}
+DEFAULT_ALPHA: dict[str, float] = {"attn_in": 0.65, "attn_out": 0.65, "mlp_in": 0.65, "mlp_out": 0.65}
 """SmoothQuant alpha per group kind used when the recipe gives none (W8A8 only)."""
 
 DEFAULT_CALIB_TOKENS = 1024
