@@ -197,3 +197,17 @@ def test_every_llmpack_toml_key_is_documented() -> None:
         for key in keys:
             assert re.search(rf"^#? ?{re.escape(key)} = ", text, flags=re.M) or f"{key} = " in text, (
                 f"[{section}] {key} is not documented in docs/build.md")
+
+
+def test_nav_lists_each_page_once() -> None:
+    import yaml
+
+    def pages(items: list) -> list[str]:
+        out: list[str] = []
+        for item in items:
+            for value in item.values():
+                out.extend(pages(value) if isinstance(value, list) else [value])
+        return out
+
+    nav = pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"])
+    assert len(nav) == len(set(nav)), sorted(p for p in nav if nav.count(p) > 1)
