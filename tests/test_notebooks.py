@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["01-quickstart.ipynb", "02-accuracy-budget.ipynb", "03-container.ipynb"]
-CELL_TIMEOUT = 300
+CELL_TIMEOUT = 900  # per cell; the three notebooks take a few minutes together on 2 idle cores
 
 
 def test_notebooks_are_saved_without_outputs_and_match_their_source() -> None:
@@ -43,7 +43,7 @@ def test_notebook_executes(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("LLMPACK_PROGRESS", "0")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # keep ipykernel's inline backend: plots become PNG outputs
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
