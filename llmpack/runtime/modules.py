@@ -225,7 +225,11 @@ class Int8Linear(nn.Module):
         w, s = self.weight, self.weight_scale
         key = (w.data_ptr(), s.data_ptr(), w.device, s.dtype, w._version, s._version)
         if key != self._cache_key:
-            self._cache = {"scale_row": s.detach().float().reshape(1, -1).contiguous()}
+            b = self.bias
+            self._cache = {
+                "scale_row": s.detach().float().reshape(1, -1).contiguous(),
+                "bias_f32": None if b is None else b.detach().float().contiguous(),
+            }
             self._cache_key = key
         return self._cache
 
@@ -244,10 +248,9 @@ class Int8Linear(nn.Module):
         dt = x2.dtype
         # Per-output-channel scales commute with the matmul: one int8->float conversion of W, then a row scale.
         y = F.linear(x2, self.weight.to(dt))
-        y = y * cache["scale_row"].to(dt)
         if self.bias is not None:
-            y = y + self.bias.to(dt)
-        return y
+            return torch.addcmul(self.bias.to(dt), y, cache["scale_row"].to(dt))  # one pass: b + y * s
+        return y.mul_(cache["scale_row"].to(dt))
 
     def _kernel(self, x2: torch.Tensor) -> str:
         if x2.device.type == "cuda":
@@ -261,42 +264,57 @@ class Int8Linear(nn.Module):
         cache = self._prepared()
         kernel = self._kernel(x2)
         dt = x2.dtype
-        m = x2.shape[0]
         xf = x2.float()
-        amax = xf.abs().amax(dim=1, keepdim=True).clamp_min_(SCALE_EPS)
+        # Per-token absmax in one pass (no |x| temporary).
+        amax = torch.linalg.vector_norm(xf, float("inf"), dim=1, keepdim=True).clamp_min_(SCALE_EPS)
         if kernel == "onednn":
-            a_scale = amax.div_(_ONEDNN_QMAX)
-            xq = torch.round(xf / a_scale)  # in [-64, 64] by construction
+            y, a_scale = self._onednn_matmul(xf, amax, cache)
         else:
             # compressed-tensors semantics: absmax / 127.5, clamp to [-128, 127]
             a_scale = amax.div_(ACT_DIVISOR)
             xq = torch.round(xf / a_scale).clamp_(-128, 127)
-        if kernel == "int_mm":
-            xq8 = xq.to(torch.int8)
-            if x2.device.type == "cuda" and m <= 16:
-                xq8 = F.pad(xq8, (0, 0, 0, 17 - m))
-            acc = torch._int_mm(xq8, self.weight.t())[:m]
-            y = acc * a_scale  # int32 * float32 -> float32
-            y.mul_(cache["scale_row"])
-        elif kernel == "onednn":
-            packed = cache.get("onednn")
-            if packed is None:
-                packed = torch.ops.onednn.qlinear_prepack(self.weight.detach(), None)
-                cache["onednn"] = packed
-                cache["onednn_zp"] = torch.zeros(self.out_features, dtype=torch.long)
-                cache["scale_vec"] = cache["scale_row"].reshape(-1).contiguous()
-            xu8 = xq.add_(_ONEDNN_QMAX).to(torch.uint8)
-            y = torch.ops.onednn.qlinear_pointwise(
-                xu8, 1.0, _ONEDNN_QMAX, packed, cache["scale_vec"], cache["onednn_zp"], None,
-                1.0, 0, torch.float32, "none", [], "",
-            )
-            y.mul_(a_scale)
-        else:
-            y = F.linear(xq, self.weight.float())
-            y.mul_(a_scale).mul_(cache["scale_row"])
-        if self.bias is not None:
-            y.add_(self.bias.float())
+            if kernel == "int_mm":
+                m = x2.shape[0]
+                xq8 = xq.to(torch.int8)
+                if x2.device.type == "cuda" and m <= 16:
+                    xq8 = F.pad(xq8, (0, 0, 0, 17 - m))
+                acc = torch._int_mm(xq8, self.weight.t())[:m]
+                y = acc * a_scale  # int32 * float32 -> float32
+                y.mul_(cache["scale_row"])
+            else:
+                y = F.linear(xq, self.weight.float())
+                y.mul_(a_scale).mul_(cache["scale_row"])
+        bias = cache["bias_f32"]
+        if kernel == "onednn":
+            # Epilogue in one pass: y * act_scale (+ bias); the weight scale is applied inside oneDNN.
+            y = y.mul_(a_scale) if bias is None else torch.addcmul(bias, y, a_scale)
+        elif bias is not None:
+            y.add_(bias)
         return y.to(dt)
+
+    def _onednn_matmul(
+        self, xf: torch.Tensor, amax: torch.Tensor, cache: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """oneDNN u8 x s8 matmul on AVX2 (activations in ``[-64, 64]``, zero point 64).
+
+        Returns ``(acc * weight_scale, act_scale)`` in float32; the caller applies ``act_scale``.
+        Quantization takes two passes over ``x``: ``x * (64 / amax) + 64.5`` (one fused multiply-add)
+        and the float -> uint8 conversion, which truncates, i.e. rounds half up (values are >= 0).
+        """
+        packed = cache.get("onednn")
+        if packed is None:
+            packed = torch.ops.onednn.qlinear_prepack(self.weight.detach(), None)
+            cache["onednn"] = packed
+            cache["onednn_zp"] = torch.zeros(self.out_features, dtype=torch.long)
+            cache["scale_vec"] = cache["scale_row"].reshape(-1).contiguous()
+            cache["half_offset"] = torch.tensor(_ONEDNN_QMAX + 0.5, dtype=torch.float32)
+        inv = torch.reciprocal(amax).mul_(_ONEDNN_QMAX)  # [tokens, 1]: tiny
+        xu8 = torch.addcmul(cache["half_offset"], xf, inv).to(torch.uint8)  # in [0, 128] by construction
+        y = torch.ops.onednn.qlinear_pointwise(
+            xu8, 1.0, _ONEDNN_QMAX, packed, cache["scale_vec"], cache["onednn_zp"], None,
+            1.0, 0, torch.float32, "none", [], "",
+        )
+        return y, amax.div_(_ONEDNN_QMAX)
 
 
 class Int8Embedding(nn.Module):
