@@ -37,7 +37,9 @@ def color_enabled() -> bool:
 
 
 def emit(fmt: str, human: str | Iterator[str], data: Any) -> None:
-    """Print ``data`` as one JSON document (``fmt == "json"``) or the human text."""
+    """Print ``data`` as one JSON document (``fmt == "json"``), the human text, or nothing (``"none"``)."""
+    if fmt == "none":
+        return
     if fmt == "json":
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,5 +49,21 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for kind in TINY_KINDS:
         d = root / kind
         tiny_model(kind).save_pretrained(d)
+        out[kind] = d
+    return out
+
+
+@pytest.fixture(scope="session")
+def tok_dirs(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model dirs copied and given ``byte_tokenizer()`` files (256 tokens = their vocab). Read-only!"""
+    from llmpack.testing import byte_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-tok")
+    tok = byte_tokenizer()
+    out = {}
+    for kind, src in tiny_dirs.items():
+        d = root / kind
+        shutil.copytree(src, d)
+        tok.save_pretrained(d)
         out[kind] = d
     return out

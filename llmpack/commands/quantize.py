@@ -36,7 +36,15 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     g.add_argument("--max-ppl-increase", type=float, default=None, metavar="PCT",
                    help="accuracy budget: max perplexity increase in percent on calibration text")
     g.add_argument("--max-kl", type=float, default=None, metavar="NATS", help="accuracy budget as mean KL divergence")
-    g.add_argument("--measure", action="store_true", help="measure the result against the source after writing")
+    m = p.add_argument_group("measure after quantizing")
+    m.add_argument("--measure", action="store_true",
+                   help="measure the result against the source after writing (--max-ppl-increase doubles as a gate)")
+    m.add_argument("--quick", action="store_true", help="with --measure: the quick measuring budget (< 1 min)")
+    m.add_argument("--device", default=None, help="with --measure: cpu or cuda (default: cuda when available)")
+    m.add_argument("--min-top1", type=float, default=None, metavar="X", help="with --measure: gate on top-1 agreement")
+    m.add_argument("--min-speedup", type=float, default=None, metavar="X", help="with --measure: gate on speedup (b1)")
+    m.add_argument("--max-size-ratio", type=float, default=None, metavar="X",
+                   help="with --measure: gate on candidate/baseline size")
     return p
 
 
@@ -56,22 +64,25 @@ def run(args: argparse.Namespace) -> int:
         kwargs["max_ppl_increase"] = args.max_ppl_increase
     if args.max_kl is not None:
         kwargs["max_kl"] = args.max_kl
-    if (kwargs or args.measure) and not method.is_int8:
-        raise ConfigError("--float-dtype/--quantize-embeddings/--max-ppl-increase/--max-kl/--measure apply to int8 "
+    if kwargs and not method.is_int8:
+        raise ConfigError("--float-dtype/--quantize-embeddings/--max-ppl-increase/--max-kl apply to int8 "
                           f"methods, not {method.value}")
     res = quantize(args.source, method, out=args.out, max_shard_size=args.max_shard_size, ignore=args.ignore,
                    overwrite=args.overwrite, fp16_overflow=args.fp16_overflow, quiet=args.quiet, **kwargs)
     data = res.to_dict()
     human = res.summary()
-    if args.measure:
-        try:
-            from llmpack.measure.api import measure
-        except ModuleNotFoundError as e:
-            if e.name not in ("llmpack.measure.api",):
-                raise
-            raise ConfigError("--measure needs llmpack.measure, which this build lacks") from None
-        report = measure(args.source, res.out_dir)
-        data["report"] = report.to_dict() if hasattr(report, "to_dict") else str(report)
-        human += "\n" + (report.to_markdown() if hasattr(report, "to_markdown") else str(report))
-    emit(args.format, human, data)
-    return 0
+    if not args.measure:
+        emit(args.format, human, data)
+        return 0
+    from llmpack.commands.measure import finish
+    from llmpack.measure.api import measure_after_quantize
+
+    if args.format != "json":
+        emit(args.format, human, data)
+    report = measure_after_quantize(args.source, res.out_dir, args)
+    if args.format == "json":
+        # One JSON document: the quantize result with the report inside; gates still decide the exit code.
+        data["report"] = report.to_dict()
+        emit("json", "", data)
+        args = argparse.Namespace(**{**vars(args), "format": "none"})
+    return finish(report, args)

@@ -27,3 +27,19 @@ def test_cli_quantize_errors(tiny_dirs, tmp_path, capsys) -> None:
     assert main(["quantize", str(tmp_path / "w.bin"), "--out", str(tmp_path / "o")]) == 2
     assert "never unpickles" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_quantize_measure_gates(tok_dirs, tmp_path, capsys) -> None:
+    """`quantize --measure` prints the report; a gate given on the command line decides the exit code."""
+    base = ["quantize", str(tok_dirs["llama"]), "--method", "bf16", "--measure", "--quick", "--quiet"]
+    rc = main([*base, "--out", str(tmp_path / "a"), "--format", "json"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["recipe"]["method"] == "bf16"
+    assert data["report"]["accuracy"]["top1"] > 0.5
+    # BF16 halves the size; a 0.1 size-ratio gate cannot pass: exit 1 naming the gate, output kept for inspection.
+    rc = main([*base, "--max-size-ratio", "0.1", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "max_size_ratio" in err and err.count("\n") == 1
+    assert (tmp_path / "b" / "llmpack.json").exists()

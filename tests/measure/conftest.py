@@ -8,22 +8,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def tok_dirs(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny model dirs copied and given ``byte_tokenizer()`` files (256 tokens = their vocab). Read-only!"""
-    from llmpack.testing import byte_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny-tok")
-    tok = byte_tokenizer()
-    out = {}
-    for kind, src in tiny_dirs.items():
-        d = root / kind
-        shutil.copytree(src, d)
-        tok.save_pretrained(d)
-        out[kind] = d
-    return out
-
-
 # Settings that keep a tiny-model measure() call to about a second.
 FAST = {"quick": True, "quiet": True, "batch_sizes": (1,), "seq_len": 16, "new_tokens": 2, "runs": 1, "warmup": 1}
 
