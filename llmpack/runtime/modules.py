@@ -51,6 +51,8 @@ __all__ = [
     "retie_int8_heads",
     "quantized_module_names",
     "iter_int8_linears",
+    "prepare_int8",
+    "compile_int8",
 ]
 
 ENV_KERNEL = "LLMPACK_INT8_KERNEL"
@@ -222,6 +224,9 @@ class Int8Linear(nn.Module):
     # ------------------------------------------------------------------ forward
     def _prepared(self) -> dict[str, Any]:
         """Per-weight cached views (scale row, packed oneDNN weight); rebuilt when tensors are reassigned."""
+        if torch.compiler.is_compiling() and self._cache:
+            # Under torch.compile the caches built by prepare() (before compiling) are used as they are.
+            return self._cache
         w, s = self.weight, self.weight_scale
         key = (w.data_ptr(), s.data_ptr(), w.device, s.dtype, w._version, s._version)
         if key != self._cache_key:
@@ -232,6 +237,19 @@ class Int8Linear(nn.Module):
             }
             self._cache_key = key
         return self._cache
+
+    def prepare(self) -> "Int8Linear":
+        """Build the cached kernel inputs now (float scale row and bias; the oneDNN packed weight on
+        AVX2 CPUs) instead of on the first forward. :func:`compile_int8` calls it before compiling.
+
+        Example:
+            >>> Int8Linear.from_float(torch.nn.Linear(8, 4)).prepare().out_features
+            4
+        """
+        cache = self._prepared()
+        if self.act_quant and self.weight.device.type == "cpu" and cpu_int8_kernel() == "onednn":
+            _onednn_pack(self, cache)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``y = x W^T + b`` with int8 weights (and int8 per-token activations when ``act_quant``)."""
@@ -301,20 +319,71 @@ class Int8Linear(nn.Module):
         Quantization takes two passes over ``x``: ``x * (64 / amax) + 64.5`` (one fused multiply-add)
         and the float -> uint8 conversion, which truncates, i.e. rounds half up (values are >= 0).
         """
-        packed = cache.get("onednn")
-        if packed is None:
-            packed = torch.ops.onednn.qlinear_prepack(self.weight.detach(), None)
-            cache["onednn"] = packed
-            cache["onednn_zp"] = torch.zeros(self.out_features, dtype=torch.long)
-            cache["scale_vec"] = cache["scale_row"].reshape(-1).contiguous()
-            cache["half_offset"] = torch.tensor(_ONEDNN_QMAX + 0.5, dtype=torch.float32)
+        if "onednn" not in cache:
+            _onednn_pack(self, cache)
         inv = torch.reciprocal(amax).mul_(_ONEDNN_QMAX)  # [tokens, 1]: tiny
         xu8 = torch.addcmul(cache["half_offset"], xf, inv).to(torch.uint8)  # in [0, 128] by construction
-        y = torch.ops.onednn.qlinear_pointwise(
-            xu8, 1.0, _ONEDNN_QMAX, packed, cache["scale_vec"], cache["onednn_zp"], None,
-            1.0, 0, torch.float32, "none", [], "",
-        )
+        if torch.compiler.is_compiling():
+            # Opaque to inductor (its own qlinear lowering wants frozen constants); quantization and
+            # epilogue around it still fuse.
+            y = torch.ops.llmpack.onednn_qlinear(xu8, cache["onednn"], cache["scale_vec"], cache["onednn_zp"])
+        else:
+            y = _onednn_qlinear_impl(xu8, cache["onednn"], cache["scale_vec"], cache["onednn_zp"])
         return y, amax.div_(_ONEDNN_QMAX)
+
+
+def _onednn_pack(mod: Int8Linear, cache: dict[str, Any]) -> None:
+    """oneDNN's packed int8 weight and the constant tensors its call needs, stored in ``cache``."""
+    cache["onednn"] = torch.ops.onednn.qlinear_prepack(mod.weight.detach(), None)
+    cache["onednn_zp"] = torch.zeros(mod.out_features, dtype=torch.long)
+    cache["scale_vec"] = cache["scale_row"].reshape(-1).contiguous()
+    cache["half_offset"] = torch.tensor(_ONEDNN_QMAX + 0.5, dtype=torch.float32)
+
+
+def _onednn_qlinear_impl(xu8: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor) -> torch.Tensor:
+    return torch.ops.onednn.qlinear_pointwise(
+        xu8, 1.0, _ONEDNN_QMAX, packed, w_scale, w_zp, None, 1.0, 0, torch.float32, "none", [], ""
+    )
+
+
+@torch.library.custom_op("llmpack::onednn_qlinear", mutates_args=())
+def _onednn_qlinear_op(xu8: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor) -> torch.Tensor:
+    """``acc(u8 x s8) * w_scale`` in float32 ``[tokens, out]`` (activation zero point 64)."""
+    return _onednn_qlinear_impl(xu8, packed, w_scale, w_zp)
+
+
+@_onednn_qlinear_op.register_fake
+def _(xu8: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor) -> torch.Tensor:
+    return xu8.new_empty((xu8.shape[0], w_scale.shape[0]), dtype=torch.float32)
+
+
+def prepare_int8(model: nn.Module) -> nn.Module:
+    """Build every :class:`Int8Linear`'s cached kernel inputs now (see :meth:`Int8Linear.prepare`).
+
+    Example:
+        >>> m = torch.nn.Sequential(Int8Linear.from_float(torch.nn.Linear(8, 4)))
+        >>> prepare_int8(m) is m
+        True
+    """
+    for mod in model.modules():
+        if isinstance(mod, Int8Linear):
+            mod.prepare()
+    return model
+
+
+def compile_int8(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
+    """``torch.compile(model)`` after :func:`prepare_int8`; inductor then fuses each layer's activation
+    quantization and its epilogue (scales, bias, the next pointwise ops) into generated kernels.
+
+    The first call of the compiled model compiles (tens of seconds on a small CPU); later calls with
+    new input shapes may recompile. Weights must not be replaced afterwards.
+
+    Example:
+        >>> m = torch.nn.Sequential(Int8Linear.from_float(torch.nn.Linear(8, 4)))
+        >>> callable(compile_int8(m))
+        True
+    """
+    return torch.compile(prepare_int8(model), **compile_kwargs)
 
 
 class Int8Embedding(nn.Module):
