@@ -113,6 +113,7 @@ def quantize(
     quiet: bool = False,
     recipe: Recipe | None = None,
     calibrate: bool = True,
+    compile: bool = False,
     **recipe_kwargs: Any,
 ) -> QuantizeResult:
     """Quantize ``source`` into a sharded safetensors model directory ``out`` (or in memory).
@@ -129,6 +130,8 @@ def quantize(
         quiet: no progress bar.
         recipe: a full :class:`~llmpack.config.Recipe`; the other options override its fields.
         calibrate: run the FP16 activation check on calibration text (default on).
+        compile: in-memory only: ``result.model`` is ``torch.compile``d (int8 kernels prepared first,
+            see ``llmpack.runtime.modules.compile_int8``); the uncompiled model is ``result.model._orig_mod``.
         **recipe_kwargs: other Recipe fields (``float_dtype``, ``quantize_embeddings``, ``max_ppl_increase`` ...).
 
     Returns:
@@ -150,7 +153,12 @@ def quantize(
     t0 = time.perf_counter()
     if out is None:
         if isinstance(source, torch.nn.Module):
-            return _quantize_in_memory(source, rec, t0)
+            res = _quantize_in_memory(source, rec, t0)
+            if compile and res.model is not None:
+                from llmpack.runtime.modules import compile_int8
+
+                res.model = compile_int8(res.model)
+            return res
         raise ConfigError("out= is required unless the source is an in-memory model: pass an output directory")
     src = open_source(source)
     if not src.infos:

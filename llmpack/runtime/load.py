@@ -164,7 +164,7 @@ def apply_fp32_modules(model: torch.nn.Module, names: "list[str] | tuple[str, ..
 
 
 def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", dtype: "torch.dtype | str | None" = None,
-         lazy: bool = True) -> torch.nn.Module:
+         lazy: bool = True, compile: bool = False) -> torch.nn.Module:
     """Build the model of a directory on meta and assign its tensors from mmap, shard by shard.
 
     Args:
@@ -173,6 +173,8 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
         dtype: cast float tensors to this dtype (default: ``config.json``'s dtype, as ``from_pretrained`` does;
             int8 tensors and modules kept in float32 by ``fp16_overflow="keep"`` are never cast).
         lazy: keep CPU tensors backed by the file mmap (pages read on first use); ``False`` copies them.
+        compile: return ``torch.compile(model)`` (int8 kernels prepared first, see
+            ``llmpack.runtime.modules.compile_int8``); the first call compiles (tens of seconds on CPU).
 
     Returns:
         The model in eval mode. Its outputs equal ``AutoModel*.from_pretrained(path)`` on the same dir.
@@ -258,4 +260,8 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
     if fp32:
         apply_fp32_modules(model, fp32)
     model.eval()
+    if compile:
+        from llmpack.runtime.modules import compile_int8
+
+        return compile_int8(model)
     return model

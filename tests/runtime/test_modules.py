@@ -133,3 +133,45 @@ def test_swap_refuses_non_linear_module() -> None:
     m = tiny_model("llama")
     with pytest.raises(ConfigError, match="model.norm"):
         swap_quantized_modules(m, None, {"model.norm.weight_scale"}, device="cpu")
+
+
+@pytest.mark.skipif(not M._onednn_available(), reason="no oneDNN int8 matmul in this PyTorch")
+def test_onednn_kernel_equals_its_7bit_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused AVX2 path (x * 64/amax + 64.5, truncating u8 cast) gives the [-64, 64] quantized values."""
+    monkeypatch.setenv(M.ENV_KERNEL, "onednn")
+    M.cpu_int8_kernel.cache_clear()
+    try:
+        torch.manual_seed(1)
+        lin = nn.Linear(96, 40)
+        q = Int8Linear.from_float(lin)
+        x = torch.randn(2, 9, 96) * torch.logspace(-2, 2, 9).reshape(1, 9, 1)  # tokens of very different size
+        y = q(x)
+    finally:
+        M.cpu_int8_kernel.cache_clear()
+    x2 = x.reshape(-1, 96)
+    a = x2.abs().amax(dim=1, keepdim=True) / 64
+    xq = torch.round(x2 / a)  # ties (measure zero for random data) may differ by one step; none here
+    assert xq.abs().max() <= 64
+    ref = (xq @ q.weight.float().t()) * a * q.weight_scale.reshape(1, -1) + lin.bias
+    torch.testing.assert_close(y.reshape(-1, 40), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not M._onednn_available(), reason="no oneDNN int8 matmul in this PyTorch")
+def test_onednn_custom_op_matches_eager_kernel() -> None:
+    """The llmpack::onednn_qlinear op (what torch.compile sees) computes what eager calls directly."""
+    torch.manual_seed(2)
+    q = Int8Linear.from_float(nn.Linear(32, 24))
+    cache: dict = {"scale_row": q.weight_scale.float().reshape(1, -1)}
+    M._onednn_pack(q, cache)
+    xu8 = torch.randint(0, 129, (5, 32), dtype=torch.uint8)
+    got = torch.ops.llmpack.onednn_qlinear(xu8, cache["onednn"], cache["scale_vec"], cache["onednn_zp"])
+    ref = ((xu8.float() - 64) @ q.weight.float().t()) * q.weight_scale.reshape(1, -1)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_prepare_int8_builds_caches() -> None:
+    q = Int8Linear.from_float(nn.Linear(16, 8))
+    model = M.prepare_int8(nn.Sequential(q, nn.ReLU()))
+    assert q._cache and "scale_row" in q._cache
+    x = torch.randn(3, 16)
+    assert sqnr_db(model[0].to_float()(x), q(x)) > 25
