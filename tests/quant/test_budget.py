@@ -68,7 +68,7 @@ def test_budget_is_met_by_the_cheapest_remedies() -> None:
 
 def test_budget_with_ppl_and_e2e_sensitivity() -> None:
     m = _with_outliers()
-    d = plan_int8(m, None, Recipe(method="int8", max_ppl_increase=0.0), batches=_batches(24), sensitivity="e2e",
+    d = plan_int8(m, None, Recipe(method="int8", max_ppl_increase=0.0, max_kl=1e-9), batches=_batches(24), sensitivity="e2e",
                   alpha=0.5)
     assert any("sensitivity" in r for r in d.records if r.get("kind") == "layer")
     assert d.summary["sensitivity"] == "e2e"
