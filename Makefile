@@ -49,6 +49,7 @@ test: $(VENV)/.installed-dev tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 docs: $(VENV)/.installed-dev
+	$(BIN)/python -m llmpack._docs
 	$(BIN)/python -m mkdocs build --strict -f mkdocs.yml -d $$(mktemp -d)
 
 clean:

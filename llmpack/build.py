@@ -36,7 +36,6 @@ import json
 import os
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -829,12 +828,6 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
     return result
 
 
-class _CallableModule(types.ModuleType):
-    """``llmpack.build`` is both this module and the function: importing the submodule
-    ``llmpack.build`` rebinds the package attribute to the module, so the module forwards calls."""
+from llmpack._callable import make_callable  # noqa: E402
 
-    def __call__(self, *args: Any, **kwargs: Any) -> BuildResult:
-        return build(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, f"{__name__}:build")

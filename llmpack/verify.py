@@ -122,3 +122,8 @@ def verify(path: "str | os.PathLike[str]", *, quiet: bool = True) -> Any:
         raise IntegrityError(f"{index_p} is missing but {d} has {len(shards)} shards")
     return VerifyResult(path=d, kind="model", files=len(recorded), bytes=hashed, tensors=len(in_shards),
                         details={"shards": shards, "method": manifest.recipe.get("method")})
+
+
+from llmpack._callable import make_callable  # noqa: E402
+
+make_callable(__name__, f"{__name__}:verify")  # ``llmpack.verify(...)`` works whichever was imported first
