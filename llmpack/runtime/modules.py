@@ -247,7 +247,8 @@ class Int8Linear(nn.Module):
             4
         """
         cache = self._prepared()
-        if self.act_quant and self.weight.device.type == "cpu" and cpu_int8_kernel() == "onednn":
+        cache["cpu_kernel"] = cpu_int8_kernel()
+        if self.act_quant and self.weight.device.type == "cpu" and cache["cpu_kernel"] == "onednn":
             _onednn_pack(self, cache)
         return self
 
@@ -275,6 +276,8 @@ class Int8Linear(nn.Module):
             k, n = self.in_features, self.out_features
             return "int_mm" if (k % 8 == 0 and n % 8 == 0) else "dequant"
         if x2.device.type == "cpu":
+            if torch.compiler.is_compiling() and "cpu_kernel" in self._cache:
+                return self._cache["cpu_kernel"]  # chosen by prepare(); keeps lru_cache out of dynamo
             return cpu_int8_kernel()
         return "dequant"
 

@@ -175,3 +175,16 @@ def test_prepare_int8_builds_caches() -> None:
     assert q._cache and "scale_row" in q._cache
     x = torch.randn(3, 16)
     assert sqnr_db(model[0].to_float()(x), q(x)) > 25
+
+
+@pytest.mark.slow
+def test_compile_int8_matches_eager() -> None:
+    """torch.compile of Int8Linear (all kernels' quantization + the opaque oneDNN op) = eager."""
+    torch.manual_seed(3)
+    q = Int8Linear.from_float(nn.Linear(48, 24))
+    model = nn.Sequential(q, nn.GELU())
+    x = torch.randn(6, 48)
+    with torch.inference_mode():
+        eager = model(x)
+        compiled = M.compile_int8(model)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
