@@ -52,5 +52,13 @@ docs: $(VENV)/.installed-dev
 	$(BIN)/python -m llmpack._docs
 	$(BIN)/python -m mkdocs build --strict -f mkdocs.yml -d $$(mktemp -d)
 
+# Benchmarks (not part of `make test`): ratios measured side by side in one run.
+bench: $(VENV)/.installed-dev
+	$(BIN)/pip install -q $(TORCH_PIN) -e '.[bench]'
+	$(BIN)/python benchmarks/stream_memory.py
+	$(BIN)/python benchmarks/pack_throughput.py
+	$(BIN)/python benchmarks/int8_speed.py
+	$(BIN)/python benchmarks/int8_cpu.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info
