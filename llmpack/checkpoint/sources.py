@@ -227,12 +227,17 @@ def _from_dir(path: Path, kind: str = "dir", label: str | None = None) -> Source
                   checkpoint=ckpt)
 
 
-def _from_gguf(path: Path) -> Source:
-    try:
-        import gguf  # noqa: F401
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as e:
-        raise UnsupportedFormatError(f"reading {path} needs the gguf extra: pip install 'llmpack[gguf]' ({e})") from e
+def gguf_to_plain_model(path: Path) -> torch.nn.Module:
+    """Dequantize a ``.gguf`` file through transformers' GGUF reader into a plain FP32 model.
+
+    A GGUF-loaded model refuses ``save_pretrained`` ("quantized with gguf"), so the weights are moved
+    into a model rebuilt from the same config without ``quantization_config``.
+
+    Example:
+        >>> m = gguf_to_plain_model(Path("SmolLM2-135M-Instruct.Q4_1.gguf"))  # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM
+
     try:
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - transformers raises many types here
@@ -244,8 +249,17 @@ def _from_gguf(path: Path) -> Source:
     plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict(), strict=False)
     plain.tie_weights()
-    plain.eval()
     del loaded
+    return plain.eval()
+
+
+def _from_gguf(path: Path) -> Source:
+    try:
+        import gguf  # noqa: F401
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise UnsupportedFormatError(f"reading {path} needs the gguf extra: pip install 'llmpack[gguf]' ({e})") from e
+    plain = gguf_to_plain_model(path)
     src = _from_module(plain, kind="gguf", path=str(path.resolve()))
     src._files = {path.name: path}
     base_extra = src.write_extra

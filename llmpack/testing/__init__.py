@@ -117,19 +117,13 @@ def smollm2_dir() -> Path:
     target = cache_dir() / "smollm2-135m-instruct-fp32"
     if (target / ".complete").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from llmpack.checkpoint.sources import gguf_to_plain_model
 
     gguf = smollm2_gguf_path()
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    plain = gguf_to_plain_model(gguf)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    cfg = loaded.config
-    if hasattr(cfg, "quantization_config"):
-        delattr(cfg, "quantization_config")
-    cfg.dtype = torch.float32
-    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict(), strict=False)
-    plain.tie_weights()
-    plain.eval()
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
     try:
         plain.save_pretrained(tmp)
