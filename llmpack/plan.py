@@ -115,6 +115,8 @@ def plan(
     config: Mapping[str, Any] | None = None,
     *,
     keep_float: Mapping[str, str] | None = None,
+    weight_only: Iterable[str] = (),
+    skip: Iterable[str] = (),
 ) -> list[TensorDecision]:
     """Decide, per tensor, how it is written. Pure.
 
@@ -125,6 +127,10 @@ def plan(
         config: the model's ``config.json`` dict (may be ``None``).
         keep_float: module name -> reason: keep the tensors of those modules (and their submodules)
             in float32 (the FP16 activation-overflow fallback).
+        weight_only: int8 methods: Linear modules stored W8A16 inside a W8A8 model
+            (the accuracy budget's :attr:`~llmpack.quant.budget.Int8Decisions.weight_only`).
+        skip: int8 methods: Linear modules kept in float (the budget's ``keep_float``); their tensors
+            get the float decision (source dtype or ``recipe.float_dtype``).
 
     Returns:
         One :class:`TensorDecision` per input tensor, same order.
@@ -163,12 +169,15 @@ def plan(
             else:
                 out.append(TensorDecision(name, "cast", fd, module, f"float_dtype {fd}", **base))
     if method.is_int8:
-        out = _int8_decide(infos, module_types, recipe, config, out)
+        out = _int8_decide(infos, module_types, recipe, config, out, weight_only=weight_only, skip=skip)
+    elif tuple(weight_only) or tuple(skip):
+        raise ConfigError(f"weight_only / skip apply to int8 methods, not {method.value}")
     return out
 
 
 def _int8_decide(infos: list[Any], module_types: Mapping[str, str], recipe: Recipe,
-                 config: Mapping[str, Any] | None, float_decisions: list[TensorDecision]) -> list[TensorDecision]:
+                 config: Mapping[str, Any] | None, float_decisions: list[TensorDecision], *,
+                 weight_only: Iterable[str] = (), skip: Iterable[str] = ()) -> list[TensorDecision]:
     try:
         mod = importlib.import_module("llmpack.quant.int8_plan")
     except ModuleNotFoundError as e:
@@ -176,7 +185,7 @@ def _int8_decide(infos: list[Any], module_types: Mapping[str, str], recipe: Reci
             raise
         raise ConfigError(f"method {recipe.method.value} is not available in this build (llmpack.quant.int8_plan is missing)") from None
     decided = mod.decide(infos=infos, module_types=dict(module_types), recipe=recipe, config=config,
-                         float_decisions=float_decisions)
+                         float_decisions=float_decisions, weight_only=weight_only, skip=skip)
     by_name = {i.name: i for i in infos}
     fixed = []
     for d in decided:

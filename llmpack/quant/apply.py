@@ -72,9 +72,9 @@ def quantize_module(
     infos = _module_infos(sd)
     mtypes = module_types_of(target)
     config = _config_of_model(target)
-    float_decisions = plan(infos, mtypes, recipe, config)
-    decisions = int8_plan.decide(infos=infos, module_types=mtypes, recipe=recipe, config=config,
-                                 float_decisions=float_decisions, weight_only=weight_only, skip=skip)
+    # One planning pass, as the streaming pipeline does: plan() hands skip / weight_only to int8_plan.decide
+    # together with the float decisions, so skipped layers really stay float.
+    decisions = plan(infos, mtypes, recipe, config, weight_only=tuple(weight_only), skip=tuple(skip))
     embeddings: list[str] = []
     with torch.no_grad():
         for d in decisions:

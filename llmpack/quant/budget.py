@@ -384,7 +384,10 @@ def plan_int8(
         say("calibrating: activation statistics")
         stats = dict(act_stats) if act_stats is not None else collect_input_absmax(model, batches, lins)
         alphas = _alpha_for(recipe, alpha)
-        groups = [g for g in _smooth.find_groups(model, skip=skip) if g.kind in alphas]
+        # A group is folded only if none of its modules is skipped: skipped (ignored) tensors are written
+        # exactly as in the source, and a producer's fold must reach every layer that reads its output.
+        groups = [g for g in _smooth.find_groups(model) if g.kind in alphas
+                  and g.prev not in skip and not any(t in skip for t in g.targets)]
         scales = _smooth.compute_scales(model, groups, stats, alphas)
         groups = [g for g in groups if g.prev in scales]
         target_scale = {t: g.expand(scales[g.prev]) for g in groups for t in g.targets}
@@ -553,8 +556,5 @@ def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Re
 
     target = model if inplace else copy.deepcopy(model)
     decisions.fold_into(target)
-    # Float layers travel as exact-name ignore patterns: the core plan keeps ignored tensors as they are.
-    keep = tuple(p for p in sorted(decisions.keep_float) if p not in recipe.ignore)
-    rec = dataclasses.replace(recipe, ignore=recipe.ignore + keep) if keep else recipe
-    return quantize_module(target, rec, skip=sorted(decisions.keep_float), weight_only=sorted(decisions.weight_only),
+    return quantize_module(target, recipe, skip=sorted(decisions.keep_float), weight_only=sorted(decisions.weight_only),
                            inplace=True)
