@@ -18,7 +18,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                     "The output is built in a temp dir beside --out and renamed into place when complete.\n\n"
                     "Examples:\n  llmpack quantize ./smollm2 --method bf16 --out ./smollm2-bf16\n"
                     "  llmpack quantize ./smollm2 --method fp16 --out ./smollm2-fp16 --max-shard-size 200MB "
-                    "--ignore 'lm_head*'",
+                    "--ignore 'lm_head*'\n"
+                    "  llmpack quantize ./smollm2 --method int8 --out ./smollm2-int8 --max-ppl-increase 2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SRC", help="HF model directory, .safetensors/.gguf file, or hub id")
     p.add_argument("--method", default="fp16", help="fp16 (default), bf16, int8, int8-weight-only")
@@ -36,6 +37,10 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     g.add_argument("--max-ppl-increase", type=float, default=None, metavar="PCT",
                    help="accuracy budget: max perplexity increase in percent on calibration text")
     g.add_argument("--max-kl", type=float, default=None, metavar="NATS", help="accuracy budget as mean KL divergence")
+    g.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+                   help="SmoothQuant migration strength in [0, 1] for W8A8 (default 0.65; 0 = off)")
+    g.add_argument("--calibration-text", default=None, metavar="FILE",
+                   help="UTF-8 text file to calibrate int8 on (default: built-in calibration text)")
     m = p.add_argument_group("measure after quantizing")
     m.add_argument("--measure", action="store_true",
                    help="measure the result against the source after writing (--max-ppl-increase doubles as a gate)")
@@ -64,11 +69,17 @@ def run(args: argparse.Namespace) -> int:
         kwargs["max_ppl_increase"] = args.max_ppl_increase
     if args.max_kl is not None:
         kwargs["max_kl"] = args.max_kl
-    if kwargs and not method.is_int8:
-        raise ConfigError("--float-dtype/--quantize-embeddings/--max-ppl-increase/--max-kl apply to int8 "
-                          f"methods, not {method.value}")
+    if args.smooth is not None:
+        kwargs["smooth"] = args.smooth
+    text = None
+    if args.calibration_text is not None:
+        text = _read_text(args.calibration_text)
+    if (kwargs or text is not None) and not method.is_int8:
+        raise ConfigError("--float-dtype/--quantize-embeddings/--max-ppl-increase/--max-kl/--smooth/--calibration-text "
+                          f"apply to int8 methods, not {method.value}")
     res = quantize(args.source, method, out=args.out, max_shard_size=args.max_shard_size, ignore=args.ignore,
-                   overwrite=args.overwrite, fp16_overflow=args.fp16_overflow, quiet=args.quiet, **kwargs)
+                   overwrite=args.overwrite, fp16_overflow=args.fp16_overflow, quiet=args.quiet,
+                   calibration_text=text, **kwargs)
     data = res.to_dict()
     human = res.summary()
     if not args.measure:
@@ -86,3 +97,15 @@ def run(args: argparse.Namespace) -> int:
         emit("json", "", data)
         args = argparse.Namespace(**{**vars(args), "format": "none"})
     return finish(report, args)
+
+
+def _read_text(path: str) -> str:
+    from llmpack.errors import BadInputError
+
+    try:
+        text = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"--calibration-text {path}: cannot read it as UTF-8 text ({e}): pass a text file") from None
+    if not text.strip():
+        raise BadInputError(f"--calibration-text {path} is empty: pass a file with some text")
+    return text

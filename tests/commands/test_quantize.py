@@ -43,3 +43,21 @@ def test_cli_quantize_measure_gates(tok_dirs, tmp_path, capsys) -> None:
     assert rc == 1, err
     assert "max_size_ratio" in err and err.count("\n") == 1
     assert (tmp_path / "b" / "llmpack.json").exists()
+
+
+def test_cli_quantize_int8_budget_flags(tok_dirs, tmp_path, capsys) -> None:
+    """--max-ppl-increase / --smooth land in the recipe; --calibration-text is what the calibration reads."""
+    text = tmp_path / "calib.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 10, encoding="utf-8")
+    rc = main(["quantize", str(tok_dirs["llama"]), "--method", "int8", "--out", str(tmp_path / "o"),
+               "--max-ppl-increase", "50", "--smooth", "0.5", "--calibration-text", str(text),
+               "--format", "json", "--quiet"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["recipe"]["max_ppl_increase"] == 50 and data["recipe"]["smooth"] == 0.5
+    assert data["budget"]["calibrated"] and set(data["budget"]["alpha"].values()) == {0.5}
+    assert data["budget"]["calibration_tokens"] < 460  # the short file (450 bytes), not the built-in text
+    man = json.loads((tmp_path / "o" / "llmpack.json").read_text())
+    assert man["recipe"]["max_ppl_increase"] == 50 and man["extra"]["int8_budget"]["alpha"]["mlp_in"] == 0.5
+    assert main(["quantize", str(tok_dirs["llama"]), "--method", "bf16", "--smooth", "0.5",
+                 "--out", str(tmp_path / "x")]) == 2
