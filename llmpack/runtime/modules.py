@@ -228,7 +228,9 @@ class Int8Linear(nn.Module):
             # Under torch.compile the caches built by prepare() (before compiling) are used as they are.
             return self._cache
         w, s = self.weight, self.weight_scale
-        key = (w.data_ptr(), s.data_ptr(), w.device, s.dtype, w._version, s._version)
+        # Inference tensors (made under torch.inference_mode) have no version counter.
+        key = (w.data_ptr(), s.data_ptr(), w.device, s.dtype,
+               None if w.is_inference() else w._version, None if s.is_inference() else s._version)
         if key != self._cache_key:
             b = self.bias
             self._cache = {

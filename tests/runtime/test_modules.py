@@ -188,3 +188,12 @@ def test_compile_int8_matches_eager() -> None:
         eager = model(x)
         compiled = M.compile_int8(model)(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_quantized_under_inference_mode_runs() -> None:
+    """Modules built inside torch.inference_mode hold inference tensors (no version counter)."""
+    with torch.inference_mode():
+        q = Int8Linear.from_float(nn.Linear(16, 8))
+        w16 = Int8Linear.from_float(nn.Linear(16, 8), act_quant=False)
+        x = torch.randn(3, 16)
+        assert q(x).shape == (3, 8) and w16(x).shape == (3, 8)
