@@ -66,8 +66,9 @@ DEFAULT_ALPHA: dict[str, float] = {"attn_in": 0.65, "attn_out": 0.65, "mlp_in": 
 DEFAULT_CALIB_TOKENS = 1024
 """Calibration tokens used by the search (two windows of 512)."""
 
-BUDGET_MARGIN = 0.8
-"""The search aims at this fraction of the budget, so the plan also holds on text it has not seen."""
+BUDGET_MARGIN = 0.5
+"""The search aims at this fraction of the budget, so the plan also holds on text it has not seen (on SmolLM2
+the held-out cost of a plan is about twice its cost on the 1k calibration tokens: +1.45 % there, +2.95 % held out)."""
 
 _MODES = ("w8a8", "w8a16", "float")
 MANIFEST_KEY = "int8_budget"
