@@ -162,7 +162,8 @@ def find_groups(model: torch.nn.Module, skip: Iterable[str] = ()) -> list[Smooth
     Recognises pre-LN Llama-style decoder layers (``input_layernorm``, ``self_attn.{q,k,v,o}_proj``,
     ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj``), GPT-2 blocks (``ln_1``, ``attn.c_attn``,
     ``attn.c_proj``, ``ln_2``, ``mlp.c_fc``) and BERT layers (``attention.self.value`` →
-    ``attention.output.dense`` only). Layers named in ``skip`` are left out of their group.
+    ``attention.output.dense`` only). A group with a layer named in ``skip`` among its consumers, or as its
+    producer, is left out.
 
     Example:
         >>> from llmpack.testing import tiny_model
@@ -183,8 +184,9 @@ def find_groups(model: torch.nn.Module, skip: Iterable[str] = ()) -> list[Smooth
         return out
 
     def add(prev: str, prev_mod: torch.nn.Module, kind: str, targets: list[tuple[str, torch.nn.Module]], **kw) -> None:
-        targets = [(n, m) for n, m in targets if n not in skip]
-        if not targets:
+        # The producer's scale must be undone in *every* consumer: a group with a skipped consumer is not
+        # smoothed at all (dropping just that consumer would silently change its output).
+        if not targets or any(n in skip for n, _ in targets):
             return
         prev_kind = "norm" if not is_linear(prev_mod) else "linear"
         prev_out_dim = 0 if prev_kind == "norm" else 1 - in_dim(prev_mod)
