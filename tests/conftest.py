@@ -67,3 +67,15 @@ def tok_dirs(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         tok.save_pretrained(d)
         out[kind] = d
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test single-threaded: tiny models gain nothing from 2 threads, and on a busy machine each
+    parallel op can wait a whole scheduler tick for its partner thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -13,18 +13,7 @@ from llmpack.cli import main
 FAST = ["--quick", "--quiet", "--batch-sizes", "1", "--seq-len", "16", "--new-tokens", "2", "--runs", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from 2 threads; on a busy machine each parallel op can wait a whole
-    scheduler tick for its partner thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

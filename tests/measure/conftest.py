@@ -19,17 +19,7 @@ def fast() -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_for_tiny_models(request: pytest.FixtureRequest):
-    """Tiny models gain nothing from 2 threads, and on a busy machine each parallel op can wait a whole
-    scheduler tick for its partner thread; run them single-threaded (slow tests keep the default)."""
-    import torch
-
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _one_thread_for_tiny_models(request: pytest.FixtureRequest) -> None:
+    """Tiny-model tests run single-threaded (the shared ``one_thread`` fixture); slow tests keep the default."""
+    if not request.node.get_closest_marker("slow"):
+        request.getfixturevalue("one_thread")
