@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from llmpack.checkpoint.manifest import hash_file
 from llmpack.config import Recipe
 from llmpack.constants import MANIFEST_FILE
 from llmpack.errors import ConfigError, GateFailedError, LlmpackError, OutputExistsError, SourceNotFoundError
@@ -481,7 +482,7 @@ class BuildResult:
 
 
 def _fingerprint_rows(rows: list[tuple[str, Path]]) -> str:
-    out = [[rel, p.stat().st_size, _sha256_file(p)] for rel, p in sorted(rows)]
+    out = [[rel, p.stat().st_size, hash_file(p)] for rel, p in sorted(rows)]
     return hashlib.sha256(json.dumps(out, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -535,14 +536,6 @@ def _source_fingerprint(source: SourceSection) -> str:
     from llmpack.checkpoint.sources import open_source
 
     return str(open_source(source.path).fingerprint())
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(8 << 20):
-            h.update(data)
-    return h.hexdigest()
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
@@ -599,7 +592,7 @@ def _quantize_state(cfg: BuildConfig, fingerprint: str) -> tuple[bool, str]:
 
 def _model_digest(model_dir: Path) -> str | None:
     try:
-        return _sha256_file(model_dir / MANIFEST_FILE)
+        return hash_file(model_dir / MANIFEST_FILE)
     except OSError:
         return None
 
@@ -613,7 +606,7 @@ def _record_state(record_path: Path, output: Path, key: Mapping[str, Any]) -> tu
         old = rec.get("key") or {}
         return False, "inputs changed: " + _diff(old, dict(key))
     digest = rec.get("output_sha256")
-    if output.is_file() and digest != _sha256_file(output):
+    if output.is_file() and digest != hash_file(output):
         return False, f"{output.name} was modified"
     return True, ""
 
@@ -788,7 +781,7 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
             st = StageResult("measure", WOULD_BUILD, why or "forced", str(m.report))
         else:
             details = _run_measure(cfg, quiet)
-            _write_record(rec_path, {"key": key, "output_sha256": _sha256_file(m.report), **details})
+            _write_record(rec_path, {"key": key, "output_sha256": hash_file(m.report), **details})
             failed = _evaluate_gates(details.get("metrics") or {}, m.gates)
             st = StageResult("measure", BUILT, why or "forced", str(m.report),
                              details={"summary": details.get("summary", "")})

@@ -351,17 +351,3 @@ class _SequentialHasher:
                     h.update(chunk)
             out[path] = h.hexdigest()
         return out
-
-
-def file_sha256(path: "str | os.PathLike[str]") -> str:
-    """sha256 hex digest of a file, read in chunks.
-
-    Example:
-        >>> file_sha256(__file__)  # doctest: +SKIP
-        'e3b0...'
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from llmpack.checkpoint.manifest import hash_file
 from llmpack.constants import CONFIG_FILE, MANIFEST_FILE
 from llmpack.errors import BadInputError, ConfigError, LlmpackError, SourceNotFoundError
 from llmpack.measure.accuracy import AccuracyStats, causal_lm_accuracy, encoder_accuracy
@@ -142,7 +143,7 @@ def _tokenizer_fingerprint(tok: Any) -> str:
 def _file_sha256(path: Path) -> str | None:
     if not path.is_file():
         return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hash_file(path)
 
 
 class _Side:
