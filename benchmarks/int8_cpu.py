@@ -12,7 +12,7 @@ Candidates (same inputs, same threads, timed round-robin so machine drift cancel
 * ``onnxruntime``     ``torch.onnx.export`` + ``onnxruntime.quantization.quantize_dynamic`` (QInt8).
 
 Models: a GPT-2-small-size random model (768 wide, 12 layers) and SmolLM2-135M; batch 1 and 8 of 128
-tokens. Columns: median latency, speedup over fp32, mean KL(fp32 ‖ candidate) and top-1 agreement of
+tokens. Columns: median prefill latency (last position's logits, as in ``generate``), speedup over fp32, mean KL(fp32 ‖ candidate) and top-1 agreement of
 next-token distributions, size of the weights, and whether the quantized model saves to safetensors
 and reloads with the same logits. A candidate that fails to install, quantize, run or save is listed
 with its error, never dropped.
@@ -49,7 +49,8 @@ CANDIDATES = ("fp32", "bf16", "llmpack", "llmpack+compile", "torch.ao", "quanto"
 @dataclasses.dataclass
 class Cand:
     name: str
-    fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # input ids -> logits (float32)
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # input ids -> logits of every position (float32)
+    prefill: Callable[[torch.Tensor], torch.Tensor] | None = None  # input ids -> last position's logits (timed)
     size: int | None = None
     saves: str = ""
     error: str = ""
@@ -74,11 +75,13 @@ def _param_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def _logits_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _logits_fn(model: torch.nn.Module, keep: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``input ids -> logits``; ``keep=1``: the last position only (a prefill step of ``generate``)."""
     def fn(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            out = model(input_ids=x, use_cache=False)
+            out = model(input_ids=x, use_cache=False, logits_to_keep=keep)
         return (out.logits if hasattr(out, "logits") else out[0]).float()
+    fn.model = model  # type: ignore[attr-defined]
     return fn
 
 
@@ -184,15 +187,22 @@ def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.T
             c.fn, c.size = _logits_fn(m), _qbytes(m)
             c.saves = _safetensors_roundtrip(m, None, probe, c.fn(probe))
         elif name == "onnxruntime":
-            c.fn, c.size, c.saves = _onnx(model, calib)
+            c.fn, c.prefill, c.size, c.saves = _onnx(model, calib)
         else:
             raise ValueError(f"unknown candidate {name}")
+        if c.prefill is None:
+            c.prefill = _prefill_of(c.fn)
     except Exception as e:  # noqa: BLE001
         c.fn, c.error = None, _err(e)
         if os.environ.get("LLMPACK_DEBUG"):
             traceback.print_exc()
     c.setup_s = time.perf_counter() - t0
     return c
+
+
+def _prefill_of(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The last-position variant of a ``_logits_fn`` (same model)."""
+    return _logits_fn(fn.model, keep=1)  # type: ignore[attr-defined]
 
 
 def _qbytes(model: torch.nn.Module) -> int | None:
@@ -230,30 +240,38 @@ def _onnx(model: torch.nn.Module, probe: torch.Tensor):
             super().__init__()
             self.m = m
 
+        def __init__(self, m: torch.nn.Module, keep: int) -> None:
+            super().__init__()
+            self.m, self.keep = m, keep
+
         def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-            return self.m(input_ids=input_ids, use_cache=False).logits
+            return self.m(input_ids=input_ids, use_cache=False, logits_to_keep=self.keep).logits
 
     tmp = tempfile.mkdtemp(prefix="llmpack-bench-onnx-")
-    f32, q8 = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.int8.onnx")
-    w = Wrap(model).eval()
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-    with torch.no_grad():
-        try:
-            torch.onnx.export(w, (probe,), f32, input_names=["input_ids"], output_names=["logits"],
-                              dynamic_shapes={"input_ids": {0: batch, 1: seq}}, dynamo=True, external_data=True)
-        except TypeError:
-            torch.onnx.export(w, (probe,), f32, input_names=["input_ids"], output_names=["logits"],
-                              dynamic_axes={"input_ids": {0: "b", 1: "s"}}, dynamo=True)
-    quantize_dynamic(f32, q8, weight_type=QuantType.QInt8, use_external_data_format=False)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(q8, so, providers=["CPUExecutionProvider"])
+    fns, size = [], 0
+    for keep in (0, 1):  # every position (accuracy) and the last one (timed), like the torch candidates
+        f32, q8 = os.path.join(tmp, f"model{keep}.onnx"), os.path.join(tmp, f"model{keep}.int8.onnx")
+        w = Wrap(model, keep).eval()
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+        with torch.no_grad():
+            try:
+                torch.onnx.export(w, (probe,), f32, input_names=["input_ids"], output_names=["logits"],
+                                  dynamic_shapes={"input_ids": {0: batch, 1: seq}}, dynamo=True, external_data=True)
+            except TypeError:
+                torch.onnx.export(w, (probe,), f32, input_names=["input_ids"], output_names=["logits"],
+                                  dynamic_axes={"input_ids": {0: "b", 1: "s"}}, dynamo=True)
+        quantize_dynamic(f32, q8, weight_type=QuantType.QInt8, use_external_data_format=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(q8, so, providers=["CPUExecutionProvider"])
 
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(sess.run(["logits"], {"input_ids": x.numpy()})[0]).float()
+        def fn(x: torch.Tensor, sess: Any = sess) -> torch.Tensor:
+            return torch.from_numpy(sess.run(["logits"], {"input_ids": x.numpy()})[0]).float()
 
-    return fn, os.path.getsize(q8), "no (ONNX file, not safetensors)"
+        fns.append(fn)
+        size = os.path.getsize(q8)
+    return fns[0], fns[1], size, "no (ONNX file, not safetensors)"
 
 
 # ---------------------------------------------------------------------------- models and inputs
@@ -305,8 +323,9 @@ def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: i
         ref = fp32.fn(x) if fp32 is not None else None
         for c in list(live):
             try:
+                y = c.fn(x)
                 for _ in range(warmup):
-                    y = c.fn(x)
+                    c.prefill(x)
                 if ref is not None:
                     p = torch.log_softmax(ref, -1)
                     q = torch.log_softmax(y.float(), -1)
@@ -318,7 +337,7 @@ def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: i
         for _ in range(runs):  # interleaved: A B C ... A B C ...
             for c in live:
                 t = time.perf_counter()
-                c.fn(x)
+                c.prefill(x)
                 c.times.setdefault(b, []).append(time.perf_counter() - t)
         print(f"[{kind}] batch {b} timed", file=sys.stderr, flush=True)
     rows = []
@@ -338,8 +357,9 @@ def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: i
 
 
 def to_markdown(results: list[dict[str, Any]], batches: list[int], seq: int, threads: int) -> str:
-    lines = [f"Threads {threads}, {seq} tokens per sequence, median of interleaved runs; speedup vs fp32 eager; "
-             "KL / top-1 vs fp32 on the same inputs.", ""]
+    lines = [f"Threads {threads}, {seq} tokens per sequence; latency: median of interleaved prefill steps "
+             "(forward pass, logits of the last position, as in `generate`); speedup vs fp32 eager; "
+             "KL / top-1 vs fp32 over every position of the same inputs.", ""]
     head = ["model", "candidate"]
     for b in batches:
         head += [f"b{b} ms", f"b{b} x", f"b{b} KL", f"b{b} top1"]

@@ -288,8 +288,7 @@ class Int8Linear(nn.Module):
         kernel = self._kernel(x2)
         dt = x2.dtype
         xf = x2.float()
-        # Per-token absmax in one pass (no |x| temporary).
-        amax = torch.linalg.vector_norm(xf, float("inf"), dim=1, keepdim=True).clamp_min_(SCALE_EPS)
+        amax = _row_absmax(xf).clamp_min_(SCALE_EPS)
         if kernel == "onednn":
             y, a_scale = self._onednn_matmul(xf, amax, cache)
         else:
@@ -321,19 +320,23 @@ class Int8Linear(nn.Module):
         """oneDNN u8 x s8 matmul on AVX2 (activations in ``[-64, 64]``, zero point 64).
 
         Returns ``(acc * weight_scale, act_scale)`` in float32; the caller applies ``act_scale``.
-        Quantization takes two passes over ``x``: ``x * (64 / amax) + 64.5`` (one fused multiply-add)
-        and the float -> uint8 conversion, which truncates, i.e. rounds half up (values are >= 0).
+        Quantization: ``x * (64 / amax) + 64.5``, then the float -> integer conversion, which truncates,
+        i.e. rounds half up (values are >= 0).
         """
         if "onednn" not in cache:
             _onednn_pack(self, cache)
         inv = torch.reciprocal(amax).mul_(_ONEDNN_QMAX)  # [tokens, 1]: tiny
-        xu8 = torch.addcmul(cache["half_offset"], xf, inv).to(torch.uint8)  # in [0, 128] by construction
+        # In [0, 128] by construction. float -> int32 -> uint8: CPU's direct float -> uint8 cast is not
+        # vectorised (measured 2.5x slower than the two casts); truncation of values >= 0 is floor.
+        xu8 = xf.mul(inv).add_(_ONEDNN_QMAX + 0.5).to(torch.int32).to(torch.uint8)
         if torch.compiler.is_compiling():
             # Opaque to inductor (its own qlinear lowering wants frozen constants); quantization and
             # epilogue around it still fuse.
-            y = torch.ops.llmpack.onednn_qlinear(xu8, cache["onednn"], cache["scale_vec"], cache["onednn_zp"])
+            y = torch.ops.llmpack.onednn_qlinear(
+                xu8, cache["onednn"], cache["scale_vec"], cache["onednn_zp"], cache["onednn_comp"]
+            )
         else:
-            y = _onednn_qlinear_impl(xu8, cache["onednn"], cache["scale_vec"], cache["onednn_zp"])
+            y = _onednn_qlinear_impl(xu8, cache["onednn"], cache["scale_vec"], cache["onednn_zp"], cache["onednn_comp"])
         return y, amax.div_(_ONEDNN_QMAX)
 
 
@@ -342,23 +345,37 @@ def _onednn_pack(mod: Int8Linear, cache: dict[str, Any]) -> None:
     cache["onednn"] = torch.ops.onednn.qlinear_prepack(mod.weight.detach(), None)
     cache["onednn_zp"] = torch.zeros(mod.out_features, dtype=torch.long)
     cache["scale_vec"] = cache["scale_row"].reshape(-1).contiguous()
-    cache["half_offset"] = torch.tensor(_ONEDNN_QMAX + 0.5, dtype=torch.float32)
+    # The activation zero point (64) is not given to oneDNN, which would re-sum the weight on every call
+    # (measured 5-15 % of the kernel time); its contribution -64 * sum_k W[n, k] * scale[n] is constant,
+    # so it is passed as the bias (oneDNN adds it after scaling, in float).
+    colsum = mod.weight.detach().sum(1, dtype=torch.int64).double()
+    cache["onednn_comp"] = (-_ONEDNN_QMAX * colsum * cache["scale_vec"].double()).float().contiguous()
 
 
-def _onednn_qlinear_impl(xu8: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor) -> torch.Tensor:
+def _row_absmax(x: torch.Tensor) -> torch.Tensor:
+    """``max |x|`` per row, ``[rows, 1]``, NaN-propagating. ``max(amax, -amin)`` reads ``x`` twice but is
+    ~10x faster on CPU than ``vector_norm(x, inf, dim=1)`` or ``aminmax`` (measured, 128 x 3072)."""
+    return torch.maximum(x.amax(1, keepdim=True), x.amin(1, keepdim=True).neg_())
+
+
+def _onednn_qlinear_impl(
+    xu8: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor, comp: torch.Tensor
+) -> torch.Tensor:
     return torch.ops.onednn.qlinear_pointwise(
-        xu8, 1.0, _ONEDNN_QMAX, packed, w_scale, w_zp, None, 1.0, 0, torch.float32, "none", [], ""
+        xu8, 1.0, 0, packed, w_scale, w_zp, comp, 1.0, 0, torch.float32, "none", [], ""
     )
 
 
 @torch.library.custom_op("llmpack::onednn_qlinear", mutates_args=())
-def _onednn_qlinear_op(xu8: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor) -> torch.Tensor:
-    """``acc(u8 x s8) * w_scale`` in float32 ``[tokens, out]`` (activation zero point 64)."""
-    return _onednn_qlinear_impl(xu8, packed, w_scale, w_zp)
+def _onednn_qlinear_op(
+    xu8: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor, comp: torch.Tensor
+) -> torch.Tensor:
+    """``acc(u8 x s8) * w_scale + comp`` in float32 ``[tokens, out]`` (``comp`` removes the zero point 64)."""
+    return _onednn_qlinear_impl(xu8, packed, w_scale, w_zp, comp)
 
 
 @_onednn_qlinear_op.register_fake
-def _(xu8: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor) -> torch.Tensor:
+def _(xu8: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
     return xu8.new_empty((xu8.shape[0], w_scale.shape[0]), dtype=torch.float32)
 
 
