@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 import torch
 
+SLOW_S = 5.0  # a candidate whose prefill takes longer is warmed up and timed once (reported as n=1)
 CANDIDATES = ("fp32", "bf16", "llmpack", "llmpack+compile", "torch.ao", "quanto", "torchao", "onnxruntime")
 
 
@@ -324,7 +325,9 @@ def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: i
         for c in list(live):
             try:
                 y = c.fn(x)
-                for _ in range(warmup):
+                t = time.perf_counter()
+                c.prefill(x)
+                for _ in range(warmup - 1 if time.perf_counter() - t < SLOW_S else 0):
                     c.prefill(x)
                 if ref is not None:
                     p = torch.log_softmax(ref, -1)
@@ -334,8 +337,10 @@ def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: i
             except Exception as e:  # noqa: BLE001
                 c.error, c.fn = f"batch {b}: " + _err(e), None
                 live.remove(c)
-        for _ in range(runs):  # interleaved: A B C ... A B C ...
+        for i in range(runs):  # interleaved: A B C ... A B C ...
             for c in live:
+                if i > 0 and c.times[b][0] > SLOW_S:
+                    continue  # e.g. BF16 without hardware support: one timed run is enough to rank it
                 t = time.perf_counter()
                 c.prefill(x)
                 c.times.setdefault(b, []).append(time.perf_counter() - t)
@@ -349,6 +354,7 @@ def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: i
             if b in c.times:
                 med = statistics.median(c.times[b])
                 row[f"b{b}_ms"] = round(1000 * med, 1)
+                row[f"b{b}_n"] = len(c.times[b])
                 row[f"b{b}_speedup"] = round(base[b] / med, 2) if b in base else None
                 row[f"b{b}_kl"] = float(f"{c.kl.get(b, float('nan')):.3g}")
                 row[f"b{b}_top1"] = round(c.top1.get(b, float("nan")), 4)
@@ -370,7 +376,8 @@ def to_markdown(results: list[dict[str, Any]], batches: list[int], seq: int, thr
         for r in res["rows"]:
             cells = [r["model"], r["candidate"]]
             for b in batches:
-                cells += [str(r.get(f"b{b}_ms", "-")), str(r.get(f"b{b}_speedup", "-")),
+                ms = str(r.get(f"b{b}_ms", "-")) + (" (n=1)" if r.get(f"b{b}_n") == 1 else "")
+                cells += [ms, str(r.get(f"b{b}_speedup", "-")),
                           str(r.get(f"b{b}_kl", "-")), str(r.get(f"b{b}_top1", "-"))]
             cells += [str(r["size_mb"] or "-"), r["saves"] or "-", r["error"] or ""]
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
@@ -399,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     if "fp32" not in names:
         names.insert(0, "fp32")
     batches = [int(b) for b in a.batches.split(",")]
-    results = [run_model(k, names, batches, a.seq, a.runs, a.warmup) for k in a.models.split(",") if k]
+    results = []
+    for k in (k for k in a.models.split(",") if k):
+        results.append(run_model(k, names, batches, a.seq, a.runs, a.warmup))
+        print(to_markdown(results[-1:], batches, a.seq, a.threads), file=sys.stderr, flush=True)  # partial results
     md = to_markdown(results, batches, a.seq, a.threads)
     print(md)
     if a.json:
