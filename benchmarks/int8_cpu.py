@@ -4,7 +4,8 @@ Candidates (same inputs, same threads, timed round-robin so machine drift cancel
 
 * ``fp32``            the float model, eager (the baseline of every ratio);
 * ``bf16``            the float model cast to bfloat16, eager;
-* ``llmpack``         ``llmpack.quantize(model, method="int8")`` (W8A8, ``Int8Linear``), eager;
+* ``llmpack``         ``llmpack.quantize(model, method="int8", tokenizer=tok)`` (W8A8, ``Int8Linear``; with the
+                      tokenizer of a real model, the defaults calibrate and smooth), eager;
 * ``llmpack+compile`` the same under ``torch.compile``;
 * ``torch.ao``        ``torch.ao.quantization.quantize_dynamic`` (GPT-2 ``Conv1D`` converted to ``nn.Linear`` first);
 * ``quanto``          optimum-quanto W8A8 (``weights=qint8, activations=qint8``, calibrated on the inputs);
@@ -132,7 +133,7 @@ def _safetensors_roundtrip(model: torch.nn.Module, rebuild: Callable[[dict], tor
 
 
 # ---------------------------------------------------------------------------- candidates
-def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.Tensor) -> Cand:
+def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.Tensor, tok: Any = None) -> Cand:
     c = Cand(name)
     t0 = time.perf_counter()
     try:
@@ -144,7 +145,7 @@ def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.T
         elif name in ("llmpack", "llmpack+compile"):
             import llmpack
 
-            q = llmpack.quantize(model, method="int8").model
+            q = llmpack.quantize(model, method="int8", tokenizer=tok, quiet=True).model
             c.size = _param_bytes(q)
             if name == "llmpack+compile":
                 qc = torch.compile(q)
@@ -152,7 +153,7 @@ def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.T
                 c.saves = "yes (as llmpack)"
             else:
                 c.fn = _logits_fn(q)
-                c.saves = _llmpack_roundtrip(model, probe, c.fn(probe))
+                c.saves = _llmpack_roundtrip(model, probe, c.fn(probe), tok)
         elif name == "torch.ao":
             from torch.ao.quantization import quantize_dynamic
 
@@ -216,13 +217,13 @@ def _qbytes(model: torch.nn.Module) -> int | None:
     return buf.tell()
 
 
-def _llmpack_roundtrip(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor) -> str:
+def _llmpack_roundtrip(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, tok: Any = None) -> str:
     import llmpack
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "q"
         try:
-            llmpack.quantize(model, method="int8", out=out, quiet=True)
+            llmpack.quantize(model, method="int8", out=out, tokenizer=tok, quiet=True)
             back = llmpack.load(out)
             y = _logits_fn(back)(x)
         except Exception as e:  # noqa: BLE001
@@ -276,7 +277,7 @@ def _onnx(model: torch.nn.Module, probe: torch.Tensor):
 
 
 # ---------------------------------------------------------------------------- models and inputs
-def make_model(kind: str) -> tuple[torch.nn.Module, torch.Tensor]:
+def make_model(kind: str) -> tuple[torch.nn.Module, torch.Tensor, Any]:
     """(model, token ids [1, >= 8*128]) for ``gpt2`` (GPT-2-small size, random init) or ``smollm2``."""
     if kind == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -284,11 +285,11 @@ def make_model(kind: str) -> tuple[torch.nn.Module, torch.Tensor]:
         torch.manual_seed(0)
         m = GPT2LMHeadModel(GPT2Config(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)).eval()
         ids = torch.randint(0, 50257, (1, 4096), generator=torch.Generator().manual_seed(1))
-        return m, ids
+        return m, ids, None
     if kind == "tiny":  # a smoke test of the harness itself
         from llmpack.testing import tiny_model
 
-        return tiny_model("gpt2"), torch.randint(0, 256, (1, 4096), generator=torch.Generator().manual_seed(1))
+        return tiny_model("gpt2"), torch.randint(0, 256, (1, 4096), generator=torch.Generator().manual_seed(1)), None
     if kind == "smollm2":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -300,12 +301,12 @@ def make_model(kind: str) -> tuple[torch.nn.Module, torch.Tensor]:
         tok = AutoTokenizer.from_pretrained(d)
         text = default_text("eval", 32768)
         ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        return m, ids
+        return m, ids, tok
     raise ValueError(f"unknown model {kind!r}: choose gpt2 or smollm2")
 
 
 def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: int, warmup: int) -> dict[str, Any]:
-    model, ids = make_model(kind)
+    model, ids, tok = make_model(kind)
     need = max(batches) * seq
     if ids.shape[1] < need:
         ids = ids.repeat(1, need // ids.shape[1] + 1)
@@ -315,7 +316,7 @@ def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: i
     cands = []
     for n in names:
         print(f"[{kind}] setting up {n} ...", file=sys.stderr, flush=True)
-        cands.append(build(n, model, calib, probe))
+        cands.append(build(n, model, calib, probe, tok))
         if cands[-1].error:
             print(f"[{kind}]   {n} failed: {cands[-1].error}", file=sys.stderr, flush=True)
     live = [c for c in cands if c.fn is not None]
