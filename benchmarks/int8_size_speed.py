@@ -1,6 +1,6 @@
 """INT8 size and speed (issue 4, items 4-5): file-size ratios vs FP32 and prefill speedup vs FP32 / BF16.
 
-Run:  .venv/bin/python benchmarks/int8_size_speed.py [--threads 2] [--skip-smollm2] [--json out.json]
+Run:  .venv/bin/python benchmarks/int8_size_speed.py [--threads 2] [--skip-smollm2] [--skip-bf16] [--json out.json]
 
 * Size: a GPT-2-small-size random model (``GPT2Config()`` defaults, 124M params) and SmolLM2-135M,
   quantized to int8 with float embeddings (default) and with ``quantize_embeddings=True``; ratio =
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=None, help="timed run pairs (default: measure's time budget)")
     ap.add_argument("--skip-smollm2", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-bf16", action="store_true", help="no BF16 timing (minutes per run on CPUs without BF16 units)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -76,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt2-small size ratio: int8 {results['gpt2_small']['int8_ratio']}, "
               f"int8+embeddings {results['gpt2_small']['int8_emb_ratio']}", flush=True)
         if not args.skip_speed:
-            bf16 = tmp / "gpt2-bf16"
-            llmpack.quantize(gpt2, "bf16", out=bf16, quiet=True)
             results["speed_int8_vs_fp32"] = _speed(gpt2, Path(results["gpt2_small"]["int8_dir"]), args.runs)
-            results["speed_bf16_vs_fp32"] = _speed(gpt2, bf16, args.runs)
-            s8, sb = results["speed_int8_vs_fp32"]["speedup"], results["speed_bf16_vs_fp32"]["speedup"]
+            s8 = results["speed_int8_vs_fp32"]["speedup"]
+            sb = float("nan")
+            if not args.skip_bf16:
+                bf16 = tmp / "gpt2-bf16"
+                llmpack.quantize(gpt2, "bf16", out=bf16, quiet=True)
+                results["speed_bf16_vs_fp32"] = _speed(gpt2, bf16, args.runs)
+                sb = results["speed_bf16_vs_fp32"]["speedup"]
             print(f"gpt2-small 1x128 prefill, {args.threads} threads, kernel {results['kernel']}: "
                   f"int8 {s8:.2f}x FP32, BF16 {sb:.2f}x FP32", flush=True)
             if s8 <= sb:
