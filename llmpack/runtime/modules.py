@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmpack.errors import BadInputError, ConfigError
-from llmpack.quant.int8 import ACT_DIVISOR, SCALE_EPS, int8_per_channel
+from llmpack.quant.int8 import ACT_DIVISOR, SCALE_EPS, absmax, int8_per_channel
 
 __all__ = [
     "KERNELS",
@@ -288,7 +288,7 @@ class Int8Linear(nn.Module):
         kernel = self._kernel(x2)
         dt = x2.dtype
         xf = x2.float()
-        amax = _row_absmax(xf).clamp_min_(SCALE_EPS)
+        amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
         if kernel == "onednn":
             y, a_scale = self._onednn_matmul(xf, amax, cache)
         else:
@@ -350,12 +350,6 @@ def _onednn_pack(mod: Int8Linear, cache: dict[str, Any]) -> None:
     # so it is passed as the bias (oneDNN adds it after scaling, in float).
     colsum = mod.weight.detach().sum(1, dtype=torch.int64).double()
     cache["onednn_comp"] = (-_ONEDNN_QMAX * colsum * cache["scale_vec"].double()).float().contiguous()
-
-
-def _row_absmax(x: torch.Tensor) -> torch.Tensor:
-    """``max |x|`` per row, ``[rows, 1]``, NaN-propagating. ``max(amax, -amin)`` reads ``x`` twice but is
-    ~10x faster on CPU than ``vector_norm(x, inf, dim=1)`` or ``aminmax`` (measured, 128 x 3072)."""
-    return torch.maximum(x.amax(1, keepdim=True), x.amin(1, keepdim=True).neg_())
 
 
 def _onednn_qlinear_impl(
