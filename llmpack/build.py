@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from llmpack.checkpoint.manifest import hash_file
+from llmpack.checkpoint.manifest import hash_file, read_json_object
 from llmpack.config import Recipe
 from llmpack.constants import MANIFEST_FILE
 from llmpack.errors import ConfigError, GateFailedError, LlmpackError, OutputExistsError, SourceNotFoundError
@@ -538,14 +538,6 @@ def _source_fingerprint(source: SourceSection) -> str:
     return str(open_source(source.path).fingerprint())
 
 
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _write_record(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -599,7 +591,7 @@ def _model_digest(model_dir: Path) -> str | None:
 
 def _record_state(record_path: Path, output: Path, key: Mapping[str, Any]) -> tuple[bool, str]:
     """(up to date?, reason) of an output file/folder against its ``*.build.json`` record."""
-    rec = _read_record(record_path)
+    rec = read_json_object(record_path)
     if rec is None or not output.exists():
         return False, "no output yet"
     if rec.get("key") != dict(key):
@@ -692,8 +684,8 @@ def _pack_state(rec_path: Path, out: Path, key: Mapping[str, Any]) -> tuple[bool
     ok, why = _record_state(rec_path, out, key)
     if not ok:
         return ok, why
-    digest = (_read_record(rec_path) or {}).get("manifest_digest")
-    index = _read_record(out / "oci" / "index.json") or {}
+    digest = (read_json_object(rec_path) or {}).get("manifest_digest")
+    index = read_json_object(out / "oci" / "index.json") or {}
     if not digest or digest not in {m.get("digest") for m in index.get("manifests", []) if isinstance(m, dict)}:
         return False, "oci/index.json no longer names the packed manifest"
     return True, ""
@@ -774,7 +766,7 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
         ok, why = (False, "the model would change") if model_changed else _record_state(rec_path, m.report, key)
         failed: list[str] = []
         if ok and not force:
-            rec = _read_record(rec_path) or {}
+            rec = read_json_object(rec_path) or {}
             failed = _evaluate_gates(rec.get("metrics") or {}, m.gates)
             st = StageResult("measure", UP_TO_DATE, output=str(m.report), details={"summary": rec.get("summary", "")})
         elif check:
@@ -802,7 +794,7 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
         else:
             ok, why = (False, "the model would change") if model_changed else _pack_state(rec_path, p.out, key)
             if ok and not force:
-                rec = _read_record(rec_path) or {}
+                rec = read_json_object(rec_path) or {}
                 details = {k: rec.get(k) for k in ("manifest_digest", "reference", "tag", "oci")}
                 details["summary"] = f"{rec.get('reference')} {rec.get('manifest_digest')}"
                 stages.append(StageResult("pack", UP_TO_DATE, output=str(p.out), details=details))

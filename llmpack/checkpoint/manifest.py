@@ -19,7 +19,21 @@ from typing import Any, Mapping
 from llmpack.constants import MANIFEST_FILE, MANIFEST_FORMAT_VERSION
 from llmpack.errors import BadInputError, IntegrityError
 
-__all__ = ["Manifest", "read_manifest", "write_manifest", "hash_file", "file_entry"]
+__all__ = ["Manifest", "read_manifest", "write_manifest", "hash_file", "file_entry", "read_json_object"]
+
+
+def read_json_object(path: "str | os.PathLike[str]") -> dict[str, Any] | None:
+    """The JSON object stored at ``path``, or ``None`` when it is missing, unreadable or not an object.
+
+    Example:
+        >>> read_json_object("/nonexistent/config.json") is None
+        True
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def hash_file(path: "str | os.PathLike[str]", chunk: int = 8 * 1024 * 1024) -> str:

@@ -63,6 +63,7 @@ from llmpack.errors import (
     OutputLockedError,
     OutputWriteError,
 )
+from llmpack.checkpoint.manifest import read_json_object
 from llmpack.pack import modelpack
 from llmpack.pack.dockerfile import NONROOT_USER, render_dockerfile, render_dockerignore, runtime_spec
 from llmpack.pack.files import ModelFile, collect_files
@@ -239,14 +240,6 @@ def _platform(platform: str) -> dict[str, str]:
     return d
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _read_llmpack_manifest(model_dir: Path) -> dict[str, Any] | None:
     if not (model_dir / MANIFEST_FILE).is_file():
         return None
@@ -413,7 +406,7 @@ def _stats(files: Sequence[ModelFile]) -> list[list[int]]:
 
 
 def _load_cache(out: Path) -> dict[str, Any]:
-    data = _read_json(out / CACHE_FILE)
+    data = read_json_object(out / CACHE_FILE)
     if not data or data.get("version") != _CACHE_VERSION or not isinstance(data.get("layers"), dict):
         return {}
     return dict(data["layers"])
@@ -512,7 +505,7 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
     files = selection.files
     manifest = _read_llmpack_manifest(model_dir)
     _check_manifest_sizes(model_dir, files, manifest)
-    hf_config = _read_json(model_dir / CONFIG_FILE)
+    hf_config = read_json_object(model_dir / CONFIG_FILE)
     warnings = list(selection.warnings)
 
     _prepare_out(model_dir, out, overwrite)
