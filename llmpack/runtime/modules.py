@@ -323,33 +323,29 @@ class Int8Linear(nn.Module):
         Quantization: ``x * (64 / amax) + 64.5``, then the float -> integer conversion, which truncates,
         i.e. rounds half up (values are >= 0).
         """
-        if "onednn" not in cache:
+        if "onednn_args" not in cache:
             _onednn_pack(self, cache)
         inv = torch.reciprocal(amax).mul_(_ONEDNN_QMAX)  # [tokens, 1]: tiny
         # In [0, 128] by construction. float -> int32 -> uint8: CPU's direct float -> uint8 cast is not
         # vectorised (measured 2.5x slower than the two casts); truncation of values >= 0 is floor.
         xu8 = xf.mul(inv).add_(_ONEDNN_QMAX + 0.5).to(torch.int32).to(torch.uint8)
-        if torch.compiler.is_compiling():
-            # Opaque to inductor (its own qlinear lowering wants frozen constants); quantization and
-            # epilogue around it still fuse.
-            y = torch.ops.llmpack.onednn_qlinear(
-                xu8, cache["onednn"], cache["scale_vec"], cache["onednn_zp"], cache["onednn_comp"]
-            )
-        else:
-            y = _onednn_qlinear_impl(xu8, cache["onednn"], cache["scale_vec"], cache["onednn_zp"], cache["onednn_comp"])
-        return y, amax.div_(_ONEDNN_QMAX)
+        # Under torch.compile the custom op keeps the call opaque to inductor (its own qlinear lowering
+        # wants frozen constants); quantization and epilogue around it still fuse.
+        qlinear = torch.ops.llmpack.onednn_qlinear if torch.compiler.is_compiling() else _onednn_qlinear_impl
+        return qlinear(xu8, *cache["onednn_args"]), amax.div_(_ONEDNN_QMAX)
 
 
 def _onednn_pack(mod: Int8Linear, cache: dict[str, Any]) -> None:
     """oneDNN's packed int8 weight and the constant tensors its call needs, stored in ``cache``."""
-    cache["onednn"] = torch.ops.onednn.qlinear_prepack(mod.weight.detach(), None)
-    cache["onednn_zp"] = torch.zeros(mod.out_features, dtype=torch.long)
-    cache["scale_vec"] = cache["scale_row"].reshape(-1).contiguous()
+    packed = torch.ops.onednn.qlinear_prepack(mod.weight.detach(), None)
+    w_zp = torch.zeros(mod.out_features, dtype=torch.long)
+    scale_vec = cache["scale_row"].reshape(-1).contiguous()
     # The activation zero point (64) is not given to oneDNN, which would re-sum the weight on every call
     # (measured 5-15 % of the kernel time); its contribution -64 * sum_k W[n, k] * scale[n] is constant,
     # so it is passed as the bias (oneDNN adds it after scaling, in float).
     colsum = mod.weight.detach().sum(1, dtype=torch.int64).double()
-    cache["onednn_comp"] = (-_ONEDNN_QMAX * colsum * cache["scale_vec"].double()).float().contiguous()
+    comp = (-_ONEDNN_QMAX * colsum * scale_vec.double()).float().contiguous()
+    cache["onednn_args"] = (packed, scale_vec, w_zp, comp)  # what _onednn_qlinear_impl takes after xu8
 
 
 def _onednn_qlinear_impl(
