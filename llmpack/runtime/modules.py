@@ -14,8 +14,9 @@ Kernels (chosen once per process, override with ``LLMPACK_INT8_KERNEL``):
   (AVX2). Their ``u8 x s8`` instruction saturates 16-bit pair sums, so activations use
   ``[-64, 64]`` (scale ``absmax / 64``, about 7 bits) to stay exact; ``torch._int_mm`` on such CPUs is a slow reference loop (~20x
   slower than FP32, measured).
-* ``dequant``: a float matmul on the int8 values; the fallback for shapes or devices the integer
-  kernels refuse. Results equal the integer kernels up to float rounding.
+* ``dequant``: compressed-tensors' reference arithmetic (activations and weights dequantized, one
+  float matmul); the fallback for shapes or devices the integer kernels refuse. Results equal the
+  integer kernels up to float rounding, and transformers + compressed-tensors bit for bit.
 
 Example:
     >>> import torch
@@ -304,8 +305,11 @@ class Int8Linear(nn.Module):
                 y = acc * a_scale  # int32 * float32 -> float32
                 y.mul_(cache["scale_row"])
             else:
-                y = F.linear(xq, self.weight.float())
-                y.mul_(a_scale).mul_(cache["scale_row"])
+                # compressed-tensors' own fake-quant arithmetic, op for op (dequantize activations and
+                # weights, one float matmul with the bias inside), so this reference kernel reproduces
+                # transformers + compressed-tensors bit for bit on the same CPU and thread count.
+                w = self.weight.float().mul_(cache["scale_row"].reshape(-1, 1))
+                return F.linear(xq.mul_(a_scale), w, cache["bias_f32"]).to(dt)
         bias = cache["bias_f32"]
         if kernel == "onednn":
             # Epilogue in one pass: y * act_scale (+ bias); the weight scale is applied inside oneDNN.
