@@ -145,11 +145,11 @@ def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.T
         elif name in ("llmpack", "llmpack+compile"):
             import llmpack
 
-            q = llmpack.quantize(model, method="int8", tokenizer=tok, quiet=True).model
+            compiled = name == "llmpack+compile"
+            q = llmpack.quantize(model, method="int8", tokenizer=tok, quiet=True, compile=compiled).model
             c.size = _param_bytes(q)
-            if name == "llmpack+compile":
-                qc = torch.compile(q)
-                c.fn = _logits_fn(qc)
+            if compiled:
+                c.fn = _logits_fn(q)
                 c.saves = "yes (as llmpack)"
             else:
                 c.fn = _logits_fn(q)

@@ -224,10 +224,11 @@ def quantize(
         if isinstance(source, torch.nn.Module):
             res = _quantize_in_memory(source, rec, t0, tokenizer=tokenizer, calibration_text=calibration_text,
                                       calibrate=calibrate, quiet=quiet)
-            if compile and res.model is not None:
-                from llmpack.runtime.modules import compile_int8
+            if res.model is not None:
+                from llmpack.runtime.modules import compile_int8, prepare_int8
 
-                res.model = compile_int8(res.model)
+                # Kernel caches built now, so a plain torch.compile(model) traces without graph breaks.
+                res.model = compile_int8(res.model) if compile else prepare_int8(res.model)
             return res
         raise ConfigError("out= is required unless the source is an in-memory model: pass an output directory")
     src = open_source(source)

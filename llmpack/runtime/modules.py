@@ -225,8 +225,9 @@ class Int8Linear(nn.Module):
     # ------------------------------------------------------------------ forward
     def _prepared(self) -> dict[str, Any]:
         """Per-weight cached views (scale row, packed oneDNN weight); rebuilt when tensors are reassigned."""
-        if torch.compiler.is_compiling() and self._cache:
-            # Under torch.compile the caches built by prepare() (before compiling) are used as they are.
+        if torch.compiler.is_compiling() and self._cache and self._cache_key[2] == self.weight.device:
+            # Under torch.compile the caches built by prepare() (llmpack.load and llmpack.quantize call it)
+            # are used as they are: the version checks below would break the graph.
             return self._cache
         w, s = self.weight, self.weight_scale
         # Inference tensors (made under torch.inference_mode) have no version counter.

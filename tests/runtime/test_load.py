@@ -72,3 +72,25 @@ def test_smollm2_bf16_load_and_generate(smollm2_dir, tmp_path) -> None:
         assert torch.equal(ours(ids).logits, ref)
         gen = ours.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok.decode(gen[0, ids.shape[1]:])
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_int8_model_traces_without_graph_breaks(tmp_path, in_memory: bool) -> None:
+    """``llmpack.load`` and in-memory ``llmpack.quantize`` return int8 models whose kernel caches are
+    built, so a user's plain ``torch.compile(model)`` traces each forward as one graph."""
+    from llmpack.testing import tiny_model
+
+    if in_memory:
+        model = llmpack.quantize(tiny_model("llama"), "int8", quiet=True).model
+    else:
+        quantize(tiny_model("llama"), "int8", out=tmp_path / "q", quiet=True)
+        model = load(tmp_path / "q")
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(input_ids=ids, use_cache=False).logits
+        explained = torch._dynamo.explain(model)(input_ids=ids, use_cache=False)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, use_cache=False).logits, eager)
