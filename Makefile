@@ -57,7 +57,6 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/pip install -q $(TORCH_PIN) -e '.[bench]'
 	$(BIN)/python benchmarks/stream_memory.py
 	$(BIN)/python benchmarks/pack_throughput.py
-	$(BIN)/python benchmarks/int8_speed.py
 	$(BIN)/python benchmarks/int8_cpu.py
 
 clean:
