@@ -147,13 +147,8 @@ def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.T
 
             compiled = name == "llmpack+compile"
             q = llmpack.quantize(model, method="int8", tokenizer=tok, quiet=True, compile=compiled).model
-            c.size = _param_bytes(q)
-            if compiled:
-                c.fn = _logits_fn(q)
-                c.saves = "yes (as llmpack)"
-            else:
-                c.fn = _logits_fn(q)
-                c.saves = _llmpack_roundtrip(model, probe, c.fn(probe), tok)
+            c.fn, c.size = _logits_fn(q), _param_bytes(q)
+            c.saves = "yes (as llmpack)" if compiled else _llmpack_roundtrip(model, probe, c.fn(probe), tok)
         elif name == "torch.ao":
             from torch.ao.quantization import quantize_dynamic
 
@@ -238,10 +233,6 @@ def _onnx(model: torch.nn.Module, probe: torch.Tensor):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     class Wrap(torch.nn.Module):
-        def __init__(self, m: torch.nn.Module) -> None:
-            super().__init__()
-            self.m = m
-
         def __init__(self, m: torch.nn.Module, keep: int) -> None:
             super().__init__()
             self.m, self.keep = m, keep

@@ -260,13 +260,9 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
     if fp32:
         apply_fp32_modules(model, fp32)
     model.eval()
-    if qcfg:
+    if qcfg or compile:
         from llmpack.runtime.modules import compile_int8, prepare_int8
 
         # Kernel caches built now, so a plain torch.compile(model) traces without graph breaks.
-        prepare_int8(model)
-        if compile:
-            return compile_int8(model)
-    elif compile:
-        return torch.compile(model)
+        return compile_int8(model) if compile else prepare_int8(model)
     return model

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmpack.errors import BadInputError, ConfigError
-from llmpack.quant.int8 import ACT_DIVISOR, SCALE_EPS, absmax, int8_per_channel
+from llmpack.quant.int8 import SCALE_EPS, absmax, int8_per_channel, quantize_per_token
 
 __all__ = [
     "KERNELS",
@@ -252,7 +252,8 @@ class Int8Linear(nn.Module):
         """
         cache = self._prepared()
         cache["cpu_kernel"] = cpu_int8_kernel()
-        if self.act_quant and self.weight.device.type == "cpu" and cache["cpu_kernel"] == "onednn":
+        if self.act_quant and self.weight.device.type == "cpu" and cache["cpu_kernel"] == "onednn" \
+                and "onednn_args" not in cache:  # packed already (the cache is rebuilt when weights change)
             _onednn_pack(self, cache)
         return self
 
@@ -290,32 +291,26 @@ class Int8Linear(nn.Module):
         kernel = self._kernel(x2)
         dt = x2.dtype
         xf = x2.float()
-        amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
-        if kernel == "onednn":
-            y, a_scale = self._onednn_matmul(xf, amax, cache)
-        else:
-            # compressed-tensors semantics: absmax / 127.5, clamp to [-128, 127]
-            a_scale = amax.div_(ACT_DIVISOR)
-            xq = torch.round(xf / a_scale).clamp_(-128, 127)
-            if kernel == "int_mm":
-                m = x2.shape[0]
-                xq8 = xq.to(torch.int8)
-                if x2.device.type == "cuda" and m <= 16:
-                    xq8 = F.pad(xq8, (0, 0, 0, 17 - m))
-                acc = torch._int_mm(xq8, self.weight.t())[:m]
-                y = acc * a_scale  # int32 * float32 -> float32
-                y.mul_(cache["scale_row"])
-            else:
-                # compressed-tensors' own fake-quant arithmetic, op for op (dequantize activations and
-                # weights, one float matmul with the bias inside), so this reference kernel reproduces
-                # transformers + compressed-tensors bit for bit on the same CPU and thread count.
-                w = self.weight.float().mul_(cache["scale_row"].reshape(-1, 1))
-                return F.linear(xq.mul_(a_scale), w, cache["bias_f32"]).to(dt)
         bias = cache["bias_f32"]
         if kernel == "onednn":
+            y, a_scale = self._onednn_matmul(xf, absmax(xf, 1).clamp_min_(SCALE_EPS), cache)
             # Epilogue in one pass: y * act_scale (+ bias); the weight scale is applied inside oneDNN.
             y = y.mul_(a_scale) if bias is None else torch.addcmul(bias, y, a_scale)
-        elif bias is not None:
+            return y.to(dt)
+        # compressed-tensors semantics: absmax / 127.5, clamp to [-128, 127]
+        xq8, a_scale = quantize_per_token(xf)
+        if kernel == "dequant":
+            # compressed-tensors' own fake-quant arithmetic, op for op (dequantize activations and
+            # weights, one float matmul with the bias inside), so this reference kernel reproduces
+            # transformers + compressed-tensors bit for bit on the same CPU and thread count.
+            w = self.weight.float().mul_(cache["scale_row"].reshape(-1, 1))
+            return F.linear(xq8.float().mul_(a_scale), w, bias).to(dt)
+        m = x2.shape[0]
+        if x2.device.type == "cuda" and m <= 16:
+            xq8 = F.pad(xq8, (0, 0, 0, 17 - m))
+        y = torch._int_mm(xq8, self.weight.t())[:m] * a_scale  # int32 * float32 -> float32
+        y.mul_(cache["scale_row"])
+        if bias is not None:
             y.add_(bias)
         return y.to(dt)
 
