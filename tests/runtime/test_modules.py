@@ -137,7 +137,7 @@ def test_swap_refuses_non_linear_module() -> None:
 
 @pytest.mark.skipif(not M._onednn_available(), reason="no oneDNN int8 matmul in this PyTorch")
 def test_onednn_kernel_equals_its_7bit_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fused AVX2 path (x * 64/amax + 64.5, truncating u8 cast) gives the [-64, 64] quantized values."""
+    """The AVX2 path (round(x * 64/amax) as int8, + 64 as u8) gives the [-64, 64] quantized values."""
     monkeypatch.setenv(M.ENV_KERNEL, "onednn")
     M.cpu_int8_kernel.cache_clear()
     try:
@@ -197,3 +197,76 @@ def test_quantized_under_inference_mode_runs() -> None:
         w16 = Int8Linear.from_float(nn.Linear(16, 8), act_quant=False)
         x = torch.randn(3, 16)
         assert q(x).shape == (3, 8) and w16(x).shape == (3, 8)
+
+
+@pytest.fixture
+def onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not M._onednn_available():
+        pytest.fail("this PyTorch has no oneDNN int8 matmul (x86 CPU builds do)")
+    monkeypatch.setenv(M.ENV_KERNEL, "onednn")
+    M.cpu_int8_kernel.cache_clear()
+    yield
+    M.cpu_int8_kernel.cache_clear()
+
+
+def _int8_llama() -> nn.Module:
+    import llmpack
+    from llmpack.testing import tiny_model
+
+    return llmpack.quantize(tiny_model("llama"), "int8", quiet=True).model
+
+
+def _groups(model: nn.Module) -> dict[str, object]:
+    return {n: m._group for n, m in M.iter_int8_linears(model)}
+
+
+def test_siblings_run_as_one_matmul_with_identical_results(onednn: None) -> None:
+    """q/k/v and gate/up share one packed matmul on the oneDNN kernel; logits equal the separate layers'."""
+    model = _int8_llama()
+    groups = _groups(model)
+    grouped = sorted(n.rsplit(".", 1)[1] for n, g in groups.items() if g is not None)
+    layers = len(model.model.layers)
+    assert grouped == sorted(["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"] * layers)
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj._group is attn.v_proj._group is not model.model.layers[0].mlp.up_proj._group
+    assert attn.o_proj._group is None  # its input is not q/k/v's
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fused = model(input_ids=ids, use_cache=False).logits
+        assert all(g is None or g._y is None for g in groups.values())  # nothing held after the forward
+        for _, m in M.iter_int8_linears(model):
+            m._group = None
+        alone = model(input_ids=ids, use_cache=False).logits
+    assert torch.equal(fused, alone)
+
+
+def test_sibling_group_follows_weight_changes_and_input_edits(onednn: None) -> None:
+    model = _int8_llama()
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(1, 5, attn.q_proj.in_features)
+    ref_k = attn.k_proj.to_float()
+    # An input edited in place between sibling calls is noticed (autograd-tracked tensors have versions).
+    q_out = attn.q_proj(x)
+    x.mul_(2)
+    torch.testing.assert_close(attn.k_proj(x), ref_k(x), rtol=0.05, atol=0.05)
+    assert q_out.shape == (1, 5, attn.q_proj.out_features)
+    # Replacing a member's weight dissolves the group: the new weight is used, never the stale packed one.
+    new = Int8Linear.from_float(nn.Linear(attn.v_proj.in_features, attn.v_proj.out_features, bias=False))
+    attn.v_proj.weight, attn.v_proj.weight_scale = new.weight, new.weight_scale
+    torch.testing.assert_close(attn.v_proj(x), new(x))
+    assert attn.q_proj._group is None and attn.v_proj._group is None
+
+
+def test_tied_int8_head_onednn_is_the_dequantized_product(onednn: None) -> None:
+    """The AVX2 head splits activations in two 7-bit terms: ~14-bit, the weight-only result."""
+    torch.manual_seed(5)
+    emb = nn.Embedding(300, 48)
+    q = Int8Embedding.from_float(emb)
+    head = TiedInt8Head(q).prepare()
+    assert head._onednn_args is not None
+    x = torch.randn(2, 7, 48) * torch.logspace(-3, 1, 7).reshape(1, 7, 1)
+    deq = (q.weight.float() * q.weight_scale.float()).t()
+    got = head(x)
+    for t in range(7):  # every token, whatever its magnitude
+        assert sqnr_db(x[:, t] @ deq, got[:, t]) > 70
+    assert sqnr_db(x @ emb.weight.t(), got) > 35
