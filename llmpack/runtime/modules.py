@@ -13,7 +13,9 @@ Kernels (chosen once per process, override with ``LLMPACK_INT8_KERNEL``):
 * ``onednn``: oneDNN's int8 matmul (``torch.ops.onednn.qlinear_pointwise``) on CPUs without VNNI
   (AVX2). Their ``u8 x s8`` instruction saturates 16-bit pair sums, so activations use
   ``[-64, 64]`` (scale ``absmax / 64``, about 7 bits) to stay exact; ``torch._int_mm`` on such CPUs is a slow reference loop (~20x
-  slower than FP32, measured).
+  slower than FP32, measured). Inputs of at most :data:`FBGEMM_MAX_TOKENS` tokens go to FBGEMM's fused
+  dynamic int8 linear instead (per token, by normalising each token first), and :func:`prepare_int8`
+  runs shared-input siblings (q/k/v, gate/up) as one matmul.
 * ``dequant``: compressed-tensors' reference arithmetic (activations and weights dequantized, one
   float matmul); the fallback for shapes or devices the integer kernels refuse. Results equal the
   integer kernels up to float rounding, and transformers + compressed-tensors bit for bit.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from typing import Any, Collection, Iterable, Mapping
 
 import torch
@@ -42,6 +45,8 @@ from llmpack.quant.int8 import SCALE_EPS, absmax, int8_per_channel, quantize_per
 
 __all__ = [
     "KERNELS",
+    "FBGEMM_MAX_TOKENS",
+    "SIBLING_GROUPS",
     "ENV_KERNEL",
     "Int8Linear",
     "Int8Embedding",
@@ -116,6 +121,52 @@ def _onednn_available() -> bool:
         return True
     except (RuntimeError, AttributeError):
         return False
+
+
+FBGEMM_MAX_TOKENS = 64
+"""On the AVX2 (``onednn``) kernel, inputs of at most this many tokens (decode steps, short prompts) run
+through FBGEMM's dynamic int8 linear instead: 2-4x faster than oneDNN at 1-32 tokens, even at ~128,
+slower beyond (measured on SmolLM2 and GPT-2 shapes)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _fbgemm_available() -> bool:
+    """FBGEMM's dynamic int8 linear runs here, and keeps integer inputs in ``[-64, 63]`` exact.
+
+    (PyTorch has deprecated its quantized-tensor API; when it is gone, the oneDNN kernel serves every size.)
+    """
+    try:
+        g = torch.Generator().manual_seed(0)
+        w = torch.randint(-127, 128, (16, 8), dtype=torch.int8, generator=g)
+        x = torch.randint(-64, 64, (2, 8), generator=g).float()
+        y = torch.ops.quantized.linear_dynamic(torch.cat([x, _range_row(8)]), _fbgemm_pack(w, torch.ones(16)), True)
+        return bool(torch.equal(y[:2], x @ w.float().t()))
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def _fbgemm_pack(weight: torch.Tensor, scale: torch.Tensor) -> Any:
+    """FBGEMM's packed form of an int8 ``[out, in]`` weight with per-output-channel ``scale`` (exact)."""
+    out = weight.shape[0]
+    with warnings.catch_warnings():  # "quantized tensor creation functions are deprecated" (we probe for them)
+        warnings.simplefilter("ignore", UserWarning)
+        wq = torch._make_per_channel_quantized_tensor(
+            weight.contiguous(), scale.reshape(-1).double(), torch.zeros(out, dtype=torch.long), 0
+        )
+        return torch.ops.quantized.linear_prepack(wq, None)
+
+
+def _fbgemm_w8a8(xf: torch.Tensor, packed: Any, bias: torch.Tensor | None) -> torch.Tensor:
+    """W8A8 through FBGEMM's fused dynamic int8 linear, per token: each token is divided by its absmax
+    first, so FBGEMM's per-tensor activation range is every token's own (7 bits, like the oneDNN path)."""
+    amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
+    y = torch.ops.quantized.linear_dynamic(xf / amax, packed, True).mul_(amax)
+    return y if bias is None else y.add_(bias)
+
+
+def _small_batch(tokens: int) -> bool:
+    """Use FBGEMM (not oneDNN) for this many tokens on the AVX2 kernel (never under torch.compile)."""
+    return tokens <= FBGEMM_MAX_TOKENS and not torch.compiler.is_compiling() and _fbgemm_available()
 
 
 class Int8Linear(nn.Module):
@@ -305,6 +356,10 @@ class Int8Linear(nn.Module):
         xf = x2.float()
         bias = cache["bias_f32"]
         if kernel == "onednn":
+            if _small_batch(xf.shape[0]):
+                if "fbgemm" not in cache:  # packed on first use: only workloads with short inputs pay its memory
+                    cache["fbgemm"] = _fbgemm_pack(self.weight.detach(), cache["scale_row"])
+                return _fbgemm_w8a8(xf, cache["fbgemm"], bias).to(dt)
             if "onednn_args" not in cache:
                 _onednn_pack(self, cache)
             return _onednn_w8a8(xf, cache["onednn_args"], bias).to(dt)
@@ -353,24 +408,46 @@ def _onednn_qlinear(xu8: torch.Tensor, onednn_args: tuple[torch.Tensor, ...]) ->
     return qlinear(xu8, *onednn_args)
 
 
-def _onednn_w8a16(xf: torch.Tensor, onednn_args: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Weight-only int8 (float activations) through the same u8 x s8 matmul, float32 out.
-
-    Each token is split in two 7-bit terms, ``x ~ q1 * s1 + q2 * s2`` (``q2`` quantizes the rounding error
-    of ``q1``), and both go through one matmul: the weight is read once, which is what a memory-bound
-    decode step or output head pays for. The activation error is at most ``amax / 16384`` per token
-    (about 14 bits, finer than bfloat16), so the result is the float product up to the weight's int8.
-    """
-    tokens = xf.shape[0]
+def _two_terms(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split each token in two 7-bit terms, ``x ~ q1 * s1 + q2 * s2``: ``q1, q2`` integers in ``[-64, 63]``
+    (as float), ``q2`` quantizing the rounding error of ``q1``. The error is at most ``amax / 8192`` per token
+    (about 13 bits, finer than bfloat16's 8-bit mantissa)."""
     a1 = absmax(xf, 1).clamp_min_(SCALE_EPS)
-    q1 = _onednn_u8(xf, a1)
     s1 = a1.div_(_ONEDNN_QMAX)
-    rest = xf - (q1.float() - _ONEDNN_QMAX) * s1
-    a2 = absmax(rest, 1).clamp_min_(SCALE_EPS)
-    q2 = _onednn_u8(rest, a2)
-    y = _onednn_qlinear(torch.cat([q1, q2]), onednn_args)
-    hi = y[:tokens].mul_(s1)
-    return hi.add_(y[tokens:].mul_(a2.div_(_ONEDNN_QMAX)))
+    q1 = torch.round(xf / s1).clamp_(-_ONEDNN_QMAX, _ONEDNN_QMAX - 1)
+    rest = xf - q1 * s1
+    s2 = absmax(rest, 1).clamp_min_(SCALE_EPS).div_(_ONEDNN_QMAX)
+    q2 = torch.round(rest / s2).clamp_(-_ONEDNN_QMAX, _ONEDNN_QMAX - 1)
+    return q1, s1, q2, s2
+
+
+def _combine(y: torch.Tensor, tokens: int, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """``y[:tokens] * s1 + y[tokens:2 * tokens] * s2`` (the two terms' products), in place."""
+    return y[:tokens].mul_(s1).add_(y[tokens:2 * tokens].mul_(s2))
+
+
+def _onednn_w8a16(xf: torch.Tensor, onednn_args: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Weight-only int8 (float activations) through the u8 x s8 matmul, float32 out: both
+    :func:`_two_terms` go through one matmul, so the weight is read once (what a memory-bound output head
+    pays for), and the result is the float product up to the weight's int8."""
+    q1, s1, q2, s2 = _two_terms(xf)
+    xu8 = torch.cat([q1, q2]).to(torch.int8).view(torch.uint8).add_(_ONEDNN_QMAX)
+    return _combine(_onednn_qlinear(xu8, onednn_args), xf.shape[0], s1, s2)
+
+
+def _fbgemm_w8a16(xf: torch.Tensor, packed: Any) -> torch.Tensor:
+    """:func:`_onednn_w8a16` through FBGEMM (much faster for a few tokens). FBGEMM picks its activation
+    range from the data; a last row holding -64 and 63 makes it exactly ``[-64, 63]`` (scale 1, zero
+    point 64), so the integer terms pass unchanged (checked by :func:`_fbgemm_available`)."""
+    q1, s1, q2, s2 = _two_terms(xf)
+    y = torch.ops.quantized.linear_dynamic(torch.cat([q1, q2, _range_row(xf.shape[1])]), packed, True)
+    return _combine(y, xf.shape[0], s1, s2)
+
+
+def _range_row(k: int) -> torch.Tensor:
+    row = torch.zeros(1, k)
+    row[0, 0], row[0, -1] = -_ONEDNN_QMAX, _ONEDNN_QMAX - 1
+    return row
 
 
 def _onednn_pack(mod: Int8Linear, cache: dict[str, Any]) -> None:
@@ -424,10 +501,11 @@ SIBLING_GROUPS: tuple[tuple[str, ...], ...] = (
 
 
 class _SiblingGroup:
-    """W8A8 siblings that read the same input (q/k/v, gate/up) run as one matmul on the oneDNN kernel.
+    """W8A8 siblings that read the same input (q/k/v, gate/up) run as one matmul on the AVX2 kernels.
 
     The first member called with an input quantizes it once and multiplies it by all members' weights,
-    concatenated and packed once; each member returns its column slice of that product. The product is
+    concatenated and packed once per kernel (oneDNN, FBGEMM for short inputs) on first use; each member
+    returns its column slice of that product. The product is
     kept until every member has taken its slice (or a new input arrives), and is only reused for the very
     same tensor object (and, outside ``inference_mode``, the same version of it). Results equal the
     separate layers' exactly: activation quantization is per token and the accumulation is integer.
@@ -439,10 +517,8 @@ class _SiblingGroup:
         self.keys = [m._weights_key() for m in members]
         # Members keep their own packed weights (under torch.compile, which cannot trace the shared product,
         # and after a dissolve they run alone): grouped layers hold one more packed int8 copy.
-        weight = torch.cat([m.weight.detach() for m in members])
-        scale = torch.cat([m._cache["scale_row"].reshape(-1) for m in members])
-        self.args = _onednn_args(weight, scale)
-        del weight  # the packed copy is all the kernel reads
+        self._onednn: tuple[torch.Tensor, ...] | None = None
+        self._fbgemm: Any = None
         if any(m.bias is not None for m in members):
             self.bias: torch.Tensor | None = torch.cat([
                 m._cache["bias_f32"] if m.bias is not None else torch.zeros(m.out_features) for m in members
@@ -458,6 +534,21 @@ class _SiblingGroup:
         self._version: int | None = None
         self._y: torch.Tensor | None = None
         self._left: set[int] = set()
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        # Each kernel's packed (concatenated) weight is built on first use.
+        if _small_batch(x2.shape[0]):
+            if self._fbgemm is None:
+                self._fbgemm = _fbgemm_pack(*self._concatenated())
+            return _fbgemm_w8a8(x2, self._fbgemm, self.bias)
+        if self._onednn is None:
+            self._onednn = _onednn_args(*self._concatenated())
+        return _onednn_w8a8(x2, self._onednn, self.bias)
+
+    def _concatenated(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' int8 weights and float32 scales, stacked along the output dimension."""
+        return (torch.cat([m.weight.detach() for m in self.members]),
+                torch.cat([m._prepared()["scale_row"].reshape(-1) for m in self.members]))
 
     def dissolve(self) -> None:
         """Members go back to running alone (their weights changed)."""
@@ -477,8 +568,8 @@ class _SiblingGroup:
             if any(m._weights_key() != k for m, k in zip(self.members, self.keys)):
                 self.dissolve()
                 return None
-            x2 = x.reshape(-1, x.shape[-1])
-            self._y = _onednn_w8a8(x2.float(), self.args, self.bias)
+            x2 = x.reshape(-1, x.shape[-1]).float()
+            self._y = self._matmul(x2)
             self._x, self._version = x, version
             self._left = {id(m) for m in self.members}
         start, stop = self.slices[id(member)]
@@ -611,6 +702,7 @@ class TiedInt8Head(nn.Module):
 
         self._cache_key: tuple[Any, ...] | None = None
         self._onednn_args: tuple[torch.Tensor, ...] | None = None
+        self._fbgemm: Any = None
 
     def prepare(self) -> "TiedInt8Head":
         """Pack the int8 table for the CPU kernel now (AVX2 CPUs; :func:`prepare_int8` calls it).
@@ -624,6 +716,7 @@ class TiedInt8Head(nn.Module):
             key = (emb.weight.data_ptr(), emb.weight_scale.data_ptr(), emb.weight_scale.dtype)
             if key != self._cache_key:
                 self._onednn_args = _onednn_args(emb.weight.detach(), emb.weight_scale.detach())
+                self._fbgemm = None  # packed on first use with few tokens
                 self._cache_key = key
         return self
 
@@ -634,13 +727,18 @@ class TiedInt8Head(nn.Module):
         if x.device.type == "cpu" and emb.weight.device.type == "cpu" and (
             self._onednn_args is not None if torch.compiler.is_compiling() else cpu_int8_kernel() == "onednn"
         ):
-            # AVX2: one u8 x s8 matmul that reads the table in int8 (4x less memory traffic than float);
+            # AVX2: one int8 matmul that reads the table in int8 (4x less memory traffic than float);
             # converting the whole table to float on every call costs ~7x a float matmul (measured).
+            x2 = x.reshape(-1, self.in_features).float()
             if not torch.compiler.is_compiling():
-                self.prepare()
-            args = self._onednn_args
-            assert args is not None
-            y = _onednn_w8a16(x.reshape(-1, self.in_features).float(), args)
+                self.prepare()  # (re)packs when the table was replaced
+            if _small_batch(x2.shape[0]):
+                if self._fbgemm is None:
+                    self._fbgemm = _fbgemm_pack(emb.weight.detach(), emb.weight_scale.detach().float())
+                y = _fbgemm_w8a16(x2, self._fbgemm)
+            else:
+                assert self._onednn_args is not None
+                y = _onednn_w8a16(x2, self._onednn_args)
             return y.reshape(*x.shape[:-1], self.out_features).to(dt)
         y = F.linear(x, emb.weight.to(dt))
         return y * emb.weight_scale.reshape(1, -1).to(dt)
