@@ -7,6 +7,8 @@ Candidates (same inputs, same threads, timed round-robin so machine drift cancel
 * ``llmpack``         ``llmpack.quantize(model, method="int8", tokenizer=tok)`` (W8A8, ``Int8Linear``; with the
                       tokenizer of a real model, the defaults calibrate and smooth), eager;
 * ``llmpack+compile`` the same under ``torch.compile``;
+* ``llmpack+qemb``    ``llmpack`` with ``quantize_embeddings=True``: embeddings int8 and, for tied models, the
+                      output head reads that int8 table (torch.ao quantizes the head too), eager;
 * ``torch.ao``        ``torch.ao.quantization.quantize_dynamic`` (GPT-2 ``Conv1D`` converted to ``nn.Linear`` first);
 * ``quanto``          optimum-quanto W8A8 (``weights=qint8, activations=qint8``, calibrated on the inputs);
 * ``torchao``         torchao ``Int8DynamicActivationInt8WeightConfig`` (``Conv1D`` converted first);
@@ -45,7 +47,7 @@ from typing import Any, Callable
 import torch
 
 SLOW_S = 5.0  # a candidate whose prefill takes longer is warmed up and timed once (reported as n=1)
-CANDIDATES = ("fp32", "bf16", "llmpack", "llmpack+compile", "torch.ao", "quanto", "torchao", "onnxruntime")
+CANDIDATES = ("fp32", "bf16", "llmpack", "llmpack+compile", "llmpack+qemb", "torch.ao", "quanto", "torchao", "onnxruntime")
 
 
 @dataclasses.dataclass
@@ -142,13 +144,14 @@ def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.T
         elif name == "bf16":
             m = copy.deepcopy(model).to(torch.bfloat16)
             c.fn, c.size, c.saves = _logits_fn(m), _param_bytes(m), "yes"
-        elif name in ("llmpack", "llmpack+compile"):
+        elif name in ("llmpack", "llmpack+compile", "llmpack+qemb"):
             import llmpack
 
-            compiled = name == "llmpack+compile"
-            q = llmpack.quantize(model, method="int8", tokenizer=tok, quiet=True, compile=compiled).model
+            compiled, qemb = name == "llmpack+compile", name == "llmpack+qemb"
+            q = llmpack.quantize(model, method="int8", tokenizer=tok, quiet=True, compile=compiled,
+                                 quantize_embeddings=qemb).model
             c.fn, c.size = _logits_fn(q), _param_bytes(q)
-            c.saves = "yes (as llmpack)" if compiled else _llmpack_roundtrip(model, probe, c.fn(probe), tok)
+            c.saves = "yes (as llmpack)" if compiled else _llmpack_roundtrip(model, probe, c.fn(probe), tok, qemb)
         elif name == "torch.ao":
             from torch.ao.quantization import quantize_dynamic
 
@@ -212,13 +215,15 @@ def _qbytes(model: torch.nn.Module) -> int | None:
     return buf.tell()
 
 
-def _llmpack_roundtrip(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, tok: Any = None) -> str:
+def _llmpack_roundtrip(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, tok: Any = None,
+                       quantize_embeddings: bool = False) -> str:
     import llmpack
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "q"
         try:
-            llmpack.quantize(model, method="int8", out=out, tokenizer=tok, quiet=True)
+            llmpack.quantize(model, method="int8", out=out, tokenizer=tok, quiet=True,
+                             quantize_embeddings=quantize_embeddings)
             back = llmpack.load(out)
             y = _logits_fn(back)(x)
         except Exception as e:  # noqa: BLE001

@@ -13,16 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_int8_cpu_harness_tiny(tmp_path: Path) -> None:
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "int8_cpu.py"), "--models", "tiny", "--only", "fp32,llmpack,torch.ao",
+        [sys.executable, str(ROOT / "benchmarks" / "int8_cpu.py"), "--models", "tiny", "--only", "fp32,llmpack,llmpack+qemb,torch.ao",
          "--runs", "1", "--warmup", "0", "--batches", "1,2", "--seq", "16", "--json", str(out), "--md", str(md)],
         check=True, cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     rows = {r["candidate"]: r for r in json.loads(out.read_text())["results"][0]["rows"]}
-    assert set(rows) == {"fp32", "llmpack", "torch.ao"}
+    assert set(rows) == {"fp32", "llmpack", "llmpack+qemb", "torch.ao"}
     ours = rows["llmpack"]
     assert ours["error"] == "" and ours["saves"].startswith("yes")
     for b in (1, 2):
         assert ours[f"b{b}_ms"] > 0 and ours[f"b{b}_kl"] < 1e-3 and ours[f"b{b}_top1"] >= 0.9
         assert rows["fp32"][f"b{b}_speedup"] == 1.0
     assert ours["size_mb"] < rows["fp32"]["size_mb"]
+    qemb = rows["llmpack+qemb"]
+    assert qemb["error"] == "" and qemb["saves"].startswith("yes") and qemb["size_mb"] < ours["size_mb"]
+    assert qemb["b1_top1"] >= 0.9
     assert "| tiny | llmpack |" in md.read_text()
