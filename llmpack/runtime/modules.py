@@ -530,10 +530,10 @@ class _SiblingGroup:
         for m in members:
             self.slices[id(m)] = (start, start + m.out_features)
             start += m.out_features
-        self._x: torch.Tensor | None = None
-        self._version: int | None = None
-        self._y: torch.Tensor | None = None
-        self._left: set[int] = set()
+        # (input, its version, product, members yet to take their slice), replaced as one tuple so that a
+        # thread never pairs one input with another thread's product.
+        self._state: tuple[torch.Tensor, int | None, torch.Tensor, set[int]] | None = None
+        self._index = {id(m): i for i, m in enumerate(members)}
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         # Each kernel's packed (concatenated) weight is built on first use.
@@ -554,30 +554,29 @@ class _SiblingGroup:
         """Members go back to running alone (their weights changed)."""
         for m in self.members:
             m._group = None
-        self._x = self._y = None
+        self._state = None
 
     def output(self, member: Int8Linear, x: torch.Tensor) -> torch.Tensor | None:
         """``member(x)`` from the shared product, or ``None`` when the member must run alone."""
-        version = None if x.is_inference() else x._version
-        if member._weights_key() != self.keys[self.members.index(member)]:
+        me = id(member)
+        if member._weights_key() != self.keys[self._index[me]]:
             self.dissolve()  # a member's weight was replaced or edited: the packed product is stale
             return None
-        if x is not self._x or version != self._version or id(member) not in self._left:
+        version = None if x.is_inference() else x._version
+        state = self._state
+        if state is None or state[0] is not x or state[1] != version or me not in state[3]:
             if x.device.type != "cpu" or cpu_int8_kernel() != "onednn" or x.shape[-1] != member.in_features:
                 return None
             if any(m._weights_key() != k for m, k in zip(self.members, self.keys)):
                 self.dissolve()
                 return None
-            x2 = x.reshape(-1, x.shape[-1]).float()
-            self._y = self._matmul(x2)
-            self._x, self._version = x, version
-            self._left = {id(m) for m in self.members}
-        start, stop = self.slices[id(member)]
-        y = self._y[:, start:stop]
-        self._left.discard(id(member))
-        if not self._left:  # every member has its slice: drop the references
-            self._x = self._y = None
-        return y.reshape(*x.shape[:-1], member.out_features).to(x.dtype)
+            state = (x, version, self._matmul(x.reshape(-1, x.shape[-1]).float()), set(self._index))
+            self._state = state
+        start, stop = self.slices[me]
+        state[3].discard(me)
+        if not state[3] and self._state is state:  # every member has its slice: drop the references
+            self._state = None
+        return state[2][:, start:stop].reshape(*x.shape[:-1], member.out_features).to(x.dtype)
 
 
 def _group_siblings(model: nn.Module) -> int:

@@ -235,7 +235,7 @@ def test_siblings_run_as_one_matmul_with_identical_results(onednn: None) -> None
     ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         fused = model(input_ids=ids, use_cache=False).logits
-        assert all(g is None or g._y is None for g in groups.values())  # nothing held after the forward
+        assert all(g is None or g._state is None for g in groups.values())  # nothing held after the forward
         for _, m in M.iter_int8_linears(model):
             m._group = None
         alone = model(input_ids=ids, use_cache=False).logits
