@@ -294,3 +294,16 @@ def test_short_inputs_run_fbgemm_per_token(onednn: None) -> None:
         assert sqnr_db(ref, y[t:t + 1]) > 30, t  # 7-bit activations per token
     big = q(torch.randn(M.FBGEMM_MAX_TOKENS + 1, 96))  # longer inputs: oneDNN
     assert "onednn_args" in q._cache and big.shape == (M.FBGEMM_MAX_TOKENS + 1, 40)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 100])  # FBGEMM two-term (few tokens) and the float path
+def test_w8a16_avx2_is_the_weight_only_product(onednn: None, tokens: int) -> None:
+    torch.manual_seed(8)
+    lin = nn.Linear(80, 56)
+    q = Int8Linear.from_float(lin, act_quant=False)
+    x = torch.randn(tokens, 80) * torch.logspace(-3, 1, tokens).reshape(tokens, 1)
+    got = q(x)
+    deq = q.weight.float() * q.weight_scale.float()
+    for t in range(tokens):
+        assert sqnr_db(x[t:t + 1] @ deq.t() + lin.bias, got[t:t + 1]) > 65
+    assert ("fbgemm" in q._cache) == (M._fbgemm_available() and tokens <= M.FBGEMM_MAX_TOKENS)
