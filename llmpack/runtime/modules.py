@@ -15,7 +15,7 @@ Kernels (chosen once per process, override with ``LLMPACK_INT8_KERNEL``):
   ``[-64, 64]`` (scale ``absmax / 64``, about 7 bits) to stay exact; ``torch._int_mm`` on such CPUs is a slow reference loop (~20x
   slower than FP32, measured). Inputs of at most :data:`FBGEMM_MAX_TOKENS` tokens go to FBGEMM's fused
   dynamic int8 linear instead (per token, by normalising each token first), and :func:`prepare_int8`
-  runs shared-input siblings (q/k/v, gate/up) as one matmul.
+  lets shared-input siblings (q/k/v, gate/up) quantize their input once.
 * ``dequant``: compressed-tensors' reference arithmetic (activations and weights dequantized, one
   float matmul); the fallback for shapes or devices the integer kernels refuse. Results equal the
   integer kernels up to float rounding, and transformers + compressed-tensors bit for bit.
@@ -505,27 +505,24 @@ SIBLING_GROUPS: tuple[tuple[str, ...], ...] = (
     ("w1", "w3"),                    # Mixtral-style experts
 )
 """Child names of sibling layers that modeling code calls on the same input tensor; on the oneDNN kernel
-:func:`prepare_int8` runs each such set as one matmul (see :class:`_SiblingGroup`)."""
+:func:`prepare_int8` lets each such set quantize its input once (see :class:`_SiblingGroup`)."""
 
 
 class _SiblingGroup:
-    """W8A8 siblings that read the same input (q/k/v, gate/up) run as one matmul on the AVX2 kernels.
+    """W8A8 siblings that read the same input (q/k/v, gate/up) share its quantization on the AVX2 kernels.
 
-    The first member called with an input quantizes it once and multiplies it by all members' weights,
-    concatenated and packed once per kernel (oneDNN, FBGEMM for short inputs) on first use; each member
-    returns its column slice of that product. The product is
-    kept until every member has taken its slice (or a new input arrives), and is only reused for the very
-    same tensor object (and, outside ``inference_mode``, the same version of it). Results equal the
-    separate layers' exactly: activation quantization is per token and the accumulation is integer.
-    Members' weights are checked on every call; a change dissolves the group.
+    The first member called with an input quantizes it once and computes every member's output: with
+    each member's own packed oneDNN weight (no extra copy), or, for few tokens (decode), as one FBGEMM
+    matmul on the members' weights concatenated and packed once on first use (members then never pack
+    their own). The outputs are kept until every member has taken its own (or a new input arrives), and
+    are only reused for the very same tensor object (and, outside ``inference_mode``, the same version
+    of it). Results equal the separate layers' exactly: activation quantization is per token and the
+    accumulation is integer. Members' weights are checked on every call; a change dissolves the group.
     """
 
     def __init__(self, members: list[Int8Linear]) -> None:
         self.members = members
         self.keys = [m._weights_key() for m in members]
-        # Members keep their own packed weights (under torch.compile, which cannot trace the shared product,
-        # and after a dissolve they run alone): grouped layers hold one more packed int8 copy.
-        self._onednn: tuple[torch.Tensor, ...] | None = None
         self._fbgemm: Any = None
         if any(m.bias is not None for m in members):
             self.bias: torch.Tensor | None = torch.cat([
@@ -538,20 +535,30 @@ class _SiblingGroup:
         for m in members:
             self.slices[id(m)] = (start, start + m.out_features)
             start += m.out_features
-        # (input, its version, product, members yet to take their slice), replaced as one tuple so that a
+        # (input, its version, outputs, members yet to take theirs), replaced as one tuple so that a
         # thread never pairs one input with another thread's product.
-        self._state: tuple[torch.Tensor, int | None, torch.Tensor, set[int]] | None = None
+        self._state: tuple[torch.Tensor, int | None, list[torch.Tensor], set[int]] | None = None
         self._index = {id(m): i for i, m in enumerate(members)}
 
-    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
-        # Each kernel's packed (concatenated) weight is built on first use.
+    def _products(self, x2: torch.Tensor) -> list[torch.Tensor]:
+        """Every member's output for ``x2``: FBGEMM on the concatenated weights for few tokens; otherwise
+        the input is quantized once and each member's own packed oneDNN weight is used (no further copy)."""
         if _small_batch(x2.shape[0]):
             if self._fbgemm is None:
                 self._fbgemm = _fbgemm_pack(*self._concatenated())
-            return _fbgemm_w8a8(x2, self._fbgemm, self.bias)
-        if self._onednn is None:
-            self._onednn = _onednn_args(*self._concatenated())
-        return _onednn_w8a8(x2, self._onednn, self.bias)
+            y = _fbgemm_w8a8(x2, self._fbgemm, self.bias)
+            return [y[:, a:b] for a, b in (self.slices[id(m)] for m in self.members)]
+        amax = absmax(x2, 1).clamp_min_(SCALE_EPS)
+        xu8 = _onednn_u8(x2, amax)
+        scale = amax.div_(_ONEDNN_QMAX)
+        outs = []
+        for m in self.members:
+            cache = m._prepared()
+            if "onednn_args" not in cache:
+                _onednn_pack(m, cache)
+            y = _onednn_qlinear(xu8, cache["onednn_args"]).mul_(scale)
+            outs.append(y if cache["bias_f32"] is None else y.add_(cache["bias_f32"]))
+        return outs
 
     def _concatenated(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The members' int8 weights and float32 scales, stacked along the output dimension."""
@@ -578,13 +585,12 @@ class _SiblingGroup:
             if any(m._weights_key() != k for m, k in zip(self.members, self.keys)):
                 self.dissolve()
                 return None
-            state = (x, version, self._matmul(x.reshape(-1, x.shape[-1]).float()), set(self._index))
+            state = (x, version, self._products(x.reshape(-1, x.shape[-1]).float()), set(self._index))
             self._state = state
-        start, stop = self.slices[me]
         state[3].discard(me)
-        if not state[3] and self._state is state:  # every member has its slice: drop the references
+        if not state[3] and self._state is state:  # every member has its output: drop the references
             self._state = None
-        return state[2][:, start:stop].reshape(*x.shape[:-1], member.out_features).to(x.dtype)
+        return state[2][self._index[me]].reshape(*x.shape[:-1], member.out_features).to(x.dtype)
 
 
 def _group_siblings(model: nn.Module) -> int:
@@ -611,7 +617,7 @@ def _group_siblings(model: nn.Module) -> int:
 
 def prepare_int8(model: nn.Module) -> nn.Module:
     """Build every :class:`Int8Linear`'s cached kernel inputs now (see :meth:`Int8Linear.prepare`); on
-    AVX2 CPUs (oneDNN kernel) also run shared-input siblings such as q/k/v and gate/up as one matmul.
+    AVX2 CPUs (oneDNN kernel) also let shared-input siblings such as q/k/v and gate/up quantize their input once.
 
     Example:
         >>> m = torch.nn.Sequential(Int8Linear.from_float(torch.nn.Linear(8, 4)))

@@ -222,8 +222,8 @@ def _groups(model: nn.Module) -> dict[str, object]:
     return {n: m._group for n, m in M.iter_int8_linears(model)}
 
 
-def test_siblings_run_as_one_matmul_with_identical_results(onednn: None) -> None:
-    """q/k/v and gate/up share one packed matmul on the oneDNN kernel; logits equal the separate layers'."""
+def test_siblings_share_input_quantization_with_identical_results(onednn: None) -> None:
+    """q/k/v and gate/up quantize their input once on the AVX2 kernels; logits equal the separate layers'."""
     model = _int8_llama()
     groups = _groups(model)
     grouped = sorted(n.rsplit(".", 1)[1] for n, g in groups.items() if g is not None)
@@ -232,14 +232,18 @@ def test_siblings_run_as_one_matmul_with_identical_results(onednn: None) -> None
     attn = model.model.layers[0].self_attn
     assert attn.q_proj._group is attn.v_proj._group is not model.model.layers[0].mlp.up_proj._group
     assert attn.o_proj._group is None  # its input is not q/k/v's
-    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
+    assert ids.numel() > M.FBGEMM_MAX_TOKENS  # long input: members' own oneDNN matmuls, one quantization
     with torch.inference_mode():
         fused = model(input_ids=ids, use_cache=False).logits
         assert all(g is None or g._state is None for g in groups.values())  # nothing held after the forward
+        short = model(input_ids=ids[:, :3], use_cache=False).logits  # few tokens: one FBGEMM matmul per group
         for _, m in M.iter_int8_linears(model):
             m._group = None
         alone = model(input_ids=ids, use_cache=False).logits
+        short_alone = model(input_ids=ids[:, :3], use_cache=False).logits
     assert torch.equal(fused, alone)
+    torch.testing.assert_close(short, short_alone, rtol=1e-5, atol=1e-5)
 
 
 def test_sibling_group_follows_weight_changes_and_input_edits(onednn: None) -> None:
