@@ -333,19 +333,22 @@ class Int8Linear(nn.Module):
     def _forward_w8a16(self, x2: torch.Tensor) -> torch.Tensor:
         cache = self._prepared()
         dt = x2.dtype
-        if x2.device.type == "cpu" and self.weight.device.type == "cpu" and self._kernel(x2) == "onednn" \
-                and _small_batch(x2.shape[0]):
+        if self.weight.device.type == "cpu" and self._kernel(x2) == "onednn" and _small_batch(x2.shape[0]):
             # Few tokens (decode): converting the whole weight to float per call dominates; FBGEMM reads it
             # in int8 with ~13-bit two-term activations (the weight-only result, see _fbgemm_w8a16).
-            if "fbgemm" not in cache:
-                cache["fbgemm"] = _fbgemm_pack(self.weight.detach(), cache["scale_row"])
-            y = _fbgemm_w8a16(x2.float(), cache["fbgemm"])
+            y = _fbgemm_w8a16(x2.float(), self._fbgemm_packed(cache))
             return (y if cache["bias_f32"] is None else y.add_(cache["bias_f32"])).to(dt)
         # Per-output-channel scales commute with the matmul: one int8->float conversion of W, then a row scale.
         y = F.linear(x2, self.weight.to(dt))
         if self.bias is not None:
             return torch.addcmul(self.bias.to(dt), y, cache["scale_row"].to(dt))  # one pass: b + y * s
         return y.mul_(cache["scale_row"].to(dt))
+
+    def _fbgemm_packed(self, cache: dict[str, Any]) -> Any:
+        """FBGEMM's packed weight, built on first use: only workloads with short inputs pay its memory."""
+        if "fbgemm" not in cache:
+            cache["fbgemm"] = _fbgemm_pack(self.weight.detach(), cache["scale_row"])
+        return cache["fbgemm"]
 
     def _kernel(self, x2: torch.Tensor) -> str:
         if x2.device.type == "cuda":
@@ -365,9 +368,7 @@ class Int8Linear(nn.Module):
         bias = cache["bias_f32"]
         if kernel == "onednn":
             if _small_batch(xf.shape[0]):
-                if "fbgemm" not in cache:  # packed on first use: only workloads with short inputs pay its memory
-                    cache["fbgemm"] = _fbgemm_pack(self.weight.detach(), cache["scale_row"])
-                return _fbgemm_w8a8(xf, cache["fbgemm"], bias).to(dt)
+                return _fbgemm_w8a8(xf, self._fbgemm_packed(cache), bias).to(dt)
             if "onednn_args" not in cache:
                 _onednn_pack(self, cache)
             return _onednn_w8a8(xf, cache["onednn_args"], bias).to(dt)
@@ -395,10 +396,22 @@ def _onednn_w8a8(xf: torch.Tensor, onednn_args: tuple[torch.Tensor, ...], bias: 
     Quantization: ``round(x * 64 / amax)`` per token (half to even), stored as ``u8 = q + 64``; the weight
     scale and the zero-point correction are applied inside oneDNN, the token scale and bias after it.
     """
+    return _onednn_w8a8_shared(xf, [(onednn_args, bias)])[0]
+
+
+def _onednn_w8a8_shared(
+    xf: torch.Tensor, layers: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
+) -> list[torch.Tensor]:
+    """:func:`_onednn_w8a8` for several layers reading the same input, which is quantized once."""
     amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
-    # Epilogue in place (beats one broadcasting addcmul by ~2x on CPU, measured): y * token scale (+ bias).
-    y = _onednn_qlinear(_onednn_u8(xf, amax), onednn_args).mul_(amax.div_(_ONEDNN_QMAX))
-    return y if bias is None else y.add_(bias)
+    xu8 = _onednn_u8(xf, amax)
+    scale = amax.div_(_ONEDNN_QMAX)
+    outs = []
+    for onednn_args, bias in layers:
+        # Epilogue in place (beats one broadcasting addcmul by ~2x on CPU, measured): y * token scale (+ bias).
+        y = _onednn_qlinear(xu8, onednn_args).mul_(scale)
+        outs.append(y if bias is None else y.add_(bias))
+    return outs
 
 
 def _onednn_u8(xf: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
@@ -548,17 +561,13 @@ class _SiblingGroup:
                 self._fbgemm = _fbgemm_pack(*self._concatenated())
             y = _fbgemm_w8a8(x2, self._fbgemm, self.bias)
             return [y[:, a:b] for a, b in (self.slices[id(m)] for m in self.members)]
-        amax = absmax(x2, 1).clamp_min_(SCALE_EPS)
-        xu8 = _onednn_u8(x2, amax)
-        scale = amax.div_(_ONEDNN_QMAX)
-        outs = []
+        layers = []
         for m in self.members:
             cache = m._prepared()
             if "onednn_args" not in cache:
                 _onednn_pack(m, cache)
-            y = _onednn_qlinear(xu8, cache["onednn_args"]).mul_(scale)
-            outs.append(y if cache["bias_f32"] is None else y.add_(cache["bias_f32"]))
-        return outs
+            layers.append((cache["onednn_args"], cache["bias_f32"]))
+        return _onednn_w8a8_shared(x2, layers)
 
     def _concatenated(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The members' int8 weights and float32 scales, stacked along the output dimension."""
@@ -593,11 +602,10 @@ class _SiblingGroup:
         return state[2][self._index[me]].reshape(*x.shape[:-1], member.out_features).to(x.dtype)
 
 
-def _group_siblings(model: nn.Module) -> int:
+def _group_siblings(model: nn.Module) -> None:
     """Form :class:`_SiblingGroup` s for :data:`SIBLING_GROUPS` (W8A8, same input size, CPU, oneDNN kernel)."""
     if cpu_int8_kernel() != "onednn":
-        return 0
-    n = 0
+        return
     for parent in model.modules():
         for names in SIBLING_GROUPS:
             mods = [getattr(parent, name, None) for name in names]
@@ -611,8 +619,6 @@ def _group_siblings(model: nn.Module) -> int:
             group = _SiblingGroup(mods)
             for m in mods:
                 m._group = group
-            n += 1
-    return n
 
 
 def prepare_int8(model: nn.Module) -> nn.Module:
@@ -737,21 +743,20 @@ class TiedInt8Head(nn.Module):
         """Logits from the shared int8 table."""
         emb = self._embedding
         dt = x.dtype
-        if x.device.type == "cpu" and emb.weight.device.type == "cpu" and (
-            self._onednn_args is not None if torch.compiler.is_compiling() else cpu_int8_kernel() == "onednn"
-        ):
+        if torch.compiler.is_compiling():
+            onednn_args = self._onednn_args  # packed by prepare() before compiling, or None
+        else:  # (re)packs when the table was replaced; None off the AVX2 kernel
+            onednn_args = self.prepare()._onednn_args if cpu_int8_kernel() == "onednn" else None
+        if onednn_args is not None and x.device.type == "cpu":
             # AVX2: one int8 matmul that reads the table in int8 (4x less memory traffic than float);
             # converting the whole table to float on every call costs ~7x a float matmul (measured).
             x2 = x.reshape(-1, self.in_features).float()
-            if not torch.compiler.is_compiling():
-                self.prepare()  # (re)packs when the table was replaced
             if _small_batch(x2.shape[0]):
                 if self._fbgemm is None:
                     self._fbgemm = _fbgemm_pack(emb.weight.detach(), emb.weight_scale.detach().float())
                 y = _fbgemm_w8a16(x2, self._fbgemm)
             else:
-                assert self._onednn_args is not None
-                y = _onednn_w8a16(x2, self._onednn_args)
+                y = _onednn_w8a16(x2, onednn_args)
             return y.reshape(*x.shape[:-1], self.out_features).to(dt)
         y = F.linear(x, emb.weight.to(dt))
         return y * emb.weight_scale.reshape(1, -1).to(dt)
