@@ -402,7 +402,22 @@ def _onednn_w8a8(xf: torch.Tensor, onednn_args: tuple[torch.Tensor, ...], bias: 
 def _onednn_w8a8_shared(
     xf: torch.Tensor, layers: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
 ) -> list[torch.Tensor]:
-    """:func:`_onednn_w8a8` for several layers reading the same input, which is quantized once."""
+    """:func:`_onednn_w8a8` for several layers reading the same input, which is quantized once.
+
+    Outside torch.compile this is one call into llmpack's native helper when it is available
+    (:mod:`llmpack.runtime.native`: same arithmetic, bit for bit, without a dozen Python-level ops per layer).
+    """
+    ops = None if torch.compiler.is_compiling() else _native_ops()
+    if ops is not None:
+        return ops.onednn_w8a8(xf.contiguous(), [a[0] for a, _ in layers], [a[1] for a, _ in layers],
+                               [a[2] for a, _ in layers], [a[3] for a, _ in layers], [b for _, b in layers])
+    return _onednn_w8a8_torch(xf, layers)
+
+
+def _onednn_w8a8_torch(
+    xf: torch.Tensor, layers: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
+) -> list[torch.Tensor]:
+    """:func:`_onednn_w8a8_shared` in PyTorch operations (what torch.compile traces and fuses)."""
     amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
     xu8 = _onednn_u8(xf, amax)
     scale = amax.div_(_ONEDNN_QMAX)
@@ -412,6 +427,30 @@ def _onednn_w8a8_shared(
         y = _onednn_qlinear(xu8, onednn_args).mul_(scale)
         outs.append(y if bias is None else y.add_(bias))
     return outs
+
+
+@functools.lru_cache(maxsize=None)
+def _native_ops() -> Any | None:
+    """llmpack's native AVX2 helper (:func:`llmpack.runtime.native.avx2_ops`), once checked to give the
+    PyTorch path's results exactly; ``None`` where it is off, cannot be built, or differs."""
+    from llmpack.runtime import native
+
+    ops = native.avx2_ops()
+    if ops is None:
+        return None
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(-127, 128, (24, 45), dtype=torch.int8, generator=g)
+    args = _onednn_args(w, torch.rand(24, generator=g) / 50)
+    x = torch.randn(7, 45, generator=g) * 3
+    bias = torch.randn(24, generator=g)
+    want = _onednn_w8a8_torch(x, [(args, bias), (args, None)])
+    got = ops.onednn_w8a8(x, [args[0]] * 2, [args[1]] * 2, [args[2]] * 2, [args[3]] * 2, [bias, None])
+    if all(torch.equal(a, b) for a, b in zip(want, got)):
+        return ops
+    native._state["status"] = "not used: its results differ from the PyTorch path here"
+    warnings.warn("llmpack: the native int8 helper's results differ from the PyTorch path on this machine; "
+                  "using the PyTorch path.", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def _onednn_u8(xf: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
