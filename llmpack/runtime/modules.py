@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmpack.errors import BadInputError, ConfigError
-from llmpack.quant.int8 import SCALE_EPS, absmax, int8_per_channel, quantize_per_token
+from llmpack.quant.int8 import SCALE_EPS, absmax, int8_per_channel, quantize_per_token, sqnr_db
 
 __all__ = [
     "KERNELS",
@@ -294,15 +294,17 @@ class Int8Linear(nn.Module):
 
     def _weights_key(self) -> tuple[Any, ...]:
         """Identity of the current weight/scale/bias tensors (changes when they are reassigned or edited)."""
-        w, s, b = self.weight, self.weight_scale, self.bias
+        params = self._parameters  # (not self.weight: nn.Module.__getattr__ is slow on a per-call path)
+        w, s, b = params["weight"], params["weight_scale"], params["bias"]
         # Inference tensors (made under torch.inference_mode) have no version counter.
         return (w.data_ptr(), s.data_ptr(), w.device, s.dtype,
                 None if w.is_inference() else w._version, None if s.is_inference() else s._version,
                 None if b is None else b.data_ptr())
 
     def prepare(self) -> "Int8Linear":
-        """Build the cached kernel inputs now (float scale row and bias; the oneDNN packed weight on
-        AVX2 CPUs) instead of on the first forward. :func:`compile_int8` calls it before compiling.
+        """Build the cached kernel inputs now (float scale row and bias; on AVX2 CPUs the packed weight,
+        for llmpack's native kernels or, where they are unavailable, for oneDNN) instead of on the first
+        forward. :func:`compile_int8` calls it before compiling.
 
         Example:
             >>> Int8Linear.from_float(torch.nn.Linear(8, 4)).prepare().out_features
@@ -310,16 +312,24 @@ class Int8Linear(nn.Module):
         """
         cache = self._prepared()
         cache["cpu_kernel"] = cpu_int8_kernel()
-        if self.act_quant and self.weight.device.type == "cpu" and cache["cpu_kernel"] == "onednn" \
-                and "onednn_args" not in cache:  # packed already (the cache is rebuilt when weights change)
+        if self.weight.device.type != "cpu" or cache["cpu_kernel"] != "onednn":
+            return self
+        ops = _native_ops()
+        if ops is not None:
+            self._avx2_packed(cache, ops)
+        elif self.act_quant and "onednn_args" not in cache:  # (the cache is rebuilt when weights change)
             _onednn_pack(self, cache)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``y = x W^T + b`` with int8 weights (and int8 per-token activations when ``act_quant``)."""
-        group = self._group
-        if group is not None and not torch.compiler.is_compiling():
-            y = group.output(self, x)
+        if not torch.compiler.is_compiling():
+            group = self._group
+            if group is not None:
+                y = group.output(self, x)
+                if y is not None:
+                    return y
+            y = self._native_forward(x)
             if y is not None:
                 return y
         shape = x.shape
@@ -330,9 +340,33 @@ class Int8Linear(nn.Module):
             y = self._forward_w8a16(x2)
         return y.reshape(*shape[:-1], self.out_features)
 
+    def _native_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The native kernels with the fewest Python steps (eager; the packed weight is current), or ``None``.
+
+        A layer's Python overhead is a fifth of a 128-token forward's int8 time on small models."""
+        cache = self._cache
+        native = cache.get("avx2")
+        if native is None or x.device.type != "cpu" or _native_ops() is None or cpu_int8_kernel() != "onednn" \
+                or self._weights_key() != self._cache_key:
+            return None
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
+        if self.act_quant:
+            y = torch.ops.llmpack_avx2.w8a8(x2.contiguous(), [native[0]], [native[1]], [native[2]], [cache["bias_f32"]])[0]
+        else:
+            y = torch.ops.llmpack_avx2.w8a16(x2.contiguous(), *native, cache["bias_f32"])
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
     def _forward_w8a16(self, x2: torch.Tensor) -> torch.Tensor:
         cache = self._prepared()
         dt = x2.dtype
+        if self.weight.device.type == "cpu" and self._kernel(x2) == "onednn":
+            packed = self._native_packed(cache)
+            if packed is not None:  # through the int8 weight: ~13-bit two-term activations, one pass over W
+                return torch.ops.llmpack_avx2.w8a16(x2.float().contiguous(), *packed, cache["bias_f32"]).to(dt)
         if self.weight.device.type == "cpu" and self._kernel(x2) == "onednn" and _small_batch(x2.shape[0]):
             # Few tokens (decode): converting the whole weight to float per call dominates; FBGEMM reads it
             # in int8 with ~13-bit two-term activations (the weight-only result, see _fbgemm_w8a16).
@@ -343,6 +377,20 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             return torch.addcmul(self.bias.to(dt), y, cache["scale_row"].to(dt))  # one pass: b + y * s
         return y.mul_(cache["scale_row"].to(dt))
+
+    def _avx2_packed(self, cache: dict[str, Any], ops: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The native kernels' packed weight, built on first use (see :func:`_avx2_pack`)."""
+        if "avx2" not in cache:
+            cache["avx2"] = _avx2_pack(ops, self.weight.detach(), cache["scale_row"])
+        return cache["avx2"]
+
+    def _native_packed(self, cache: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The packed weight when the native kernels serve this call (under torch.compile: when
+        :meth:`prepare` packed it; the ops are then opaque to inductor)."""
+        if torch.compiler.is_compiling():
+            return cache.get("avx2")
+        ops = _native_ops()
+        return None if ops is None else self._avx2_packed(cache, ops)
 
     def _fbgemm_packed(self, cache: dict[str, Any]) -> Any:
         """FBGEMM's packed weight, built on first use: only workloads with short inputs pay its memory."""
@@ -367,6 +415,10 @@ class Int8Linear(nn.Module):
         xf = x2.float()
         bias = cache["bias_f32"]
         if kernel == "onednn":
+            native = self._native_packed(cache)
+            if native is not None:
+                packed, corr, w_scale = native
+                return torch.ops.llmpack_avx2.w8a8(xf.contiguous(), [packed], [corr], [w_scale], [bias])[0].to(dt)
             if _small_batch(xf.shape[0]):
                 return _fbgemm_w8a8(xf, self._fbgemm_packed(cache), bias).to(dt)
             if "onednn_args" not in cache:
@@ -402,22 +454,7 @@ def _onednn_w8a8(xf: torch.Tensor, onednn_args: tuple[torch.Tensor, ...], bias: 
 def _onednn_w8a8_shared(
     xf: torch.Tensor, layers: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
 ) -> list[torch.Tensor]:
-    """:func:`_onednn_w8a8` for several layers reading the same input, which is quantized once.
-
-    Outside torch.compile this is one call into llmpack's native helper when it is available
-    (:mod:`llmpack.runtime.native`: same arithmetic, bit for bit, without a dozen Python-level ops per layer).
-    """
-    ops = None if torch.compiler.is_compiling() else _native_ops()
-    if ops is not None:
-        return ops.onednn_w8a8(xf.contiguous(), [a[0] for a, _ in layers], [a[1] for a, _ in layers],
-                               [a[2] for a, _ in layers], [a[3] for a, _ in layers], [b for _, b in layers])
-    return _onednn_w8a8_torch(xf, layers)
-
-
-def _onednn_w8a8_torch(
-    xf: torch.Tensor, layers: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
-) -> list[torch.Tensor]:
-    """:func:`_onednn_w8a8_shared` in PyTorch operations (what torch.compile traces and fuses)."""
+    """:func:`_onednn_w8a8` for several layers reading the same input, which is quantized once."""
     amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
     xu8 = _onednn_u8(xf, amax)
     scale = amax.div_(_ONEDNN_QMAX)
@@ -431,26 +468,53 @@ def _onednn_w8a8_torch(
 
 @functools.lru_cache(maxsize=None)
 def _native_ops() -> Any | None:
-    """llmpack's native AVX2 helper (:func:`llmpack.runtime.native.avx2_ops`), once checked to give the
-    PyTorch path's results exactly; ``None`` where it is off, cannot be built, or differs."""
+    """llmpack's native AVX2 kernels (:func:`llmpack.runtime.native.avx2_ops`), once checked against the
+    exact integer result here; ``None`` where they are off, cannot be built, or are wrong."""
     from llmpack.runtime import native
 
     ops = native.avx2_ops()
     if ops is None:
         return None
     g = torch.Generator().manual_seed(0)
-    w = torch.randint(-127, 128, (24, 45), dtype=torch.int8, generator=g)
-    args = _onednn_args(w, torch.rand(24, generator=g) / 50)
+    w = torch.randint(-128, 128, (37, 45), dtype=torch.int8, generator=g)
+    scale = torch.rand(37, generator=g) / 50 + 1e-3
+    bias = torch.randn(37, generator=g)
     x = torch.randn(7, 45, generator=g) * 3
-    bias = torch.randn(24, generator=g)
-    want = _onednn_w8a8_torch(x, [(args, bias), (args, None)])
-    got = ops.onednn_w8a8(x, [args[0]] * 2, [args[1]] * 2, [args[2]] * 2, [args[3]] * 2, [bias, None])
-    if all(torch.equal(a, b) for a, b in zip(want, got)):
+    packed = _avx2_pack(ops, w, scale)
+    got = ops.w8a8(x, [packed[0]], [packed[1]], [packed[2]], [bias])[0]
+    w16 = ops.w8a16(x, *packed, bias)
+    exact16 = x.double() @ (w.double() * scale.double().reshape(-1, 1)).t() + bias.double()
+    if torch.allclose(got.double(), w8a8_reference(x, w, scale, bias), rtol=1e-5, atol=1e-5) \
+            and sqnr_db(exact16, w16.double()) > 60:
         return ops
-    native._state["status"] = "not used: its results differ from the PyTorch path here"
-    warnings.warn("llmpack: the native int8 helper's results differ from the PyTorch path on this machine; "
-                  "using the PyTorch path.", RuntimeWarning, stacklevel=2)
+    native._state["status"] = "not used: wrong results on this machine"
+    warnings.warn("llmpack: the native int8 kernels give wrong results on this machine; using the PyTorch "
+                  "path.", RuntimeWarning, stacklevel=2)
     return None
+
+
+def _avx2_pack(ops: Any, weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(panels, ``64 * row sums`` as int32, float32 scales) of an int8 ``[out, in]`` weight for the native
+    kernels; the panels take the weight's size again (like oneDNN's packed copy, which they replace)."""
+    corr = weight.sum(1, dtype=torch.int32).mul_(_ONEDNN_QMAX)  # exact: |64 * 128 * in| < 2^31 for in < 2^18
+    return ops.pack(weight), corr.contiguous(), scale.reshape(-1).float().contiguous()
+
+
+def w8a8_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """What the AVX2 kernels compute, in float64: tokens quantized to ``round(x * 64 / amax)``, an exact
+    integer product, then the scales (and bias). The reference the native kernels are checked against.
+
+    Example:
+        >>> w = torch.tensor([[1, -2], [3, 4]], dtype=torch.int8)
+        >>> w8a8_reference(torch.tensor([[0.5, -1.0]]), w, torch.tensor([0.1, 0.2])).tolist()
+        [[0.25, -0.5]]
+    """
+    xf = x.float()
+    amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
+    q = xf.mul(torch.reciprocal(amax).mul_(_ONEDNN_QMAX)).round_()
+    y = (q.double() @ weight.double().t()) * (amax.double() / _ONEDNN_QMAX) * scale.double().reshape(1, -1)
+    return y if bias is None else y + bias.double()
 
 
 def _onednn_u8(xf: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
@@ -595,6 +659,11 @@ class _SiblingGroup:
     def _products(self, x2: torch.Tensor) -> list[torch.Tensor]:
         """Every member's output for ``x2``: FBGEMM on the concatenated weights for few tokens; otherwise
         the input is quantized once and each member's own packed oneDNN weight is used (no further copy)."""
+        ops = _native_ops()  # (groups are bypassed under torch.compile)
+        if ops is not None:
+            packs = [m._avx2_packed(m._prepared(), ops) for m in self.members]
+            return ops.w8a8(x2.contiguous(), [p[0] for p in packs], [p[1] for p in packs], [p[2] for p in packs],
+                            [m._prepared()["bias_f32"] for m in self.members])
         if _small_batch(x2.shape[0]):
             if self._fbgemm is None:
                 self._fbgemm = _fbgemm_pack(*self._concatenated())
@@ -760,10 +829,12 @@ class TiedInt8Head(nn.Module):
 
         self._cache_key: tuple[Any, ...] | None = None
         self._onednn_args: tuple[torch.Tensor, ...] | None = None
+        self._avx2: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._fbgemm: Any = None
 
     def prepare(self) -> "TiedInt8Head":
-        """Pack the int8 table for the CPU kernel now (AVX2 CPUs; :func:`prepare_int8` calls it).
+        """Pack the int8 table for the CPU kernel now (AVX2 CPUs; :func:`prepare_int8` calls it): for
+        llmpack's native kernels, or for oneDNN where they are unavailable.
 
         Example:
             >>> TiedInt8Head(Int8Embedding.from_float(torch.nn.Embedding(10, 4))).prepare().out_features
@@ -771,21 +842,33 @@ class TiedInt8Head(nn.Module):
         """
         emb = self._embedding
         if emb.weight.device.type == "cpu" and cpu_int8_kernel() == "onednn":
-            key = (emb.weight.data_ptr(), emb.weight_scale.data_ptr(), emb.weight_scale.dtype)
+            key = (emb.weight.data_ptr(), emb.weight_scale.data_ptr(), emb.weight_scale.dtype,
+                   None if emb.weight.is_inference() else emb.weight._version)
             if key != self._cache_key:
-                self._onednn_args = _onednn_args(emb.weight.detach(), emb.weight_scale.detach())
-                self._fbgemm = None  # packed on first use with few tokens
+                self._onednn_args = self._avx2 = self._fbgemm = None  # packed on first use
                 self._cache_key = key
+            ops = _native_ops()
+            if ops is not None:
+                if self._avx2 is None:
+                    self._avx2 = _avx2_pack(ops, emb.weight.detach(), emb.weight_scale.detach())
+            elif self._onednn_args is None:
+                self._onednn_args = _onednn_args(emb.weight.detach(), emb.weight_scale.detach())
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from the shared int8 table."""
         emb = self._embedding
         dt = x.dtype
-        if torch.compiler.is_compiling():
-            onednn_args = self._onednn_args  # packed by prepare() before compiling, or None
-        else:  # (re)packs when the table was replaced; None off the AVX2 kernel
-            onednn_args = self.prepare()._onednn_args if cpu_int8_kernel() == "onednn" else None
+        if torch.compiler.is_compiling():  # packed by prepare() before compiling
+            onednn_args, native = self._onednn_args, self._avx2
+        elif cpu_int8_kernel() == "onednn" and x.device.type == "cpu":  # (re)packs when the table changed
+            self.prepare()
+            onednn_args, native = self._onednn_args, (self._avx2 if _native_ops() is not None else None)
+        else:
+            onednn_args = native = None
+        if native is not None and x.device.type == "cpu":  # native: two-term activations, one pass over the table
+            y = torch.ops.llmpack_avx2.w8a16(x.reshape(-1, self.in_features).float().contiguous(), *native, None)
+            return y.reshape(*x.shape[:-1], self.out_features).to(dt)
         if onednn_args is not None and x.device.type == "cpu":
             # AVX2: one int8 matmul that reads the table in int8 (4x less memory traffic than float);
             # converting the whole table to float on every call costs ~7x a float matmul (measured).

@@ -38,7 +38,7 @@ ENV_NATIVE = "LLMPACK_NATIVE"
 """Set to ``0`` to never build or use the native kernels."""
 
 _SOURCE = Path(__file__).with_name("_native") / "int8_avx2.cpp"
-_CFLAGS = ["-O3", "-mavx2", "-ffp-contract=off", "-std=c++17"]
+_CFLAGS = ["-O3", "-mavx2", "-fopenmp", "-std=c++17"]
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -86,11 +86,27 @@ def _build() -> Any:
     try:
         _log.info("building llmpack's native int8 kernels in %s (once per machine and PyTorch version)", build_dir)
         cpp_extension.load(name=_module_name(), sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
-                           build_directory=str(build_dir), is_python_module=False, verbose=False)
+                           extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False,
+                           verbose=False)
     finally:
         if old_path is not None:
             os.environ["PATH"] = old_path
+    _register_fakes()
     return torch.ops.llmpack_avx2
+
+
+def _register_fakes() -> None:
+    """Shapes for torch.compile, which then calls the ops as they are (opaque to inductor)."""
+
+    @torch.library.register_fake("llmpack_avx2::w8a8")
+    def _w8a8(x: torch.Tensor, packed: list[torch.Tensor], corr: list[torch.Tensor], w_scale: list[torch.Tensor],
+              bias: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        return [x.new_empty((x.shape[0], c.shape[0])) for c in corr]
+
+    @torch.library.register_fake("llmpack_avx2::w8a16")
+    def _w8a16(x: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, w_scale: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+        return x.new_empty((x.shape[0], corr.shape[0]))
 
 
 def avx2_ops() -> Any | None:

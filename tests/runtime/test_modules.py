@@ -201,12 +201,32 @@ def test_quantized_under_inference_mode_runs() -> None:
         assert q(x).shape == (3, 8) and w16(x).shape == (3, 8)
 
 
-@pytest.fixture
-def onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+def _use_avx2_kernel(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
     if not M._onednn_available():
         pytest.fail("this PyTorch has no oneDNN int8 matmul (x86 CPU builds do)")
     monkeypatch.setenv(M.ENV_KERNEL, "onednn")
     M.cpu_int8_kernel.cache_clear()
+    if native:
+        if M._native_ops() is None:
+            from llmpack.runtime.native import native_status
+
+            pytest.fail(f"llmpack's native AVX2 kernels are unavailable: {native_status()}")
+    else:
+        monkeypatch.setattr(M, "_native_ops", lambda: None)
+
+
+@pytest.fixture(params=["native", "pytorch"])
+def onednn(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The AVX2 kernel, through llmpack's native kernels and through the PyTorch fallback (oneDNN/FBGEMM)."""
+    _use_avx2_kernel(monkeypatch, request.param == "native")
+    yield request.param
+    M.cpu_int8_kernel.cache_clear()
+
+
+@pytest.fixture
+def onednn_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AVX2 kernel's PyTorch fallback only (what runs where the native kernels cannot be built)."""
+    _use_avx2_kernel(monkeypatch, False)
     yield
     M.cpu_int8_kernel.cache_clear()
 
@@ -222,7 +242,7 @@ def _groups(model: nn.Module) -> dict[str, object]:
     return {n: m._group for n, m in M.iter_int8_linears(model)}
 
 
-def test_siblings_share_input_quantization_with_identical_results(onednn: None) -> None:
+def test_siblings_share_input_quantization_with_identical_results(onednn: str) -> None:
     """q/k/v and gate/up quantize their input once on the AVX2 kernels; logits equal the separate layers'."""
     model = _int8_llama()
     groups = _groups(model)
@@ -246,7 +266,7 @@ def test_siblings_share_input_quantization_with_identical_results(onednn: None) 
     torch.testing.assert_close(short, short_alone, rtol=1e-5, atol=1e-5)
 
 
-def test_sibling_group_follows_weight_changes_and_input_edits(onednn: None) -> None:
+def test_sibling_group_follows_weight_changes_and_input_edits(onednn: str) -> None:
     model = _int8_llama()
     attn = model.model.layers[0].self_attn
     x = torch.randn(1, 5, attn.q_proj.in_features)
@@ -264,23 +284,24 @@ def test_sibling_group_follows_weight_changes_and_input_edits(onednn: None) -> N
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 100])  # FBGEMM (few tokens) and oneDNN
-def test_tied_int8_head_avx2_is_the_dequantized_product(onednn: None, tokens: int) -> None:
+def test_tied_int8_head_avx2_is_the_dequantized_product(onednn: str, tokens: int) -> None:
     """The AVX2 head splits activations in two 7-bit terms: ~13 bits, the weight-only result."""
     torch.manual_seed(5)
     emb = nn.Embedding(300, 48)
     q = Int8Embedding.from_float(emb)
     head = TiedInt8Head(q).prepare()
-    assert head._onednn_args is not None
+    assert (head._avx2 if onednn == "native" else head._onednn_args) is not None
     x = torch.randn(2, tokens, 48) * torch.logspace(-3, 1, tokens).reshape(1, tokens, 1)
     deq = (q.weight.float() * q.weight_scale.float()).t()
     got = head(x)
     for t in range(tokens):  # every token, whatever its magnitude
         assert sqnr_db(x[:, t] @ deq, got[:, t]) > 65
     assert sqnr_db(x @ emb.weight.t(), got) > 35
-    assert (head._fbgemm is not None) == (M._fbgemm_available() and 2 * tokens <= M.FBGEMM_MAX_TOKENS)
+    fbgemm = onednn == "pytorch" and M._fbgemm_available() and 2 * tokens <= M.FBGEMM_MAX_TOKENS
+    assert (head._fbgemm is not None) == fbgemm
 
 
-def test_short_inputs_run_fbgemm_per_token(onednn: None) -> None:
+def test_short_inputs_run_fbgemm_per_token(onednn_pytorch: None) -> None:
     """Up to FBGEMM_MAX_TOKENS tokens the AVX2 kernel calls FBGEMM on absmax-normalised tokens: its
     per-tensor 7-bit range is then each token's own (tokens of very different size all keep their bits)."""
     if not M._fbgemm_available():  # PyTorch without the quantized ops: oneDNN serves every size
@@ -301,7 +322,7 @@ def test_short_inputs_run_fbgemm_per_token(onednn: None) -> None:
 
 
 @pytest.mark.parametrize("tokens", [1, 5, 100])  # FBGEMM two-term (few tokens) and the float path
-def test_w8a16_avx2_is_the_weight_only_product(onednn: None, tokens: int) -> None:
+def test_w8a16_avx2_is_the_weight_only_product(onednn: str, tokens: int) -> None:
     torch.manual_seed(8)
     lin = nn.Linear(80, 56)
     q = Int8Linear.from_float(lin, act_quant=False)
@@ -310,4 +331,5 @@ def test_w8a16_avx2_is_the_weight_only_product(onednn: None, tokens: int) -> Non
     deq = q.weight.float() * q.weight_scale.float()
     for t in range(tokens):
         assert sqnr_db(x[t:t + 1] @ deq.t() + lin.bias, got[t:t + 1]) > 65
-    assert ("fbgemm" in q._cache) == (M._fbgemm_available() and tokens <= M.FBGEMM_MAX_TOKENS)
+    assert ("fbgemm" in q._cache) == (onednn == "pytorch" and M._fbgemm_available() and tokens <= M.FBGEMM_MAX_TOKENS)
+    assert ("avx2" in q._cache) == (onednn == "native")

@@ -1,4 +1,4 @@
-"""llmpack.runtime.native: the compiled AVX2 helper gives the PyTorch path's results bit for bit."""
+"""llmpack.runtime.native: the compiled AVX2 kernels against exact references, and their fallbacks."""
 
 from __future__ import annotations
 
@@ -34,79 +34,100 @@ def fresh_state(monkeypatch: pytest.MonkeyPatch) -> None:
     M._native_ops.cache_clear()
 
 
-def _layer(k: int, n: int, seed: int, bias: bool) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+def _weight(k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
-    scale = torch.rand(n, generator=g) / 50 + 1e-4
-    return M._onednn_args(w, scale), (torch.randn(n, generator=g) if bias else None)
+    return w, torch.rand(n, generator=g) / 50 + 1e-4, torch.randn(n, generator=g)
 
 
-def _call(ops: object, x: torch.Tensor, layers: list) -> list[torch.Tensor]:
-    return ops.onednn_w8a8(x, [a[0] for a, _ in layers], [a[1] for a, _ in layers], [a[2] for a, _ in layers],
-                           [a[3] for a, _ in layers], [b for _, b in layers])
+SHAPES = [(1, 64, 32), (3, 13, 5), (17, 45, 24), (128, 576, 192), (9, 100, 70), (64, 768, 40), (300, 37, 33)]
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 64, 32), (3, 13, 5), (17, 45, 24), (128, 576, 192), (9, 100, 70), (64, 768, 40)])
-def test_onednn_w8a8_is_the_torch_path_bit_for_bit(ops: object, m: int, k: int, n: int) -> None:
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_w8a8_is_the_exact_integer_product(ops: object, m: int, k: int, n: int) -> None:
+    """Every shape class: K and N not multiples of 4/16, one token, more tokens than a block (256)."""
     g = torch.Generator().manual_seed(m * 1000 + k)
     x = torch.randn(m, k, generator=g) * torch.logspace(-3, 3, m).reshape(m, 1)  # tokens of very different size
     x[0, k // 2] = 0.5
     if m > 2:
         x[1] = 0.0  # an all-zero token: scale clamps to eps, output is the bias
-    layers = [_layer(k, n, 1, True), _layer(k, n + 3, 2, False)]
-    want = M._onednn_w8a8_torch(x, layers)
-    got = _call(ops, x, layers)
-    assert len(got) == 2
-    for a, b in zip(want, got):
-        assert a.shape == b.shape and torch.equal(a, b)
+    w1, s1, b1 = _weight(k, n, 1)
+    w2, s2, _ = _weight(k, n + 3, 2)
+    p1, p2 = M._avx2_pack(ops, w1, s1), M._avx2_pack(ops, w2, s2)
+    got = ops.w8a8(x, [p1[0], p2[0]], [p1[1], p2[1]], [p1[2], p2[2]], [b1, None])
+    for y, (w, s, b) in zip(got, [(w1, s1, b1), (w2, s2, None)]):
+        want = M.w8a8_reference(x, w, s, b)
+        assert y.shape == want.shape and y.dtype == torch.float32
+        # integer accumulation is exact; only the float epilogue rounds (a few ulp)
+        torch.testing.assert_close(y.double(), want, rtol=2e-6, atol=1e-6 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_w8a16_is_the_weight_only_product(ops: object, m: int, k: int, n: int) -> None:
+    """Two 7-bit terms per token: the float product up to ~13 bits of the activations."""
+    from llmpack.quant.int8 import sqnr_db
+
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(k)) * 4
+    w, s, b = _weight(k, n, 3)
+    got = ops.w8a16(x, *M._avx2_pack(ops, w, s), b)
+    exact = x.double() @ (w.double() * s.double().reshape(-1, 1)).t() + b.double()
+    assert got.shape == (m, n) and sqnr_db(exact, got.double()) > 65
 
 
 def test_nan_token_gives_nan_output_others_unchanged(ops: object) -> None:
     x = torch.randn(4, 40)
     x[2, 7] = float("nan")
-    layers = [_layer(40, 16, 3, True)]
-    got = _call(ops, x, layers)[0]
+    w, s, b = _weight(40, 16, 3)
+    p = M._avx2_pack(ops, w, s)
+    got = ops.w8a8(x, [p[0]], [p[1]], [p[2]], [b])[0]
     assert torch.isnan(got[2]).all()
     rows = [0, 1, 3]
-    torch.testing.assert_close(got[rows], _call(ops, x[rows].contiguous(), layers)[0], rtol=0, atol=0)
+    assert torch.equal(got[rows], ops.w8a8(x[rows].contiguous(), [p[0]], [p[1]], [p[2]], [b])[0])
 
 
 def test_bad_arguments_are_refused(ops: object) -> None:
-    layers = [_layer(8, 4, 4, True)]
+    w, s, b = _weight(8, 4, 4)
+    p = M._avx2_pack(ops, w, s)
     with pytest.raises(RuntimeError, match="contiguous float32"):
-        _call(ops, torch.randn(3, 8, dtype=torch.float64), layers)
+        ops.w8a8(torch.randn(3, 8, dtype=torch.float64), [p[0]], [p[1]], [p[2]], [b])
     with pytest.raises(RuntimeError, match="bias"):
-        _call(ops, torch.randn(3, 8), [(layers[0][0], torch.randn(5))])
+        ops.w8a8(torch.randn(3, 8), [p[0]], [p[1]], [p[2]], [torch.randn(5)])
+    with pytest.raises(RuntimeError, match="does not match the input size"):
+        ops.w8a8(torch.randn(3, 12), [p[0]], [p[1]], [p[2]], [b])
+    with pytest.raises(RuntimeError, match="int8 CPU matrix"):
+        ops.pack(torch.zeros(4, 8))
 
 
-def test_model_outputs_identical_with_and_without_native(ops: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A quantized Llama (sibling groups included) gives the same logits either way; the native op is called."""
+def test_model_outputs_match_the_pytorch_path(ops: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quantized tied Llama (sibling groups, W8A16 layers and the tied int8 head included) gives the
+    PyTorch path's logits with the native kernels, up to float rounding; every native op is used."""
     import llmpack
+    from llmpack.quant.int8 import sqnr_db
     from llmpack.testing import tiny_model
 
     monkeypatch.setenv(M.ENV_KERNEL, "onednn")
-    monkeypatch.setattr(M, "FBGEMM_MAX_TOKENS", 0)  # oneDNN at every size
+    monkeypatch.setattr(M, "FBGEMM_MAX_TOKENS", 0)  # the PyTorch path: oneDNN at every size
     M.cpu_int8_kernel.cache_clear()
     try:
         with pytest.warns(UserWarning, match="no calibration"):
-            model = llmpack.quantize(tiny_model("llama"), "int8", quiet=True).model
+            model = llmpack.quantize(tiny_model("llama"), "int8", quiet=True, quantize_embeddings=True).model
+        for name, mod in M.iter_int8_linears(model):
+            if name.endswith("down_proj"):
+                mod.act_quant = False  # weight-only layers too
         ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(5))
-        calls = []
-        real = ops.onednn_w8a8
-
-        class Spy:
-            def onednn_w8a8(self, *args: object) -> object:
-                calls.append(1)
-                return real(*args)
-
         with torch.inference_mode():
-            monkeypatch.setattr(M, "_native_ops", lambda: Spy())
-            fast = model(ids).logits
+            with torch.profiler.profile() as prof:
+                fast = model(ids).logits
             monkeypatch.setattr(M, "_native_ops", lambda: None)
             slow = model(ids).logits
     finally:
         M.cpu_int8_kernel.cache_clear()
-    assert calls and torch.equal(fast, slow)
+    calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("llmpack_avx2::")}
+    layers = len(model.model.layers)
+    # per layer: q/k/v one call, gate/up one call, o_proj; down_proj and the head weight-only
+    assert calls == {"llmpack_avx2::w8a8": 3 * layers, "llmpack_avx2::w8a16": layers + 1}
+    assert any(isinstance(m, M.TiedInt8Head) for m in model.modules())
+    assert sqnr_db(slow, fast) > 45
 
 
 def test_env_turns_it_off(fresh_state: None, monkeypatch: pytest.MonkeyPatch) -> None:

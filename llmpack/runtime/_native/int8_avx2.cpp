@@ -1,33 +1,42 @@
-// llmpack's native int8 helpers for AVX2 CPUs without VNNI (built on first use by llmpack.runtime.native).
+// llmpack's native int8 kernels for AVX2 CPUs without VNNI (built on first use by llmpack.runtime.native).
 //
-// onednn_w8a8: per-token int8 activations around oneDNN's u8 x s8 matmul, in one call per input:
-//   1. each row's absmax and its quantization, round(x * 64 / amax) + 64 as uint8 (one pass per row);
-//   2. for every layer reading that input: onednn::qlinear_pointwise (through the dispatcher, as
-//      llmpack.runtime.modules calls it from Python), then y * (amax / 64) (+ bias) in place.
-// The float operations are those of the Python path, in the same order and without contraction
-// (built with -ffp-contract=off), so the results are bit for bit the same; what goes away is a dozen
-// Python-level tensor operations per layer.
+// PyTorch has no per-token dynamic int8 linear for these CPUs: its oneDNN and FBGEMM int8 matmuls take
+// one activation scale per tensor and cost ~50-100 us per call whatever the size. These kernels do the
+// whole layer in one call: per-token quantization, an integer matmul, and the float epilogue.
+//
+// Arithmetic (the same as llmpack.runtime.modules' PyTorch path, see docs/int8-format.md):
+//   activations: per token, q = round_half_even(x * 64 / amax) in [-64, 64], stored as u = q + 64 (uint8);
+//   weights: int8 [N, K] with one float scale per output channel;
+//   acc[m, n] = sum_k u[m, k] * w[n, k] (exact int32), minus corr[n] = 64 * sum_k w[n, k] (exact), so
+//   y[m, n] = float(acc - corr) * w_scale[n] * (amax[m] / 64) (+ bias[n]).
+// AVX2's u8 x s8 multiply (vpmaddubsw) adds two products in int16: 2 * 128 * 128 fits, hence 7-bit tokens.
+//
+// Weight layout ("panels"): columns in groups of 16, K in groups of 4 (both zero-padded); for panel p and
+// group g, 64 bytes: columns 0-7 then 8-15, each column's 4 weights of that group. One 4-byte group of a
+// token broadcast against a 32-byte panel row gives 8 columns' partial sums in one vpmaddubsw/vpmaddwd.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
-#include <string>
 #include <vector>
 
 namespace {
 
 constexpr float kEps = 1e-12f;  // llmpack.quant.int8.SCALE_EPS
 constexpr float kQmax = 64.0f;  // llmpack.runtime.modules._ONEDNN_QMAX
-constexpr int64_t kGrainElems = 16384;
+constexpr int64_t kNr = 16;     // columns per panel
+constexpr int64_t kMr = 4;      // tokens per register tile
+constexpr int64_t kMb = 256;    // tokens per block (keeps a block of activations in L2)
 
-int64_t grain(int64_t row_len) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(row_len, 1)); }
+int64_t round_up4(int64_t k) { return (k + 3) / 4 * 4; }
 
+// ----------------------------------------------------------------------------------- activations
 // max |x| over a row; NaN propagates (as torch.amax does).
 float row_absmax(const float* x, int64_t k) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -51,8 +60,8 @@ float row_absmax(const float* x, int64_t k) {
   return has_nan ? std::numeric_limits<float>::quiet_NaN() : a;
 }
 
-// out[i] = round_half_even(x[i] * inv) + 64 as uint8; |x[i] * inv| <= 64 by construction.
-void row_u8(const float* x, float inv, uint8_t* out, int64_t k) {
+// out[i] = round_half_even(x[i] * inv) + 64 for i < k (|x * inv| <= 64 by construction), 64 up to kp.
+void row_u8(const float* x, float inv, uint8_t* out, int64_t k, int64_t kp) {
   const __m256 vinv = _mm256_set1_ps(inv);
   const __m256i off = _mm256_set1_epi32(64);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo the per-lane packs
@@ -64,86 +73,241 @@ void row_u8(const float* x, float inv, uint8_t* out, int64_t k) {
                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       q[j] = _mm256_add_epi32(_mm256_cvtps_epi32(v), off);
     }
-    __m256i c = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    const __m256i c = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permutevar8x32_epi32(c, order));
   }
   for (; i < k; ++i) out[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(x[i] * inv)) + 64);
+  for (; i < kp; ++i) out[i] = 64;
 }
 
-std::vector<at::Tensor> onednn_w8a8(const at::Tensor& x, at::TensorList packed, at::TensorList w_scale,
-                                    at::TensorList w_zp, at::TensorList comp,
-                                    const c10::List<std::optional<at::Tensor>>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
-              "onednn_w8a8: x must be a contiguous float32 CPU matrix");
-  const size_t layers = packed.size();
-  TORCH_CHECK(w_scale.size() == layers && w_zp.size() == layers && comp.size() == layers && bias.size() == layers,
-              "onednn_w8a8: one packed weight, scale, zero point, correction and bias per layer");
-  const int64_t m = x.size(0), k = x.size(1);
-  at::Tensor xu8 = at::empty({m, k}, x.options().dtype(at::kByte));
-  at::Tensor token_scale = at::empty({m}, x.options());
-  const float* xp = x.data_ptr<float>();
-  uint8_t* up = xu8.data_ptr<uint8_t>();
-  float* sp = token_scale.data_ptr<float>();
-  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float a = std::max(row_absmax(xp + r * k, k), kEps);  // std::max(NaN, eps) keeps NaN
-      row_u8(xp + r * k, (1.0f / a) * kQmax, up + r * k, k);
-      sp[r] = a / kQmax;
+// Per-token quantization of x [m, k] into u [m, kp] and token scales amax / 64.
+void quantize_tokens(const float* x, int64_t m, int64_t k, int64_t kp, uint8_t* u, float* scale) {
+  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float a = std::max(row_absmax(x + r * k, k), kEps);  // std::max(NaN, eps) keeps NaN
+      row_u8(x + r * k, (1.0f / a) * kQmax, u + r * kp, k, kp);
+      scale[r] = a / kQmax;
     }
   });
-  static const c10::OperatorHandle op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qlinear_pointwise", "");
+}
+
+// Two 7-bit terms per token, x ~ q1 * s1 + q2 * s2 (q2 quantizes q1's rounding error): rows 0..m-1 of u
+// hold q1 + 64, rows m..2m-1 hold q2 + 64; q in [-64, 63]. The weight-only path (error <= amax / 8192).
+void quantize_two_terms(const float* x, int64_t m, int64_t k, int64_t kp, uint8_t* u, float* scale) {
+  at::parallel_for(0, m, std::max<int64_t>(1, 4096 / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
+    std::vector<float> rest(k);
+    for (int64_t r = b; r < e; ++r) {
+      const float* xr = x + r * k;
+      const float s1 = std::max(row_absmax(xr, k), kEps) / kQmax;
+      uint8_t* u1 = u + r * kp;
+      for (int64_t i = 0; i < k; ++i) {
+        const float q = std::min(std::max(std::nearbyint(xr[i] / s1), -kQmax), kQmax - 1.0f);
+        u1[i] = static_cast<uint8_t>(static_cast<int>(q) + 64);
+        rest[i] = xr[i] - q * s1;
+      }
+      const float s2 = std::max(row_absmax(rest.data(), k), kEps) / kQmax;
+      uint8_t* u2 = u + (m + r) * kp;
+      for (int64_t i = 0; i < k; ++i) {
+        const float q = std::min(std::max(std::nearbyint(rest[i] / s2), -kQmax), kQmax - 1.0f);
+        u2[i] = static_cast<uint8_t>(static_cast<int>(q) + 64);
+      }
+      for (int64_t i = k; i < kp; ++i) u1[i] = u2[i] = 64;
+      scale[r] = s1;
+      scale[m + r] = s2;
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------------- matmul
+template <int MR>
+inline void tile(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, int32_t* out) {
+  __m256i acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t g = 0; g < k4; ++g) {
+    const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64));
+    const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64 + 32));
+    for (int r = 0; r < MR; ++r) {
+      int32_t four;
+      std::memcpy(&four, a + r * lda + g * 4, 4);
+      const __m256i av = _mm256_set1_epi32(four);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones));
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + r * kNr), acc[r][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + r * kNr + 8), acc[r][1]);
+  }
+}
+
+struct Epilogue {
+  const int32_t* corr;     // [n]
+  const float* w_scale;    // [n]
+  const float* bias;       // [n] or nullptr
+  const float* tok_scale;  // [rows]
+};
+
+// y[r, c0 + j] = float(acc - corr) * w_scale * tok_scale[r] (+ bias), for an MR x 16 tile (nc <= 16 columns).
+template <int MR>
+inline void tile_out(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, const Epilogue& ep,
+                     int64_t r0, int64_t c0, int64_t nc, float* y, int64_t ldy) {
+  alignas(32) int32_t acc[MR * kNr];
+  tile<MR>(a + r0 * lda, lda, panel, k4, acc);
+  if (nc == kNr) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.corr + c0 + 8 * h));
+      const __m256 ws = _mm256_loadu_ps(ep.w_scale + c0 + 8 * h);
+      const __m256 bv = ep.bias ? _mm256_loadu_ps(ep.bias + c0 + 8 * h) : _mm256_setzero_ps();
+      for (int r = 0; r < MR; ++r) {
+        const __m256i iv = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + r * kNr + 8 * h));
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(iv, corr)), ws);
+        v = _mm256_mul_ps(v, _mm256_set1_ps(ep.tok_scale[r0 + r]));
+        if (ep.bias) v = _mm256_add_ps(v, bv);
+        _mm256_storeu_ps(y + (r0 + r) * ldy + c0 + 8 * h, v);
+      }
+    }
+    return;
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int64_t j = 0; j < nc; ++j) {
+      float v = static_cast<float>(acc[r * kNr + j] - ep.corr[c0 + j]) * ep.w_scale[c0 + j];
+      v = v * ep.tok_scale[r0 + r];
+      y[(r0 + r) * ldy + c0 + j] = ep.bias ? v + ep.bias[c0 + j] : v;
+    }
+  }
+}
+
+// y [rows, n] from quantized tokens u [rows, kp] and a packed weight.
+void matmul(const uint8_t* u, int64_t rows, int64_t kp, const int8_t* packed, int64_t n, const Epilogue& ep,
+            float* y) {
+  const int64_t k4 = kp / 4, panels = (n + kNr - 1) / kNr;
+  // Threads split the panels (each streams its share of the weight once per token block); small work
+  // stays on one thread.
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(rows * kp, 1));
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t b = 0; b < rows; b += kMb) {
+      const int64_t e = std::min(rows, b + kMb);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int8_t* panel = packed + p * k4 * 64;
+        const int64_t c0 = p * kNr, nc = std::min(kNr, n - c0);
+        int64_t r = b;
+        for (; r + kMr <= e; r += kMr) tile_out<kMr>(u, kp, panel, k4, ep, r, c0, nc, y, n);
+        for (; r < e; ++r) tile_out<1>(u, kp, panel, k4, ep, r, c0, nc, y, n);
+      }
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------------- ops
+void check_layer(const at::Tensor& packed, const at::Tensor& corr, const at::Tensor& w_scale,
+                 const std::optional<at::Tensor>& bias, int64_t kp) {
+  TORCH_CHECK(corr.scalar_type() == at::kInt && corr.dim() == 1 && corr.is_contiguous(),
+              "llmpack_avx2: corr must be a contiguous int32 vector");
+  const int64_t n = corr.size(0);
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.is_contiguous() && w_scale.numel() == n,
+              "llmpack_avx2: w_scale must be a contiguous float32 vector of the output size");
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.is_contiguous() &&
+                  packed.numel() == (n + kNr - 1) / kNr * kNr * kp,
+              "llmpack_avx2: packed weight does not match the input size (pack it with llmpack_avx2::pack)");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(packed.data_ptr()) % 32 == 0, "llmpack_avx2: packed weight not 32-byte aligned");
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == n,
+                "llmpack_avx2: bias must be a contiguous float32 vector of the output size");
+  }
+}
+
+void check_input(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "llmpack_avx2: x must be a contiguous float32 CPU matrix");
+}
+
+const float* bias_ptr(const std::optional<at::Tensor>& b) {
+  return (b.has_value() && b->defined()) ? b->data_ptr<float>() : nullptr;
+}
+
+// int8 [N, K] -> panels (see the top of this file).
+at::Tensor pack(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.device().is_cpu(),
+              "llmpack_avx2::pack: weight must be an int8 CPU matrix [out, in]");
+  const at::Tensor w = weight.contiguous();
+  const int64_t n = w.size(0), k = w.size(1), kp = round_up4(k), panels = (n + kNr - 1) / kNr;
+  at::Tensor out = at::zeros({panels * kNr * kp}, w.options());  // ATen's CPU allocator aligns to 64 bytes
+  const int8_t* src = w.data_ptr<int8_t>();
+  int8_t* dst = out.data_ptr<int8_t>();
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t c = p * kNr; c < std::min(n, (p + 1) * kNr); ++c) {
+        const int64_t half = (c % kNr) / 8, col = c % 8;
+        for (int64_t i = 0; i < k; ++i) dst[((p * (kp / 4) + i / 4) * 2 + half) * 32 + col * 4 + i % 4] = src[c * k + i];
+      }
+    }
+  });
+  return out;
+}
+
+// W8A8 for every layer reading x (quantized once): y_l = x W_l^T (+ b_l).
+std::vector<at::Tensor> w8a8(const at::Tensor& x, at::TensorList packed, at::TensorList corr, at::TensorList w_scale,
+                             const c10::List<std::optional<at::Tensor>>& bias) {
+  check_input(x);
+  const size_t layers = packed.size();
+  TORCH_CHECK(corr.size() == layers && w_scale.size() == layers && bias.size() == layers,
+              "llmpack_avx2::w8a8: one packed weight, corr, scale and bias per layer");
+  const int64_t m = x.size(0), k = x.size(1), kp = round_up4(k);
+  for (size_t l = 0; l < layers; ++l) check_layer(packed[l], corr[l], w_scale[l], bias.get(l), kp);
+  at::Tensor u = at::empty({m, kp}, x.options().dtype(at::kByte));
+  at::Tensor tok = at::empty({m}, x.options());
+  quantize_tokens(x.data_ptr<float>(), m, k, kp, u.data_ptr<uint8_t>(), tok.data_ptr<float>());
   std::vector<at::Tensor> outs;
   outs.reserve(layers);
   for (size_t l = 0; l < layers; ++l) {
-    torch::jit::Stack stack;
-    stack.reserve(13);
-    stack.emplace_back(xu8);
-    stack.emplace_back(1.0);         // x_scale: the token scale is applied below
-    stack.emplace_back(int64_t{0});  // x_zero_point: 64 is removed by `comp`, passed as the bias
-    stack.emplace_back(packed[l]);
-    stack.emplace_back(w_scale[l]);
-    stack.emplace_back(w_zp[l]);
-    stack.emplace_back(comp[l]);
-    stack.emplace_back(1.0);
-    stack.emplace_back(int64_t{0});
-    stack.emplace_back(at::kFloat);
-    stack.emplace_back(std::string("none"));
-    stack.emplace_back(c10::List<std::optional<at::Scalar>>());
-    stack.emplace_back(std::string(""));
-    op.callBoxed(&stack);
-    at::Tensor y = stack[0].toTensor();
-    TORCH_CHECK(y.scalar_type() == at::kFloat && y.is_contiguous() && y.size(0) == m,
-                "onednn_w8a8: unexpected oneDNN output");
-    const int64_t n = y.size(1);
-    float* yp = y.data_ptr<float>();
+    const int64_t n = corr[l].size(0);
+    at::Tensor y = at::empty({m, n}, x.options());
     const std::optional<at::Tensor> b = bias.get(l);
-    const float* bp = nullptr;
-    if (b.has_value() && b->defined()) {
-      TORCH_CHECK(b->scalar_type() == at::kFloat && b->is_contiguous() && b->numel() == n,
-                  "onednn_w8a8: bias must be a contiguous float32 vector of the output size");
-      bp = b->data_ptr<float>();
-    }
-    at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const float s = sp[r];
-        float* row = yp + r * n;
-        if (bp != nullptr) {
-          for (int64_t j = 0; j < n; ++j) row[j] = row[j] * s + bp[j];  // two roundings, like mul_ then add_
-        } else {
-          for (int64_t j = 0; j < n; ++j) row[j] *= s;
-        }
-      }
-    });
+    const Epilogue ep{corr[l].data_ptr<int32_t>(), w_scale[l].data_ptr<float>(), bias_ptr(b), tok.data_ptr<float>()};
+    matmul(u.data_ptr<uint8_t>(), m, kp, packed[l].data_ptr<int8_t>(), n, ep, y.data_ptr<float>());
     outs.push_back(std::move(y));
   }
   return outs;
 }
 
+// Weight-only int8 (float activations, as two 7-bit terms through one pass over the weight).
+at::Tensor w8a16(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& corr, const at::Tensor& w_scale,
+                 const std::optional<at::Tensor>& bias) {
+  check_input(x);
+  const int64_t m = x.size(0), k = x.size(1), kp = round_up4(k), n = corr.size(0);
+  check_layer(packed, corr, w_scale, bias, kp);
+  at::Tensor u = at::empty({2 * m, kp}, x.options().dtype(at::kByte));
+  at::Tensor tok = at::empty({2 * m}, x.options());
+  quantize_two_terms(x.data_ptr<float>(), m, k, kp, u.data_ptr<uint8_t>(), tok.data_ptr<float>());
+  at::Tensor y2 = at::empty({2 * m, n}, x.options());
+  const Epilogue ep{corr.data_ptr<int32_t>(), w_scale.data_ptr<float>(), nullptr, tok.data_ptr<float>()};
+  matmul(u.data_ptr<uint8_t>(), 2 * m, kp, packed.data_ptr<int8_t>(), n, ep, y2.data_ptr<float>());
+  at::Tensor y = at::empty({m, n}, x.options());
+  const float* t = y2.data_ptr<float>();
+  const float* bp = bias_ptr(bias);
+  float* out = y.data_ptr<float>();
+  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = t[r * n + j] + t[(m + r) * n + j];
+        out[r * n + j] = bp ? v + bp[j] : v;
+      }
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(llmpack_avx2, m) {
-  m.def("onednn_w8a8(Tensor x, Tensor[] packed, Tensor[] w_scale, Tensor[] w_zp, Tensor[] comp, Tensor?[] bias)"
-        " -> Tensor[]",
-        &onednn_w8a8);
+  m.def("pack(Tensor weight) -> Tensor");
+  m.def("w8a8(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias) -> Tensor[]");
+  m.def("w8a16(Tensor x, Tensor packed, Tensor corr, Tensor w_scale, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
+  m.impl("pack", &pack);
+  m.impl("w8a8", &w8a8);
+  m.impl("w8a16", &w8a16);
 }
