@@ -15,7 +15,9 @@ Candidates (same inputs, same threads, timed round-robin so machine drift cancel
 * ``onnxruntime``     ``torch.onnx.export`` + ``onnxruntime.quantization.quantize_dynamic`` (QInt8).
 
 Models: a GPT-2-small-size random model (768 wide, 12 layers) and SmolLM2-135M; batch 1 and 8 of 128
-tokens. Columns: median prefill latency (last position's logits, as in ``generate``), speedup over fp32, mean KL(fp32 ‖ candidate) and top-1 agreement of
+tokens. Columns: median prefill latency (last position's logits, as in ``generate``), speedup over fp32,
+the paired latency ratio to torch.ao (median over rounds of each round's ratio; < 1 is faster), mean
+KL(fp32 ‖ candidate) and top-1 agreement of
 next-token distributions, size of the weights, and whether the quantized model saves to safetensors
 and reloads with the same logits. A candidate that fails to install, quantize, run or save is listed
 with its error, never dropped.
@@ -344,6 +346,7 @@ def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: i
         print(f"[{kind}] batch {b} timed", file=sys.stderr, flush=True)
     rows = []
     base = {b: statistics.median(fp32.times[b]) for b in batches} if fp32 is not None and fp32.times else {}
+    ao = next((c for c in cands if c.name == "torch.ao" and c.times), None)
     for c in cands:
         row: dict[str, Any] = {"model": kind, "candidate": c.name, "size_mb": round(c.size / 1e6, 1) if c.size else None,
                                "saves": c.saves, "error": c.error, "setup_s": round(c.setup_s, 1)}
@@ -355,6 +358,11 @@ def run_model(kind: str, names: list[str], batches: list[int], seq: int, runs: i
                 row[f"b{b}_speedup"] = round(base[b] / med, 2) if b in base else None
                 row[f"b{b}_kl"] = float(f"{c.kl.get(b, float('nan')):.3g}")
                 row[f"b{b}_top1"] = round(c.top1.get(b, float("nan")), 4)
+                peer = ao.times.get(b, []) if ao is not None else []
+                if len(peer) == len(c.times[b]) > 1:
+                    # paired: each round's ratio to torch.ao (timed right next to it), then the median;
+                    # machine drift between rounds cancels
+                    row[f"b{b}_vs_ao"] = round(statistics.median(t / a for t, a in zip(c.times[b], peer)), 3)
         rows.append(row)
     return {"model": kind, "rows": rows}
 
@@ -365,7 +373,7 @@ def to_markdown(results: list[dict[str, Any]], batches: list[int], seq: int, thr
              "KL / top-1 vs fp32 over every position of the same inputs.", ""]
     head = ["model", "candidate"]
     for b in batches:
-        head += [f"b{b} ms", f"b{b} x", f"b{b} KL", f"b{b} top1"]
+        head += [f"b{b} ms", f"b{b} x", f"b{b} vs torch.ao", f"b{b} KL", f"b{b} top1"]
     head += ["size MB", "saves to safetensors + reloads", "error"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
@@ -374,7 +382,7 @@ def to_markdown(results: list[dict[str, Any]], batches: list[int], seq: int, thr
             cells = [r["model"], r["candidate"]]
             for b in batches:
                 ms = str(r.get(f"b{b}_ms", "-")) + (" (n=1)" if r.get(f"b{b}_n") == 1 else "")
-                cells += [ms, str(r.get(f"b{b}_speedup", "-")),
+                cells += [ms, str(r.get(f"b{b}_speedup", "-")), str(r.get(f"b{b}_vs_ao", "-")),
                           str(r.get(f"b{b}_kl", "-")), str(r.get(f"b{b}_top1", "-"))]
             cells += [str(r["size_mb"] or "-"), r["saves"] or "-", r["error"] or ""]
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")

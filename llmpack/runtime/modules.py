@@ -10,12 +10,15 @@ Kernels (chosen once per process, override with ``LLMPACK_INT8_KERNEL``):
 
 * ``int_mm``: ``torch._int_mm`` (int8 x int8 -> int32), exact. Used on CUDA (when ``K`` and ``N``
   are multiples of 8; ``M <= 16`` is padded) and on CPUs with VNNI / AMX int8 instructions.
-* ``onednn``: oneDNN's int8 matmul (``torch.ops.onednn.qlinear_pointwise``) on CPUs without VNNI
-  (AVX2). Their ``u8 x s8`` instruction saturates 16-bit pair sums, so activations use
-  ``[-64, 64]`` (scale ``absmax / 64``, about 7 bits) to stay exact; ``torch._int_mm`` on such CPUs is a slow reference loop (~20x
-  slower than FP32, measured). Inputs of at most :data:`FBGEMM_MAX_TOKENS` tokens go to FBGEMM's fused
-  dynamic int8 linear instead (per token, by normalising each token first), and :func:`prepare_int8`
-  lets shared-input siblings (q/k/v, gate/up) quantize their input once.
+* ``onednn``: the AVX2 kernel, for CPUs without VNNI. Their ``u8 x s8`` instruction saturates 16-bit
+  pair sums, so activations use ``[-64, 64]`` (scale ``absmax / 64``, about 7 bits) to stay exact;
+  ``torch._int_mm`` on such CPUs is a slow reference loop (~20x slower than FP32, measured). It runs
+  llmpack's native kernels (:mod:`llmpack.runtime.native`: per-token quantization, int8 matmul and
+  epilogue in one call, compiled on first use) and, where they cannot be built, the same arithmetic in
+  PyTorch around oneDNN's int8 matmul (``torch.ops.onednn.qlinear_pointwise``; inputs of at most
+  :data:`FBGEMM_MAX_TOKENS` tokens through FBGEMM's fused dynamic int8 linear, per token by normalising
+  each token first). :func:`prepare_int8` lets shared-input siblings (q/k/v, gate/up) quantize their
+  input once.
 * ``dequant``: compressed-tensors' reference arithmetic (activations and weights dequantized, one
   float matmul); the fallback for shapes or devices the integer kernels refuse. Results equal the
   integer kernels up to float rounding, and transformers + compressed-tensors bit for bit.
@@ -124,9 +127,9 @@ def _onednn_available() -> bool:
 
 
 FBGEMM_MAX_TOKENS = 64
-"""On the AVX2 (``onednn``) kernel, inputs of at most this many tokens (decode steps, short prompts) run
-through FBGEMM's dynamic int8 linear instead: 2-4x faster than oneDNN at 1-32 tokens, even at ~128,
-slower beyond (measured on SmolLM2 and GPT-2 shapes)."""
+"""On the AVX2 (``onednn``) kernel's PyTorch fallback (no native kernels), inputs of at most this many
+tokens (decode steps, short prompts) run through FBGEMM's dynamic int8 linear instead of oneDNN: 2-4x
+faster at 1-32 tokens, even at ~128, slower beyond (measured on SmolLM2 and GPT-2 shapes)."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -731,23 +734,30 @@ def _group_siblings(model: nn.Module) -> None:
 
 def prepare_int8(model: nn.Module) -> nn.Module:
     """Build every :class:`Int8Linear`'s cached kernel inputs now (see :meth:`Int8Linear.prepare`); on
-    AVX2 CPUs (oneDNN kernel) also let shared-input siblings such as q/k/v and gate/up quantize their input once.
+    AVX2 CPUs (oneDNN kernel) also let shared-input siblings such as q/k/v and gate/up quantize their input
+    once. Swaps transformers' multi-op GELU-tanh and RMSNorm modules for one-op equivalents
+    (:mod:`llmpack.runtime.fused`; same results up to float rounding).
 
     Example:
         >>> m = torch.nn.Sequential(Int8Linear.from_float(torch.nn.Linear(8, 4)))
         >>> prepare_int8(m) is m
         True
     """
+    from llmpack.runtime.fused import fuse_float_modules
+
     for mod in model.modules():
         if isinstance(mod, (Int8Linear, TiedInt8Head)):
             mod.prepare()
     _group_siblings(model)
+    fuse_float_modules(model)
     return model
 
 
 def compile_int8(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
-    """``torch.compile(model)`` after :func:`prepare_int8`; inductor then fuses each layer's activation
-    quantization and its epilogue (scales, bias, the next pointwise ops) into generated kernels.
+    """``torch.compile(model)`` after :func:`prepare_int8`. Inductor fuses the float parts of the model
+    (norms, activations, residual adds) into generated kernels; on AVX2 CPUs the int8 layers stay
+    llmpack's native kernels (opaque ops), or, where those are unavailable, inductor also fuses each
+    layer's activation quantization and epilogue around oneDNN's int8 matmul.
 
     The first call of the compiled model compiles (tens of seconds on a small CPU); later calls with
     new input shapes may recompile. Weights must not be replaced afterwards.
