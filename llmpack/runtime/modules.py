@@ -499,8 +499,8 @@ def _native_ops() -> Any | None:
 def _avx2_pack(ops: Any, weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(panels, ``64 * row sums`` as int32, float32 scales) of an int8 ``[out, in]`` weight for the native
     kernels; the panels take the weight's size again (like oneDNN's packed copy, which they replace)."""
-    corr = weight.sum(1, dtype=torch.int32).mul_(_ONEDNN_QMAX)  # exact: |64 * 128 * in| < 2^31 for in < 2^18
-    return ops.pack(weight), corr.contiguous(), scale.reshape(-1).float().contiguous()
+    panels, corr = ops.pack(weight)
+    return panels, corr, scale.reshape(-1).float().contiguous()
 
 
 def w8a8_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
@@ -735,8 +735,8 @@ def _group_siblings(model: nn.Module) -> None:
 def prepare_int8(model: nn.Module) -> nn.Module:
     """Build every :class:`Int8Linear`'s cached kernel inputs now (see :meth:`Int8Linear.prepare`); on
     AVX2 CPUs (oneDNN kernel) also let shared-input siblings such as q/k/v and gate/up quantize their input
-    once. Swaps transformers' multi-op GELU-tanh and RMSNorm modules for one-op equivalents
-    (:mod:`llmpack.runtime.fused`; same results up to float rounding).
+    once. Swaps transformers' eight-op GELU-tanh module for the one-op equivalent
+    (:mod:`llmpack.runtime.fused`; same formula, results equal up to float rounding).
 
     Example:
         >>> m = torch.nn.Sequential(Int8Linear.from_float(torch.nn.Linear(8, 4)))

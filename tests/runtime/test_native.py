@@ -98,6 +98,15 @@ def test_bad_arguments_are_refused(ops: object) -> None:
         ops.pack(torch.zeros(4, 8))
 
 
+def test_pack_sums_rows_exactly(ops: object) -> None:
+    w = torch.full((3, 1000), -128, dtype=torch.int8)
+    w[1] = 127
+    w[2, ::2] = 5
+    panels, corr = ops.pack(w)
+    assert corr.dtype == torch.int32 and corr.tolist() == (64 * w.sum(1, dtype=torch.int64)).tolist()
+    assert panels.numel() == 16 * 1000
+
+
 def test_model_outputs_match_the_pytorch_path(ops: object, monkeypatch: pytest.MonkeyPatch) -> None:
     """A quantized tied Llama (sibling groups, W8A16 layers and the tied int8 head included) gives the
     PyTorch path's logits with the native kernels, up to float rounding; every native op is used."""

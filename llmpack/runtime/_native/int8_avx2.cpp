@@ -226,24 +226,33 @@ const float* bias_ptr(const std::optional<at::Tensor>& b) {
   return (b.has_value() && b->defined()) ? b->data_ptr<float>() : nullptr;
 }
 
-// int8 [N, K] -> panels (see the top of this file).
-at::Tensor pack(const at::Tensor& weight) {
+// int8 [N, K] -> (panels, see the top of this file; corr[n] = 64 * sum_k w[n, k] as int32), without
+// temporaries the size of the weight.
+std::tuple<at::Tensor, at::Tensor> pack(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.device().is_cpu(),
               "llmpack_avx2::pack: weight must be an int8 CPU matrix [out, in]");
   const at::Tensor w = weight.contiguous();
   const int64_t n = w.size(0), k = w.size(1), kp = round_up4(k), panels = (n + kNr - 1) / kNr;
+  TORCH_CHECK(k < (int64_t{1} << 17), "llmpack_avx2::pack: more than 131071 inputs would overflow int32 sums");
   at::Tensor out = at::zeros({panels * kNr * kp}, w.options());  // ATen's CPU allocator aligns to 64 bytes
+  at::Tensor corr = at::empty({n}, w.options().dtype(at::kInt));
   const int8_t* src = w.data_ptr<int8_t>();
   int8_t* dst = out.data_ptr<int8_t>();
+  int32_t* cp = corr.data_ptr<int32_t>();
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       for (int64_t c = p * kNr; c < std::min(n, (p + 1) * kNr); ++c) {
         const int64_t half = (c % kNr) / 8, col = c % 8;
-        for (int64_t i = 0; i < k; ++i) dst[((p * (kp / 4) + i / 4) * 2 + half) * 32 + col * 4 + i % 4] = src[c * k + i];
+        int32_t sum = 0;
+        for (int64_t i = 0; i < k; ++i) {
+          dst[((p * (kp / 4) + i / 4) * 2 + half) * 32 + col * 4 + i % 4] = src[c * k + i];
+          sum += src[c * k + i];
+        }
+        cp[c] = 64 * sum;
       }
     }
   });
-  return out;
+  return {out, corr};
 }
 
 // W8A8 for every layer reading x (quantized once): y_l = x W_l^T (+ b_l).
@@ -301,7 +310,7 @@ at::Tensor w8a16(const at::Tensor& x, const at::Tensor& packed, const at::Tensor
 }  // namespace
 
 TORCH_LIBRARY(llmpack_avx2, m) {
-  m.def("pack(Tensor weight) -> Tensor");
+  m.def("pack(Tensor weight) -> (Tensor, Tensor)");
   m.def("w8a8(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias) -> Tensor[]");
   m.def("w8a16(Tensor x, Tensor packed, Tensor corr, Tensor w_scale, Tensor? bias) -> Tensor");
 }
