@@ -630,10 +630,10 @@ SIBLING_GROUPS: tuple[tuple[str, ...], ...] = (
 class _SiblingGroup:
     """W8A8 siblings that read the same input (q/k/v, gate/up) share its quantization on the AVX2 kernels.
 
-    The first member called with an input quantizes it once and computes every member's output: with
-    each member's own packed oneDNN weight (no extra copy), or, for few tokens (decode), as one FBGEMM
-    matmul on the members' weights concatenated and packed once on first use (members then never pack
-    their own). The outputs are kept until every member has taken its own (or a new input arrives), and
+    The first member called with an input quantizes it once and computes every member's output: in one
+    call of the native kernels with each member's own packed weight; on the PyTorch fallback with each
+    member's own oneDNN weight, or, for few tokens (decode), as one FBGEMM matmul on the members' weights
+    concatenated and packed once on first use (members then never pack their own). The outputs are kept until every member has taken its own (or a new input arrives), and
     are only reused for the very same tensor object (and, outside ``inference_mode``, the same version
     of it). Results equal the separate layers' exactly: activation quantization is per token and the
     accumulation is integer. Members' weights are checked on every call; a change dissolves the group.
