@@ -332,4 +332,5 @@ def test_w8a16_avx2_is_the_weight_only_product(onednn: str, tokens: int) -> None
     for t in range(tokens):
         assert sqnr_db(x[t:t + 1] @ deq.t() + lin.bias, got[t:t + 1]) > 65
     assert ("fbgemm" in q._cache) == (onednn == "pytorch" and M._fbgemm_available() and tokens <= M.FBGEMM_MAX_TOKENS)
-    assert ("avx2" in q._cache) == (onednn == "native")
+    # native two-term for few tokens; long inputs of weight-only layers keep exact float activations
+    assert ("avx2" in q._cache) == (onednn == "native" and tokens <= M.FBGEMM_MAX_TOKENS)

@@ -133,8 +133,9 @@ def test_model_outputs_match_the_pytorch_path(ops: object, monkeypatch: pytest.M
         M.cpu_int8_kernel.cache_clear()
     calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("llmpack_avx2::")}
     layers = len(model.model.layers)
-    # per layer: q/k/v one call, gate/up one call, o_proj; down_proj and the head weight-only
-    assert calls == {"llmpack_avx2::w8a8": 3 * layers, "llmpack_avx2::w8a16": layers + 1}
+    # per layer: q/k/v one call, gate/up one call, o_proj; the tied head weight-only (the weight-only
+    # down_proj layers take the float path for inputs longer than FBGEMM_MAX_TOKENS, 0 here)
+    assert calls == {"llmpack_avx2::w8a8": 3 * layers, "llmpack_avx2::w8a16": 1}
     assert any(isinstance(m, M.TiedInt8Head) for m in model.modules())
     assert sqnr_db(slow, fast) > 45
 
