@@ -167,11 +167,6 @@ def _fbgemm_w8a8(xf: torch.Tensor, packed: Any, bias: torch.Tensor | None) -> to
     return y if bias is None else y.add_(bias)
 
 
-def _short(tokens: int) -> bool:
-    """At most :data:`FBGEMM_MAX_TOKENS` tokens: weight-only layers then read int8 with two-term activations."""
-    return tokens <= FBGEMM_MAX_TOKENS
-
-
 def _small_batch(tokens: int) -> bool:
     """Use FBGEMM (not oneDNN) for this many tokens on the AVX2 kernel (never under torch.compile)."""
     return tokens <= FBGEMM_MAX_TOKENS and not torch.compiler.is_compiling() and _fbgemm_available()
@@ -337,50 +332,39 @@ class Int8Linear(nn.Module):
                 y = group.output(self, x)
                 if y is not None:
                     return y
-            y = self._native_forward(x)
-            if y is not None:
-                return y
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self.act_quant:
-            y = self._forward_w8a8(x2)
-        else:
-            y = self._forward_w8a16(x2)
+        y = self._native_forward(x2)
+        if y is None:
+            y = self._forward_w8a8(x2) if self.act_quant else self._forward_w8a16(x2)
         return y.reshape(*shape[:-1], self.out_features)
 
-    def _native_forward(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The native kernels with the fewest Python steps (eager; the packed weight is current), or ``None``.
+    def _native_forward(self, x2: torch.Tensor) -> torch.Tensor | None:
+        """``x2 W^T + b`` through llmpack's native AVX2 kernels, or ``None`` where they do not serve the call.
 
-        A layer's Python overhead is a fifth of a 128-token forward's int8 time on small models."""
-        cache = self._cache
-        native = cache.get("avx2")
-        if native is None or x.device.type != "cpu" or _native_ops() is None or cpu_int8_kernel() != "onednn" \
-                or self._weights_key() != self._cache_key:
+        Weight-only layers use them (two-term ~13-bit activations, reading the int8 weight as it is) only for
+        few tokens (decode), where converting the whole weight to float per call dominates. Long inputs keep
+        exact float activations: weight-only layers are the ones with massive activation outliers, where 13
+        bits of the token's absmax lose the small values (SmolLM2 budget output, eval text: ppl 14.40
+        two-term vs 14.20 float, measured)."""
+        if x2.device.type != "cpu" or (not self.act_quant and x2.shape[0] > FBGEMM_MAX_TOKENS):
             return None
-        x2 = x.reshape(-1, self.in_features)
-        if not self.act_quant and x2.shape[0] > FBGEMM_MAX_TOKENS:
-            return None  # long inputs of weight-only layers: exact float activations (see _forward_w8a16)
-        if x2.dtype != torch.float32:
-            x2 = x2.float()
+        cache = self._prepared()
+        if self._kernel(x2) != "onednn":
+            return None
+        packed = self._native_packed(cache)
+        if packed is None:
+            return None
+        xf = x2.float().contiguous()
         if self.act_quant:
-            y = torch.ops.llmpack_avx2.w8a8(x2.contiguous(), [native[0]], [native[1]], [native[2]], [cache["bias_f32"]])[0]
+            y = torch.ops.llmpack_avx2.w8a8(xf, [packed[0]], [packed[1]], [packed[2]], [cache["bias_f32"]])[0]
         else:
-            y = torch.ops.llmpack_avx2.w8a16(x2.contiguous(), *native, cache["bias_f32"])
-        if y.dtype != x.dtype:
-            y = y.to(x.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+            y = torch.ops.llmpack_avx2.w8a16(xf, *packed, cache["bias_f32"])
+        return y.to(x2.dtype)
 
     def _forward_w8a16(self, x2: torch.Tensor) -> torch.Tensor:
         cache = self._prepared()
         dt = x2.dtype
-        if self.weight.device.type == "cpu" and self._kernel(x2) == "onednn" and _short(x2.shape[0]):
-            # Few tokens (decode): converting the whole weight to float per call dominates, so the int8 weight
-            # is read as it is with ~13-bit two-term activations. Not for long inputs: weight-only layers are
-            # the ones with massive activation outliers, where 13 bits of the token's absmax lose the small
-            # values (SmolLM2 budget output, eval text: ppl 14.40 two-term vs 14.20 float, measured).
-            packed = self._native_packed(cache)
-            if packed is not None:
-                return torch.ops.llmpack_avx2.w8a16(x2.float().contiguous(), *packed, cache["bias_f32"]).to(dt)
         if self.weight.device.type == "cpu" and self._kernel(x2) == "onednn" and _small_batch(x2.shape[0]):
             # Few tokens (decode): converting the whole weight to float per call dominates; FBGEMM reads it
             # in int8 with ~13-bit two-term activations (the weight-only result, see _fbgemm_w8a16).
@@ -429,10 +413,6 @@ class Int8Linear(nn.Module):
         xf = x2.float()
         bias = cache["bias_f32"]
         if kernel == "onednn":
-            native = self._native_packed(cache)
-            if native is not None:
-                packed, corr, w_scale = native
-                return torch.ops.llmpack_avx2.w8a8(xf.contiguous(), [packed], [corr], [w_scale], [bias])[0].to(dt)
             if _small_batch(xf.shape[0]):
                 return _fbgemm_w8a8(xf, self._fbgemm_packed(cache), bias).to(dt)
             if "onednn_args" not in cache:
@@ -526,8 +506,8 @@ def w8a8_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
     """
     xf = x.float()
     amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
-    q = xf.mul(torch.reciprocal(amax).mul_(_ONEDNN_QMAX)).round_()
-    y = (q.double() @ weight.double().t()) * (amax.double() / _ONEDNN_QMAX) * scale.double().reshape(1, -1)
+    q = _onednn_u8(xf, amax).double() - _ONEDNN_QMAX  # the kernels' quantization, as integers
+    y = (q @ weight.double().t()) * (amax.double() / _ONEDNN_QMAX) * scale.double().reshape(1, -1)
     return y if bias is None else y + bias.double()
 
 
@@ -671,13 +651,15 @@ class _SiblingGroup:
         self._index = {id(m): i for i, m in enumerate(members)}
 
     def _products(self, x2: torch.Tensor) -> list[torch.Tensor]:
-        """Every member's output for ``x2``: FBGEMM on the concatenated weights for few tokens; otherwise
-        the input is quantized once and each member's own packed oneDNN weight is used (no further copy)."""
+        """Every member's output for ``x2``, its quantization done once: one native call with the members'
+        own packed weights; on the PyTorch fallback FBGEMM on the concatenated weights for few tokens, else
+        each member's own oneDNN weight."""
         ops = _native_ops()  # (groups are bypassed under torch.compile)
         if ops is not None:
-            packs = [m._avx2_packed(m._prepared(), ops) for m in self.members]
+            caches = [m._prepared() for m in self.members]
+            packs = [m._avx2_packed(c, ops) for m, c in zip(self.members, caches)]
             return ops.w8a8(x2.contiguous(), [p[0] for p in packs], [p[1] for p in packs], [p[2] for p in packs],
-                            [m._prepared()["bias_f32"] for m in self.members])
+                            [c["bias_f32"] for c in caches])
         if _small_batch(x2.shape[0]):
             if self._fbgemm is None:
                 self._fbgemm = _fbgemm_pack(*self._concatenated())
