@@ -168,38 +168,45 @@ def fake_quant_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
 
 def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
     """Quantize-dequantize activations per token (last dim reduced), dynamic int8 with the runtime's
-    semantics (``absmax / 127.5``, clamped to ``[-128, 127]``, as ``Int8Linear`` computes).
+    semantics on ``x``'s device (:func:`act_grid`: ``absmax / 127.5`` clamped to ``[-128, 127]``, or the
+    AVX2 kernels' 7-bit grid centred on each token), as ``Int8Linear`` computes.
 
     Example:
         >>> x = torch.randn(2, 3, 8)
         >>> fake_quant_act(x).shape
         torch.Size([2, 3, 8])
     """
-    divisor, lo, hi = act_grid(x.device)
+    divisor, lo, hi, centred = act_grid(x.device)
+    if centred:
+        top, bottom = x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True)
+        c = (top + bottom) * 0.5
+        scale = ((top - bottom) * 0.5).clamp(min=_EPS) / divisor
+        return torch.clamp(torch.round((x - c) / scale), lo, hi) * scale + c
     scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / divisor
     return torch.clamp(torch.round(x / scale), lo, hi) * scale
 
 
-def act_grid(device: "torch.device | str" = "cpu") -> tuple[float, float, float]:
-    """``(divisor, lo, hi)`` of the dynamic activation grid ``Int8Linear`` uses on ``device``.
+def act_grid(device: "torch.device | str" = "cpu") -> tuple[float, float, float, bool]:
+    """``(divisor, lo, hi, centred)`` of the dynamic activation grid ``Int8Linear`` uses on ``device``.
 
-    CPUs without VNNI run oneDNN's ``u8 x s8`` kernel with 7-bit activations (``absmax / 63``,
-    ``[-63, 63]``); everything else uses compressed-tensors' 8-bit grid (``absmax / 127.5``,
-    ``[-128, 127]``). The simulator follows the kernel so the budget measures what will run here.
+    CPUs without VNNI run the AVX2 ``u8 x s8`` kernels with 7-bit activations centred on each token
+    (``(x - c) / (h / 64)`` in ``[-64, 64]``, ``c`` and ``h`` the token's mid-range and half-range);
+    everything else uses compressed-tensors' 8-bit grid (``absmax / 127.5``, ``[-128, 127]``, not centred).
+    The simulator follows the kernel so the budget measures what will run here.
 
     Example:
         >>> act_grid("cuda")
-        (127.5, -128.0, 127.0)
+        (127.5, -128.0, 127.0, False)
     """
     if torch.device(device).type == "cpu":
         try:
             from llmpack.runtime.modules import cpu_int8_kernel
 
             if cpu_int8_kernel() == "onednn":
-                return 63.0, -63.0, 63.0
+                return 64.0, -64.0, 64.0, True
         except ImportError:  # runtime not built: assume the 8-bit grid
             pass
-    return ACT_DIVISOR, -QMAX - 1, QMAX
+    return ACT_DIVISOR, -QMAX - 1, QMAX, False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,8 @@ Kernels (chosen once per process, override with ``LLMPACK_INT8_KERNEL``):
 * ``int_mm``: ``torch._int_mm`` (int8 x int8 -> int32), exact. Used on CUDA (when ``K`` and ``N``
   are multiples of 8; ``M <= 16`` is padded) and on CPUs with VNNI / AMX int8 instructions.
 * ``onednn``: the AVX2 kernel, for CPUs without VNNI. Their ``u8 x s8`` instruction saturates 16-bit
-  pair sums, so activations use ``[-64, 64]`` (scale ``absmax / 64``, about 7 bits) to stay exact;
+  pair sums, so activations use 129 levels (``[-64, 64]``, about 7 bits) to stay exact, spanning each
+  token's own ``[min, max]`` (centred: one-sided inputs such as GELU outputs keep 8 bits' resolution);
   ``torch._int_mm`` on such CPUs is a slow reference loop (~20x slower than FP32, measured). It runs
   llmpack's native kernels (:mod:`llmpack.runtime.native`: per-token quantization, int8 matmul and
   epilogue in one call, compiled on first use) and, where they cannot be built, the same arithmetic in
@@ -159,12 +160,27 @@ def _fbgemm_pack(weight: torch.Tensor, scale: torch.Tensor) -> Any:
         return torch.ops.quantized.linear_prepack(wq, None)
 
 
-def _fbgemm_w8a8(xf: torch.Tensor, packed: Any, bias: torch.Tensor | None) -> torch.Tensor:
-    """W8A8 through FBGEMM's fused dynamic int8 linear, per token: each token is divided by its absmax
-    first, so FBGEMM's per-tensor activation range is every token's own (7 bits, like the oneDNN path)."""
-    amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
-    y = torch.ops.quantized.linear_dynamic(xf / amax, packed, True).mul_(amax)
+def _fbgemm_w8a8(xf: torch.Tensor, packed: Any, wsum: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """W8A8 through FBGEMM's fused dynamic int8 linear, per token: each token is centred and divided by its
+    half-range first (:func:`_centre`), so FBGEMM's per-tensor activation range is every token's own
+    (7 bits, like the oneDNN path); ``wsum`` (:func:`_weight_sums`) adds the centres back."""
+    centre, half = _centre(xf)
+    y = torch.ops.quantized.linear_dynamic(xf.sub(centre).div_(half), packed, True).mul_(half)
+    y.addr_(centre.reshape(-1), wsum)
     return y if bias is None else y.add_(bias)
+
+
+def _centre(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token (row): centre ``(max + min) / 2`` and half-range ``(max - min) / 2`` (at least
+    ``SCALE_EPS``), both ``[tokens, 1]``: the AVX2 kernels quantize ``x - centre`` over ``[-half, half]``, so
+    the 129 levels of their 7-bit tokens span each token's own ``[min, max]``."""
+    lo, hi = torch.aminmax(xf, dim=1, keepdim=True)
+    return (hi + lo).mul_(0.5), (hi - lo).mul_(0.5).clamp_min_(SCALE_EPS)
+
+
+def _weight_sums(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``sum_k W[n, k] * scale[n]`` as float32 ``[out]``: what a token's centre contributes per unit."""
+    return (weight.sum(1, dtype=torch.int64).double() * scale.reshape(-1).double()).float()
 
 
 def _small_batch(tokens: int) -> bool:
@@ -414,7 +430,9 @@ class Int8Linear(nn.Module):
         bias = cache["bias_f32"]
         if kernel == "onednn":
             if _small_batch(xf.shape[0]):
-                return _fbgemm_w8a8(xf, self._fbgemm_packed(cache), bias).to(dt)
+                if "wsum" not in cache:
+                    cache["wsum"] = _weight_sums(self.weight.detach(), cache["scale_row"])
+                return _fbgemm_w8a8(xf, self._fbgemm_packed(cache), cache["wsum"], bias).to(dt)
             if "onednn_args" not in cache:
                 _onednn_pack(self, cache)
             return _onednn_w8a8(xf, cache["onednn_args"], bias).to(dt)
@@ -439,8 +457,9 @@ class Int8Linear(nn.Module):
 def _onednn_w8a8(xf: torch.Tensor, onednn_args: tuple[torch.Tensor, ...], bias: torch.Tensor | None) -> torch.Tensor:
     """W8A8 through oneDNN's u8 x s8 matmul on AVX2 (activations in ``[-64, 64]``, zero point 64), float32 out.
 
-    Quantization: ``round(x * 64 / amax)`` per token (half to even), stored as ``u8 = q + 64``; the weight
-    scale and the zero-point correction are applied inside oneDNN, the token scale and bias after it.
+    Quantization: ``round((x - centre) * 64 / half)`` per token (half to even, :func:`_centre`), stored as
+    ``u8 = q + 64``; the weight scale and the zero-point correction are applied inside oneDNN, the token
+    scale, the centre's term and the bias after it.
     """
     return _onednn_w8a8_shared(xf, [(onednn_args, bias)])[0]
 
@@ -449,13 +468,13 @@ def _onednn_w8a8_shared(
     xf: torch.Tensor, layers: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
 ) -> list[torch.Tensor]:
     """:func:`_onednn_w8a8` for several layers reading the same input, which is quantized once."""
-    amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
-    xu8 = _onednn_u8(xf, amax)
-    scale = amax.div_(_ONEDNN_QMAX)
+    xu8, scale, centre = _centred_u8(xf)
+    centre = centre.reshape(-1)
     outs = []
     for onednn_args, bias in layers:
-        # Epilogue in place (beats one broadcasting addcmul by ~2x on CPU, measured): y * token scale (+ bias).
-        y = _onednn_qlinear(xu8, onednn_args).mul_(scale)
+        # Epilogue in place (beats one broadcasting addcmul by ~2x on CPU, measured): y * token scale
+        # + centre x weight sums (+ bias).
+        y = _onednn_qlinear(xu8, onednn_args).mul_(scale).addr_(centre, onednn_args[4])
         outs.append(y if bias is None else y.add_(bias))
     return outs
 
@@ -496,8 +515,9 @@ def _avx2_pack(ops: Any, weight: torch.Tensor, scale: torch.Tensor) -> tuple[tor
 
 def w8a8_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
-    """What the AVX2 kernels compute, in float64: tokens quantized to ``round(x * 64 / amax)``, an exact
-    integer product, then the scales (and bias). The reference the native kernels are checked against.
+    """What the AVX2 kernels compute, in float64: tokens quantized to ``round((x - centre) * 64 / half)``
+    (:func:`_centre`), an exact integer product, then the scales, the centres' term (and bias). The
+    reference the native kernels are checked against.
 
     Example:
         >>> w = torch.tensor([[1, -2], [3, 4]], dtype=torch.int8)
@@ -505,25 +525,31 @@ def w8a8_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
         [[0.25, -0.5]]
     """
     xf = x.float()
-    amax = absmax(xf, 1).clamp_min_(SCALE_EPS)
-    q = _onednn_u8(xf, amax).double() - _ONEDNN_QMAX  # the kernels' quantization, as integers
-    y = (q @ weight.double().t()) * (amax.double() / _ONEDNN_QMAX) * scale.double().reshape(1, -1)
+    xu8, tok_scale, centre = _centred_u8(xf)
+    q = xu8.double() - _ONEDNN_QMAX  # the kernels' quantization, as integers
+    w = weight.double()
+    y = (q @ w.t()) * tok_scale.double() * scale.double().reshape(1, -1)
+    y += centre.double() * (w.sum(1) * scale.double().reshape(-1)).reshape(1, -1)
     return y if bias is None else y + bias.double()
 
 
-def _onednn_u8(xf: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
-    """``round(x * 64 / amax) + 64`` as uint8 in ``[0, 128]`` (``amax >= max |x|`` per row)."""
-    inv = torch.reciprocal(amax).mul_(_ONEDNN_QMAX)  # [tokens, 1]: tiny
+def _centred_u8(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(round((x - centre) * 64 / half) + 64`` as uint8 in ``[0, 128]``, token scales ``half / 64``,
+    centres``)``, the last two ``[tokens, 1]`` (:func:`_centre`); the native kernels' float operations, in
+    the same order."""
+    centre, half = _centre(xf)
+    inv = torch.reciprocal(half).mul_(_ONEDNN_QMAX)  # [tokens, 1]: tiny
     # float -> int8 is vectorised on CPU (float -> uint8 is not: 4x slower, measured); the int8 bytes
     # viewed as uint8 plus 64 (mod 256) are q + 64 in [0, 128], since q is in [-64, 64] by construction.
-    return xf.mul(inv).round_().to(torch.int8).view(torch.uint8).add_(_ONEDNN_QMAX)
+    xu8 = xf.sub(centre).mul_(inv).round_().to(torch.int8).view(torch.uint8).add_(_ONEDNN_QMAX)
+    return xu8, half.div_(_ONEDNN_QMAX), centre
 
 
 def _onednn_qlinear(xu8: torch.Tensor, onednn_args: tuple[torch.Tensor, ...]) -> torch.Tensor:
     # Under torch.compile the custom op keeps the call opaque to inductor (its own qlinear lowering
     # wants frozen constants); quantization and epilogue around it still fuse.
     qlinear = torch.ops.llmpack.onednn_qlinear if torch.compiler.is_compiling() else _onednn_qlinear_impl
-    return qlinear(xu8, *onednn_args)
+    return qlinear(xu8, *onednn_args[:4])
 
 
 def _two_terms(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -575,7 +601,8 @@ def _onednn_pack(mod: Int8Linear, cache: dict[str, Any]) -> None:
 
 def _onednn_args(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """What :func:`_onednn_qlinear_impl` takes after the activations: packed int8 ``[out, in]`` weight,
-    float32 per-channel scale, zero points, zero-point correction."""
+    float32 per-channel scale, zero points, zero-point correction; then the weight sums (:func:`_weight_sums`)
+    for the centres' term."""
     packed = torch.ops.onednn.qlinear_prepack(weight, None)
     w_zp = torch.zeros(weight.shape[0], dtype=torch.long)
     scale_vec = scale.reshape(-1).float().contiguous()
@@ -584,7 +611,7 @@ def _onednn_args(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tenso
     # so it is passed as the bias (oneDNN adds it after scaling, in float).
     colsum = weight.sum(1, dtype=torch.int64).double()
     comp = (-_ONEDNN_QMAX * colsum * scale_vec.double()).float().contiguous()
-    return packed, scale_vec, w_zp, comp
+    return packed, scale_vec, w_zp, comp, _weight_sums(weight, scale_vec)
 
 
 def _onednn_qlinear_impl(
@@ -662,8 +689,8 @@ class _SiblingGroup:
                             [c["bias_f32"] for c in caches])
         if _small_batch(x2.shape[0]):
             if self._fbgemm is None:
-                self._fbgemm = _fbgemm_pack(*self._concatenated())
-            y = _fbgemm_w8a8(x2, self._fbgemm, self.bias)
+                self._fbgemm = (_fbgemm_pack(*self._concatenated()), _weight_sums(*self._concatenated()))
+            y = _fbgemm_w8a8(x2, *self._fbgemm, self.bias)
             return [y[:, a:b] for a, b in (self.slices[id(m)] for m in self.members)]
         layers = []
         for m in self.members:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmpack.quant.int8 import sqnr_db
@@ -137,7 +138,8 @@ def test_swap_refuses_non_linear_module() -> None:
 
 @pytest.mark.skipif(not M._onednn_available(), reason="no oneDNN int8 matmul in this PyTorch")
 def test_onednn_kernel_equals_its_7bit_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The AVX2 path (round(x * 64/amax) as int8, + 64 as u8) gives the [-64, 64] quantized values."""
+    """The AVX2 path quantizes each token around its centre: round((x - c) * 64 / h) in [-64, 64] with
+    c = (max + min) / 2, h = (max - min) / 2; the centre comes back as c * sum_k W[n, k]."""
     monkeypatch.setenv(M.ENV_KERNEL, "onednn")
     monkeypatch.setattr(M, "FBGEMM_MAX_TOKENS", 0)  # oneDNN at every size
     M.cpu_int8_kernel.cache_clear()
@@ -150,10 +152,12 @@ def test_onednn_kernel_equals_its_7bit_reference(monkeypatch: pytest.MonkeyPatch
     finally:
         M.cpu_int8_kernel.cache_clear()
     x2 = x.reshape(-1, 96)
-    a = x2.abs().amax(dim=1, keepdim=True) / 64
-    xq = torch.round(x2 / a)  # ties (measure zero for random data) may differ by one step; none here
+    hi, lo = x2.amax(dim=1, keepdim=True), x2.amin(dim=1, keepdim=True)
+    c, a = (hi + lo) / 2, (hi - lo) / 2 / 64
+    xq = torch.round((x2 - c) / a)  # ties (measure zero for random data) may differ by one step; none here
     assert xq.abs().max() <= 64
-    ref = (xq @ q.weight.float().t()) * a * q.weight_scale.reshape(1, -1) + lin.bias
+    deq = q.weight.float() * q.weight_scale.reshape(-1, 1)
+    ref = (xq @ deq.t()) * a + c * deq.sum(1) + lin.bias
     torch.testing.assert_close(y.reshape(-1, 40), ref, rtol=1e-5, atol=1e-4)
 
 
@@ -165,7 +169,7 @@ def test_onednn_custom_op_matches_eager_kernel() -> None:
     cache: dict = {"scale_row": q.weight_scale.float().reshape(1, -1)}
     M._onednn_pack(q, cache)
     xu8 = torch.randint(0, 129, (5, 32), dtype=torch.uint8)
-    got = torch.ops.llmpack.onednn_qlinear(xu8, *cache["onednn_args"])
+    got = torch.ops.llmpack.onednn_qlinear(xu8, *cache["onednn_args"][:4])
     ref = ((xu8.float() - 64) @ q.weight.float().t()) * q.weight_scale.reshape(1, -1)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
 
@@ -299,6 +303,25 @@ def test_tied_int8_head_avx2_is_the_dequantized_product(onednn: str, tokens: int
     assert sqnr_db(x @ emb.weight.t(), got) > 35
     fbgemm = onednn == "pytorch" and M._fbgemm_available() and 2 * tokens <= M.FBGEMM_MAX_TOKENS
     assert (head._fbgemm is not None) == fbgemm
+
+
+@pytest.mark.parametrize("tokens", [3, 100])  # FBGEMM (pytorch fallback, few tokens) and oneDNN / native
+def test_one_sided_tokens_keep_their_resolution(onednn: str, tokens: int) -> None:
+    """Centred 7-bit tokens: a one-sided input (GELU output, a large offset) is quantized over its own
+    [min, max], not over [-absmax, absmax]: the error is that of a symmetric input of the same spread."""
+    torch.manual_seed(9)
+    lin = nn.Linear(128, 48)
+    q = Int8Linear.from_float(lin)
+    deq = q.to_float()
+    z = torch.randn(tokens, 128)
+    errs = {}
+    for name, x in {"symmetric": z, "gelu": F.gelu(z * 3), "offset": z + 40.0}.items():
+        ref, got = deq(x), q(x)
+        errs[name] = sqnr_db(ref - ref.mean(1, keepdim=True), got - ref.mean(1, keepdim=True))
+    assert errs["symmetric"] > 30
+    # the offset token's spread equals the symmetric one's: the same resolution of its variation
+    assert errs["offset"] > errs["symmetric"] - 3
+    assert errs["gelu"] > 30
 
 
 def test_short_inputs_run_fbgemm_per_token(onednn_pytorch: None) -> None:

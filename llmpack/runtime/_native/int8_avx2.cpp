@@ -5,10 +5,13 @@
 // whole layer in one call: per-token quantization, an integer matmul, and the float epilogue.
 //
 // Arithmetic (the same as llmpack.runtime.modules' PyTorch path, see docs/int8-format.md):
-//   activations: per token, q = round_half_even(x * 64 / amax) in [-64, 64], stored as u = q + 64 (uint8);
+//   activations: per token, centred on c = (max + min) / 2 with half-range h = (max - min) / 2:
+//     q = round_half_even((x - c) * 64 / h) in [-64, 64], stored as u = q + 64 (uint8), so the 129 levels
+//     span the token's own [min, max] (one-sided inputs such as GELU outputs get twice the resolution of
+//     a grid symmetric around zero);
 //   weights: int8 [N, K] with one float scale per output channel;
 //   acc[m, n] = sum_k u[m, k] * w[n, k] (exact int32), minus corr[n] = 64 * sum_k w[n, k] (exact), so
-//   y[m, n] = float(acc - corr) * w_scale[n] * (amax[m] / 64) (+ bias[n]).
+//   y[m, n] = (float(acc - corr) * (h[m] / 64) + c[m] * sum_k w[n, k]) * w_scale[n] (+ bias[n]).
 // AVX2's u8 x s8 multiply (vpmaddubsw) adds two products in int16: 2 * 128 * 128 fits, hence 7-bit tokens.
 //
 // Weight layout ("panels"): columns in groups of 16, K in groups of 4 (both zero-padded); for panel p and
@@ -37,6 +40,37 @@ constexpr int64_t kMb = 256;    // tokens per block (keeps a block of activation
 int64_t round_up4(int64_t k) { return (k + 3) / 4 * 4; }
 
 // ----------------------------------------------------------------------------------- activations
+// (min, max) of a row; NaN in the row makes both NaN (as torch.aminmax does).
+void row_minmax(const float* x, int64_t k, float* lo, float* hi) {
+  const float inf = std::numeric_limits<float>::infinity();
+  __m256 mn = _mm256_set1_ps(inf), mx = _mm256_set1_ps(-inf);
+  __m256 nan = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    mn = _mm256_min_ps(mn, v);
+    mx = _mm256_max_ps(mx, v);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  alignas(32) float bl[8], bh[8];
+  _mm256_store_ps(bl, mn);
+  _mm256_store_ps(bh, mx);
+  bool has_nan = _mm256_movemask_ps(nan) != 0;
+  float a = inf, b = -inf;
+  for (int j = 0; j < 8; ++j) {
+    a = std::min(a, bl[j]);
+    b = std::max(b, bh[j]);
+  }
+  for (; i < k; ++i) {
+    has_nan = has_nan || std::isnan(x[i]);
+    a = std::min(a, x[i]);
+    b = std::max(b, x[i]);
+  }
+  const float q = std::numeric_limits<float>::quiet_NaN();
+  *lo = has_nan ? q : a;
+  *hi = has_nan ? q : b;
+}
+
 // max |x| over a row; NaN propagates (as torch.amax does).
 float row_absmax(const float* x, int64_t k) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -60,33 +94,39 @@ float row_absmax(const float* x, int64_t k) {
   return has_nan ? std::numeric_limits<float>::quiet_NaN() : a;
 }
 
-// out[i] = round_half_even(x[i] * inv) + 64 for i < k (|x * inv| <= 64 by construction), 64 up to kp.
-void row_u8(const float* x, float inv, uint8_t* out, int64_t k, int64_t kp) {
+// out[i] = round_half_even((x[i] - c) * inv) + 64 for i < k (|(x - c) * inv| <= 64 by construction), 64 up
+// to kp.
+void row_u8(const float* x, float c, float inv, uint8_t* out, int64_t k, int64_t kp) {
   const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256 vc = _mm256_set1_ps(c);
   const __m256i off = _mm256_set1_epi32(64);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo the per-lane packs
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
     __m256i q[4];
     for (int j = 0; j < 4; ++j) {
-      const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), vinv),
-                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * j), vc);
+      const __m256 v = _mm256_round_ps(_mm256_mul_ps(d, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       q[j] = _mm256_add_epi32(_mm256_cvtps_epi32(v), off);
     }
     const __m256i c = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permutevar8x32_epi32(c, order));
   }
-  for (; i < k; ++i) out[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(x[i] * inv)) + 64);
+  for (; i < k; ++i) out[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint((x[i] - c) * inv)) + 64);
   for (; i < kp; ++i) out[i] = 64;
 }
 
-// Per-token quantization of x [m, k] into u [m, kp] and token scales amax / 64.
-void quantize_tokens(const float* x, int64_t m, int64_t k, int64_t kp, uint8_t* u, float* scale) {
+// Per-token quantization of x [m, k] into u [m, kp], token scales h / 64 and centres c (see the top).
+void quantize_tokens(const float* x, int64_t m, int64_t k, int64_t kp, uint8_t* u, float* scale, float* centre) {
   at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      const float a = std::max(row_absmax(x + r * k, k), kEps);  // std::max(NaN, eps) keeps NaN
-      row_u8(x + r * k, (1.0f / a) * kQmax, u + r * kp, k, kp);
-      scale[r] = a / kQmax;
+      float lo, hi;
+      row_minmax(x + r * k, k, &lo, &hi);
+      const float c = (hi + lo) * 0.5f;
+      const float h = std::max((hi - lo) * 0.5f, kEps);  // std::max(NaN, eps) keeps NaN
+      row_u8(x + r * k, c, (1.0f / h) * kQmax, u + r * kp, k, kp);
+      scale[r] = h / kQmax;
+      centre[r] = c;
     }
   });
 }
@@ -145,10 +185,12 @@ struct Epilogue {
   const int32_t* corr;     // [n]
   const float* w_scale;    // [n]
   const float* bias;       // [n] or nullptr
-  const float* tok_scale;  // [rows]
+  const float* tok_scale;   // [rows]
+  const float* tok_centre;  // [rows] or nullptr (tokens centred on zero)
 };
 
-// y[r, c0 + j] = float(acc - corr) * w_scale * tok_scale[r] (+ bias), for an MR x 16 tile (nc <= 16 columns).
+// y[r, c0 + j] = float(acc - corr) * w_scale * tok_scale[r] (+ tok_centre[r] * corr / 64 * w_scale) (+ bias),
+// for an MR x 16 tile (nc <= 16 columns).
 template <int MR>
 inline void tile_out(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, const Epilogue& ep,
                      int64_t r0, int64_t c0, int64_t nc, float* y, int64_t ldy) {
@@ -159,10 +201,13 @@ inline void tile_out(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t
       const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.corr + c0 + 8 * h));
       const __m256 ws = _mm256_loadu_ps(ep.w_scale + c0 + 8 * h);
       const __m256 bv = ep.bias ? _mm256_loadu_ps(ep.bias + c0 + 8 * h) : _mm256_setzero_ps();
+      // sum_k w[n, k] * w_scale[n] (corr / 64 is an exact integer; float rounding only)
+      const __m256 cs = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(corr), _mm256_set1_ps(1.0f / kQmax)), ws);
       for (int r = 0; r < MR; ++r) {
         const __m256i iv = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + r * kNr + 8 * h));
         __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(iv, corr)), ws);
         v = _mm256_mul_ps(v, _mm256_set1_ps(ep.tok_scale[r0 + r]));
+        if (ep.tok_centre) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep.tok_centre[r0 + r]), cs));
         if (ep.bias) v = _mm256_add_ps(v, bv);
         _mm256_storeu_ps(y + (r0 + r) * ldy + c0 + 8 * h, v);
       }
@@ -173,6 +218,9 @@ inline void tile_out(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t
     for (int64_t j = 0; j < nc; ++j) {
       float v = static_cast<float>(acc[r * kNr + j] - ep.corr[c0 + j]) * ep.w_scale[c0 + j];
       v = v * ep.tok_scale[r0 + r];
+      if (ep.tok_centre) {
+        v += ep.tok_centre[r0 + r] * ((static_cast<float>(ep.corr[c0 + j]) * (1.0f / kQmax)) * ep.w_scale[c0 + j]);
+      }
       y[(r0 + r) * ldy + c0 + j] = ep.bias ? v + ep.bias[c0 + j] : v;
     }
   }
@@ -265,15 +313,16 @@ std::vector<at::Tensor> w8a8(const at::Tensor& x, at::TensorList packed, at::Ten
   const int64_t m = x.size(0), k = x.size(1), kp = round_up4(k);
   for (size_t l = 0; l < layers; ++l) check_layer(packed[l], corr[l], w_scale[l], bias.get(l), kp);
   at::Tensor u = at::empty({m, kp}, x.options().dtype(at::kByte));
-  at::Tensor tok = at::empty({m}, x.options());
-  quantize_tokens(x.data_ptr<float>(), m, k, kp, u.data_ptr<uint8_t>(), tok.data_ptr<float>());
+  at::Tensor tok = at::empty({2, m}, x.options());  // scales, centres
+  float* scale = tok.data_ptr<float>();
+  quantize_tokens(x.data_ptr<float>(), m, k, kp, u.data_ptr<uint8_t>(), scale, scale + m);
   std::vector<at::Tensor> outs;
   outs.reserve(layers);
   for (size_t l = 0; l < layers; ++l) {
     const int64_t n = corr[l].size(0);
     at::Tensor y = at::empty({m, n}, x.options());
     const std::optional<at::Tensor> b = bias.get(l);
-    const Epilogue ep{corr[l].data_ptr<int32_t>(), w_scale[l].data_ptr<float>(), bias_ptr(b), tok.data_ptr<float>()};
+    const Epilogue ep{corr[l].data_ptr<int32_t>(), w_scale[l].data_ptr<float>(), bias_ptr(b), scale, scale + m};
     matmul(u.data_ptr<uint8_t>(), m, kp, packed[l].data_ptr<int8_t>(), n, ep, y.data_ptr<float>());
     outs.push_back(std::move(y));
   }
@@ -290,7 +339,7 @@ at::Tensor w8a16(const at::Tensor& x, const at::Tensor& packed, const at::Tensor
   at::Tensor tok = at::empty({2 * m}, x.options());
   quantize_two_terms(x.data_ptr<float>(), m, k, kp, u.data_ptr<uint8_t>(), tok.data_ptr<float>());
   at::Tensor y2 = at::empty({2 * m, n}, x.options());
-  const Epilogue ep{corr.data_ptr<int32_t>(), w_scale.data_ptr<float>(), nullptr, tok.data_ptr<float>()};
+  const Epilogue ep{corr.data_ptr<int32_t>(), w_scale.data_ptr<float>(), nullptr, tok.data_ptr<float>(), nullptr};
   matmul(u.data_ptr<uint8_t>(), 2 * m, kp, packed.data_ptr<int8_t>(), n, ep, y2.data_ptr<float>());
   at::Tensor y = at::empty({m, n}, x.options());
   const float* t = y2.data_ptr<float>();
