@@ -108,6 +108,10 @@ def _register_fakes() -> None:
                bias: torch.Tensor | None) -> torch.Tensor:
         return x.new_empty((x.shape[0], corr.shape[0]))
 
+    @torch.library.register_fake("llmpack_avx2::rms_norm")
+    def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return torch.empty_like(x)
+
 
 def avx2_ops() -> Any | None:
     """``torch.ops.llmpack_avx2`` (building it on first call), or ``None`` where it is off or cannot be

@@ -1,11 +1,14 @@
-"""llmpack.runtime.fused: the one-op GELU-tanh gives transformers' results and keeps the state dict."""
+"""llmpack.runtime.fused: the one-op GELU-tanh and the fused RMSNorm give transformers' results and keep the
+state dict."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from llmpack.runtime.fused import TanhGELU, fuse_float_modules
+from llmpack.runtime import native
+from llmpack.runtime.fused import FusedRMSNorm, TanhGELU, fuse_float_modules
 from llmpack.testing import tiny_model
 
 
@@ -34,6 +37,53 @@ def test_user_classes_with_the_same_name_are_left_alone() -> None:
     assert fuse_float_modules(m) == 0 and type(m[0]).__name__ == "NewGELUActivation"
 
 
-def test_llama_untouched() -> None:
+def test_llama_rms_norms_swapped_same_logits() -> None:
+    model = tiny_model("llama")
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    ref, keys = _logits(model, ids), list(model.state_dict())
+    weights = [m.weight for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
+    assert fuse_float_modules(model) == 2 * model.config.num_hidden_layers + 1
+    norms = [m for m in model.modules() if isinstance(m, FusedRMSNorm)]
+    assert [n.weight for n in norms] == weights  # the same parameter objects
+    torch.testing.assert_close(_logits(model, ids), ref, rtol=1e-5, atol=1e-5)
+    assert list(model.state_dict()) == keys
+    assert fuse_float_modules(model) == 0
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 7, 37), (128, 64), (3, 16)])
+def test_fused_rms_norm_matches_transformers(shape: tuple[int, ...]) -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    k = shape[-1]
+    ref = LlamaRMSNorm(k, eps=1e-5)
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(k, generator=torch.Generator().manual_seed(k)))
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2)) * 5
+    fused = FusedRMSNorm(ref.weight, ref.variance_epsilon)
+    torch.testing.assert_close(fused(x), ref(x), rtol=2e-6, atol=1e-6)
+    ops = native.avx2_ops()
+    if ops is not None:  # the native kernel itself (what FusedRMSNorm calls on the AVX2 int8 kernel)
+        torch.testing.assert_close(ops.rms_norm(x, ref.weight.detach(), 1e-5), ref(x).detach(), rtol=2e-6, atol=1e-6)
+    ref.to(torch.bfloat16)  # converts the shared parameter in place
+    half = x.to(torch.bfloat16)  # other dtypes: transformers' own formula
+    assert fused.weight.dtype == torch.bfloat16 and torch.equal(fused(half), ref(half))
+
+
+def test_native_rms_norm_refuses_bad_arguments() -> None:
+    ops = native.avx2_ops()
+    if ops is None:
+        assert native.native_status() != "ok"
+        return
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        ops.rms_norm(torch.randn(2, 8, dtype=torch.float64), torch.ones(8), 1e-6)
+    with pytest.raises(RuntimeError, match="weight"):
+        ops.rms_norm(torch.randn(2, 8), torch.ones(7), 1e-6)
+
+
+def test_changed_upstream_norm_is_not_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transformers release whose RMSNorm computes something else keeps its own module."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    monkeypatch.setattr(LlamaRMSNorm, "forward", lambda self, x: self.weight * x)
     model = tiny_model("llama")
     assert fuse_float_modules(model) == 0

@@ -356,16 +356,61 @@ at::Tensor w8a16(const at::Tensor& x, const at::Tensor& packed, const at::Tensor
   return y;
 }
 
+// ----------------------------------------------------------------------------------- float helpers
+// Llama-style RMSNorm in float32: y = (x * (1 / sqrt(mean(x^2) + eps))) * weight, one read and one write
+// per token (transformers' module is six tensor operations, each a pass over the activations).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "llmpack_avx2::rms_norm: x must be a contiguous float32 CPU tensor");
+  const int64_t k = x.size(-1);
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == k,
+              "llmpack_avx2::rms_norm: weight must be a contiguous float32 vector of the last dimension's size");
+  at::Tensor y = at::empty_like(x);
+  const int64_t m = k > 0 ? x.numel() / k : 0;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const float e = static_cast<float>(eps);
+  at::parallel_for(0, m, std::max<int64_t>(1, 32768 / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t end) {
+    for (int64_t r = b; r < end; ++r) {
+      const float* xr = xp + r * k;
+      float* yr = yp + r * k;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int64_t i = 0;
+      for (; i + 16 <= k; i += 16) {
+        const __m256 v0 = _mm256_loadu_ps(xr + i), v1 = _mm256_loadu_ps(xr + i + 8);
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(v0, v0));
+        a1 = _mm256_add_ps(a1, _mm256_mul_ps(v1, v1));
+      }
+      alignas(32) float buf[8];
+      _mm256_store_ps(buf, _mm256_add_ps(a0, a1));
+      float ss = 0.f;
+      for (int j = 0; j < 8; ++j) ss += buf[j];
+      for (; i < k; ++i) ss += xr[i] * xr[i];
+      const float inv = 1.0f / std::sqrt(ss / static_cast<float>(k) + e);
+      const __m256 vinv = _mm256_set1_ps(inv);
+      i = 0;
+      for (; i + 8 <= k; i += 8) {
+        _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv), _mm256_loadu_ps(wp + i)));
+      }
+      for (; i < k; ++i) yr[i] = (xr[i] * inv) * wp[i];
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(llmpack_avx2, m) {
   m.def("pack(Tensor weight) -> (Tensor, Tensor)");
   m.def("w8a8(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias) -> Tensor[]");
   m.def("w8a16(Tensor x, Tensor packed, Tensor corr, Tensor w_scale, Tensor? bias) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
   m.impl("pack", &pack);
   m.impl("w8a8", &w8a8);
   m.impl("w8a16", &w8a16);
+  m.impl("rms_norm", &rms_norm);
 }
