@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmpack.runtime import native
-from llmpack.runtime.fused import FusedRMSNorm, TanhGELU, fuse_float_modules
+from llmpack.runtime import fused, native
+from llmpack.runtime.fused import FewTokenLinear, FusedRMSNorm, TanhGELU, fuse_float_modules
 from llmpack.testing import tiny_model
 
 
@@ -87,3 +87,47 @@ def test_changed_upstream_norm_is_not_swapped(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(LlamaRMSNorm, "forward", lambda self, x: self.weight * x)
     model = tiny_model("llama")
     assert fuse_float_modules(model) == 0
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 8, 9])  # 9: more than FEW_TOKENS, plain F.linear
+@pytest.mark.parametrize("bias", [False, True])
+def test_few_token_linear_matches_linear(tokens: int, bias: bool) -> None:
+    g = torch.Generator().manual_seed(tokens)
+    lin = nn.Linear(37, 300, bias=bias)  # K not a multiple of 8
+    x = torch.randn(1, tokens, 37, generator=g)
+    fast = FewTokenLinear(lin)
+    assert fast.weight is lin.weight and fast.bias is lin.bias
+    with torch.profiler.profile() as prof:
+        got = fast(x)
+    torch.testing.assert_close(got, lin(x), rtol=1e-5, atol=1e-5)
+    used = any(e.key == "llmpack_avx2::few_token_linear" for e in prof.key_averages())
+    assert used == (fused._native_float_ops() is not None and tokens <= fused.FEW_TOKENS)
+    ops = native.avx2_ops()
+    if ops is not None and tokens <= fused.FEW_TOKENS:
+        y = ops.few_token_linear(x.reshape(tokens, 37), lin.weight.detach())
+        torch.testing.assert_close(y, x.reshape(tokens, 37) @ lin.weight.detach().t(), rtol=1e-5, atol=1e-5)
+
+
+def test_wide_tied_head_swapped_and_still_tied(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "WIDE_OUT", 200)  # the tiny model's vocabulary (256) counts as wide
+    model = tiny_model("llama")
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(3))
+    ref, keys = _logits(model, ids), list(model.state_dict())
+    fuse_float_modules(model)
+    assert isinstance(model.lm_head, FewTokenLinear)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    torch.testing.assert_close(_logits(model, ids), ref, rtol=1e-5, atol=1e-5)
+    assert list(model.state_dict()) == keys
+
+
+def test_native_few_token_linear_refuses_bad_arguments() -> None:
+    ops = native.avx2_ops()
+    if ops is None:
+        assert native.native_status() != "ok"
+        return
+    with pytest.raises(RuntimeError, match="1 to 8 tokens"):
+        ops.few_token_linear(torch.randn(9, 8), torch.randn(4, 8))
+    with pytest.raises(RuntimeError, match="weight"):
+        ops.few_token_linear(torch.randn(2, 8), torch.randn(4, 7))

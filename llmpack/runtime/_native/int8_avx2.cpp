@@ -399,6 +399,57 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return y;
 }
 
+// y = x W^T for a few tokens and a wide float32 weight (an output head: 49152 x 576 in SmolLM2). The
+// BLAS call PyTorch makes reads the weight at about half the memory bandwidth for one token; this reads
+// each weight row once, for every token at a time (M <= 8 accumulators in registers).
+template <int M>
+void gemv_rows(const float* x, int64_t k, const float* w, int64_t r0, int64_t r1, float* y, int64_t n) {
+  const int64_t k8 = k / 8 * 8;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* wr = w + r * k;
+    __m256 acc[M];
+    for (int t = 0; t < M; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k8; i += 8) {
+      const __m256 wv = _mm256_loadu_ps(wr + i);
+      for (int t = 0; t < M; ++t) acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_loadu_ps(x + t * k + i), wv));
+    }
+    for (int t = 0; t < M; ++t) {
+      alignas(32) float buf[8];
+      _mm256_store_ps(buf, acc[t]);
+      float v = ((buf[0] + buf[4]) + (buf[1] + buf[5])) + ((buf[2] + buf[6]) + (buf[3] + buf[7]));
+      for (int64_t i = k8; i < k; ++i) v += x[t * k + i] * wr[i];
+      y[t * n + r] = v;
+    }
+  }
+}
+
+at::Tensor few_token_linear(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "llmpack_avx2::few_token_linear: x must be a contiguous float32 CPU matrix");
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.is_contiguous() &&
+                  weight.device().is_cpu() && weight.size(1) == x.size(1),
+              "llmpack_avx2::few_token_linear: weight must be a contiguous float32 CPU matrix [out, in]");
+  const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
+  TORCH_CHECK(m >= 1 && m <= 8, "llmpack_avx2::few_token_linear: 1 to 8 tokens");
+  at::Tensor y = at::empty({m, n}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    switch (m) {
+      case 1: gemv_rows<1>(xp, k, wp, r0, r1, yp, n); break;
+      case 2: gemv_rows<2>(xp, k, wp, r0, r1, yp, n); break;
+      case 3: gemv_rows<3>(xp, k, wp, r0, r1, yp, n); break;
+      case 4: gemv_rows<4>(xp, k, wp, r0, r1, yp, n); break;
+      case 5: gemv_rows<5>(xp, k, wp, r0, r1, yp, n); break;
+      case 6: gemv_rows<6>(xp, k, wp, r0, r1, yp, n); break;
+      case 7: gemv_rows<7>(xp, k, wp, r0, r1, yp, n); break;
+      default: gemv_rows<8>(xp, k, wp, r0, r1, yp, n); break;
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(llmpack_avx2, m) {
@@ -406,6 +457,7 @@ TORCH_LIBRARY(llmpack_avx2, m) {
   m.def("w8a8(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias) -> Tensor[]");
   m.def("w8a16(Tensor x, Tensor packed, Tensor corr, Tensor w_scale, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("few_token_linear(Tensor x, Tensor weight) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
@@ -413,4 +465,5 @@ TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
   m.impl("w8a8", &w8a8);
   m.impl("w8a16", &w8a16);
   m.impl("rms_norm", &rms_norm);
+  m.impl("few_token_linear", &few_token_linear);
 }
