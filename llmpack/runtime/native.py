@@ -112,6 +112,10 @@ def _register_fakes() -> None:
     def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return torch.empty_like(x)
 
+    @torch.library.register_fake("llmpack_avx2::gelu_tanh")
+    def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(x)
+
     @torch.library.register_fake("llmpack_avx2::few_token_linear")
     def _few_token_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]))

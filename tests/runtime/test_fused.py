@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmpack.runtime import fused, native
@@ -26,6 +27,23 @@ def test_gpt2_gelu_swapped_same_logits() -> None:
     torch.testing.assert_close(_logits(model, ids), ref, rtol=1e-5, atol=1e-5)
     assert list(model.state_dict()) == keys
     assert fuse_float_modules(model) == 0  # idempotent
+
+
+def test_tanh_gelu_matches_the_formula() -> None:
+    x = torch.cat([torch.randn(5000, generator=torch.Generator().manual_seed(4)) * 4,
+                   torch.tensor([0.0, -0.0, 1e-30, 5.0, -5.0, 20.0, -20.0, 100.0, -100.0, 1e20, -1e20])]).reshape(1, -1)
+    exact = F.gelu(x.double(), approximate="tanh")
+    got = TanhGELU()(x)
+    torch.testing.assert_close(got.double(), exact, rtol=2e-6, atol=1e-6)
+    special = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    torch.testing.assert_close(TanhGELU()(special), F.gelu(special, approximate="tanh"), equal_nan=True)  # nan, inf, nan
+    ops = native.avx2_ops()
+    if ops is not None:
+        with torch.profiler.profile() as prof:
+            TanhGELU()(x)
+        used = any(e.key == "llmpack_avx2::gelu_tanh" for e in prof.key_averages())
+        assert used == (fused._native_float_ops() is not None)
+        torch.testing.assert_close(ops.gelu_tanh(x).double(), exact, rtol=2e-6, atol=1e-6)
 
 
 def test_user_classes_with_the_same_name_are_left_alone() -> None:

@@ -399,6 +399,58 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return y;
 }
 
+// exp(x) for 8 floats (Cephes' expf: range reduction by ln 2, degree-6 polynomial; ~1 ulp on
+// [-87, 88], 0 below, +inf above). NaN inputs give an arbitrary value: callers keep NaN otherwise.
+inline __m256 exp8(__m256 x) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504f);
+  const __m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ), under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  const __m256 fx = _mm256_floor_ps(
+      _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(0.5f)));
+  x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(0.693359375f)));
+  x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(-2.12194440e-4f)));
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(y, x), x), x), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  y = _mm256_blendv_ps(y, _mm256_set1_ps(std::numeric_limits<float>::infinity()), over);
+  return _mm256_blendv_ps(y, _mm256_setzero_ps(), under);
+}
+
+// GELU, tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as the equal
+// x / (1 + exp(-2u)) (no cancellation for negative x). PyTorch's F.gelu(approximate="tanh") evaluates
+// tanh itself, ~3x slower than exp on AVX2 CPUs (measured: 943 us for 128 x 3072 on 2 threads).
+at::Tensor gelu_tanh(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "llmpack_avx2::gelu_tanh: x must be a contiguous float32 CPU tensor");
+  at::Tensor y = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t n = x.numel();
+  constexpr float kC = 0.7978845608028654f;  // sqrt(2 / pi)
+  at::parallel_for(0, (n + 7) / 8, 2048, [&](int64_t b, int64_t e) {
+    const __m256 one = _mm256_set1_ps(1.0f), c2 = _mm256_set1_ps(-2.0f * kC), k3 = _mm256_set1_ps(0.044715f);
+    int64_t i = b * 8;
+    const int64_t end = std::min(n, e * 8);
+    for (; i + 8 <= end; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xp + i);
+      const __m256 inner = _mm256_add_ps(v, _mm256_mul_ps(k3, _mm256_mul_ps(v, _mm256_mul_ps(v, v))));
+      const __m256 t = exp8(_mm256_mul_ps(c2, inner));
+      _mm256_storeu_ps(yp + i, _mm256_div_ps(v, _mm256_add_ps(one, t)));
+    }
+    for (; i < end; ++i) {
+      const float v = xp[i];
+      yp[i] = v / (1.0f + std::exp(-2.0f * kC * (v + 0.044715f * v * v * v)));
+    }
+  });
+  return y;
+}
+
 // y = x W^T for a few tokens and a wide float32 weight (an output head: 49152 x 576 in SmolLM2). The
 // BLAS call PyTorch makes reads the weight at about half the memory bandwidth for one token; this reads
 // each weight row once, for every token at a time (M <= 8 accumulators in registers).
@@ -458,6 +510,7 @@ TORCH_LIBRARY(llmpack_avx2, m) {
   m.def("w8a16(Tensor x, Tensor packed, Tensor corr, Tensor w_scale, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("few_token_linear(Tensor x, Tensor weight) -> Tensor");
+  m.def("gelu_tanh(Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
@@ -466,4 +519,5 @@ TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
   m.impl("w8a16", &w8a16);
   m.impl("rms_norm", &rms_norm);
   m.impl("few_token_linear", &few_token_linear);
+  m.impl("gelu_tanh", &gelu_tanh);
 }
