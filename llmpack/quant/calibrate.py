@@ -190,7 +190,9 @@ def act_grid(device: "torch.device | str" = "cpu") -> tuple[float, float, float,
     """``(divisor, lo, hi, centred)`` of the dynamic activation grid ``Int8Linear`` uses on ``device``.
 
     CPUs without VNNI run the AVX2 ``u8 x s8`` kernels with 7-bit activations centred on each token
-    (``(x - c) / (h / 64)`` in ``[-64, 64]``, ``c`` and ``h`` the token's mid-range and half-range);
+    (``(x - c) / (h / 64)`` in ``[-64, 64]``, ``c`` and ``h`` the token's mid-range and half-range; 127
+    and 8 bits with ``LLMPACK_AVX2_ACT_BITS=8`` on the native kernels; the default ``auto`` is simulated
+    as 7 bits everywhere, an upper bound on its error);
     everything else uses compressed-tensors' 8-bit grid (``absmax / 127.5``, ``[-128, 127]``, not centred).
     The simulator follows the kernel so the budget measures what will run here.
 
@@ -200,10 +202,13 @@ def act_grid(device: "torch.device | str" = "cpu") -> tuple[float, float, float,
     """
     if torch.device(device).type == "cpu":
         try:
-            from llmpack.runtime.modules import cpu_int8_kernel
+            from llmpack.runtime.modules import _native_ops, avx2_act_bits, cpu_int8_kernel
 
             if cpu_int8_kernel() == "onednn":
-                return 64.0, -64.0, 64.0, True
+                # auto: 7 bits assumed for every layer, an upper bound on the error (the runtime gives
+                # layers outside NORM_FED 8 bits)
+                q = 127.0 if avx2_act_bits() == 8 and _native_ops() is not None else 64.0
+                return q, -q, q, True
         except ImportError:  # runtime not built: assume the 8-bit grid
             pass
     return ACT_DIVISOR, -QMAX - 1, QMAX, False

@@ -63,10 +63,25 @@ __all__ = [
     "iter_int8_linears",
     "prepare_int8",
     "compile_int8",
+    "avx2_act_bits",
+    "ENV_ACT_BITS",
+    "NORM_FED",
 ]
 
 ENV_KERNEL = "LLMPACK_INT8_KERNEL"
 KERNELS = ("int_mm", "onednn", "dequant")
+ENV_ACT_BITS = "LLMPACK_AVX2_ACT_BITS"
+"""``7``, ``8`` or ``auto`` (default): activation bits of W8A8 layers on the native AVX2 kernels (see
+:func:`avx2_act_bits`)."""
+
+NORM_FED = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "W_pack", "gate_proj", "up_proj", "gate_up_proj",
+                      "w1", "w3", "c_attn", "c_fc", "query", "key", "value", "fc1"})
+"""Child names of linear layers that read a normalization's output (attention and MLP inputs). With
+``LLMPACK_AVX2_ACT_BITS=auto`` they get 7-bit tokens on the native AVX2 kernels and every other W8A8 layer
+(attention output, MLP output, unknown roles) 8-bit: normalized inputs lose least to 7 bits, while the
+inputs of output projections carry the outliers (measured, int8_cpu inputs, batch 1: 8-bit output layers
+take GPT-2's KL vs FP32 from 0.00023 to 0.00016 for 2 % more time, SmolLM2's from 0.020 to 0.013 for
+7 %; 8-bit input layers too: 0.00011 / 0.0089 for 13-15 %)."""
 # AVX2 oneDNN kernel: activations in [-64, 64] (+64 zero point -> u8 in [0, 128]); 128 * 127 * 2 < 2**15,
 # so the u8*s8 pair sums of vpmaddubsw never saturate.
 _ONEDNN_QMAX = 64
@@ -111,6 +126,24 @@ def cpu_int8_kernel() -> str:
         return "onednn"
     # Non-x86 (e.g. ARM): _int_mm has optimized paths there too; keep it exact.
     return "int_mm" if not flags else "dequant"
+
+
+@functools.lru_cache(maxsize=None)
+def avx2_act_bits() -> int | None:
+    """Activation bits forced on every W8A8 layer of the native AVX2 kernels by ``LLMPACK_AVX2_ACT_BITS``:
+    7 (129 levels centred on each token) or 8 (255 levels, the int8 format's own precision, ~20 % slower
+    matmuls: AVX2 without VNNI needs one more instruction per multiply); ``None`` for ``auto`` (the
+    default), where each layer uses its own ``act_bits`` (set by :func:`prepare_int8`, see
+    :data:`NORM_FED`). The PyTorch fallback always uses 7.
+
+    Example:
+        >>> avx2_act_bits() in (None, 7, 8)
+        True
+    """
+    raw = os.environ.get(ENV_ACT_BITS, "").strip().lower() or "auto"
+    if raw not in ("7", "8", "auto"):
+        raise ConfigError(f"{ENV_ACT_BITS}={raw!r} is not an activation width: choose 7, 8 or auto")
+    return None if raw == "auto" else int(raw)
 
 
 @functools.lru_cache(maxsize=None)
@@ -237,6 +270,7 @@ class Int8Linear(nn.Module):
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: dict[str, Any] = {}
         self._group: _SiblingGroup | None = None  # set by prepare_int8 (shared-input siblings, e.g. q/k/v)
+        self.act_bits = 7  # tokens on the native AVX2 kernels; prepare_int8 sets 8 outside NORM_FED
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -331,6 +365,7 @@ class Int8Linear(nn.Module):
         """
         cache = self._prepared()
         cache["cpu_kernel"] = cpu_int8_kernel()
+        cache["act_bits"] = self._act_bits()
         if self.weight.device.type != "cpu" or cache["cpu_kernel"] != "onednn":
             return self
         ops = _native_ops()
@@ -373,7 +408,8 @@ class Int8Linear(nn.Module):
             return None
         xf = x2.float().contiguous()
         if self.act_quant:
-            y = torch.ops.llmpack_avx2.w8a8(xf, [packed[0]], [packed[1]], [packed[2]], [cache["bias_f32"]])[0]
+            y = torch.ops.llmpack_avx2.w8a8(xf, [packed[0]], [packed[1]], [packed[2]], [cache["bias_f32"]],
+                                            self._act_bits())[0]
         else:
             y = torch.ops.llmpack_avx2.w8a16(xf, *packed, cache["bias_f32"])
         return y.to(x2.dtype)
@@ -411,6 +447,12 @@ class Int8Linear(nn.Module):
         if "fbgemm" not in cache:
             cache["fbgemm"] = _fbgemm_pack(self.weight.detach(), cache["scale_row"])
         return cache["fbgemm"]
+
+    def _act_bits(self) -> int:
+        """Activation bits on the native AVX2 kernels: the environment's, else this layer's own."""
+        if torch.compiler.is_compiling() and "act_bits" in self._cache:
+            return self._cache["act_bits"]  # read by prepare(): keeps lru_cache out of dynamo
+        return avx2_act_bits() or self.act_bits
 
     def _kernel(self, x2: torch.Tensor) -> str:
         if x2.device.type == "cuda":
@@ -494,13 +536,13 @@ def _native_ops() -> Any | None:
     bias = torch.randn(37, generator=g)
     x = torch.randn(7, 45, generator=g) * 3
     packed = _avx2_pack(ops, w, scale)
-    got = ops.w8a8(x, [packed[0]], [packed[1]], [packed[2]], [bias])[0]
     w16 = ops.w8a16(x, *packed, bias)
     exact16 = x.double() @ (w.double() * scale.double().reshape(-1, 1)).t() + bias.double()
-    if torch.allclose(got.double(), w8a8_reference(x, w, scale, bias), rtol=1e-5, atol=1e-5) \
+    if all(torch.allclose(ops.w8a8(x, [packed[0]], [packed[1]], [packed[2]], [bias], bits)[0].double(),
+                          w8a8_reference(x, w, scale, bias, bits), rtol=1e-5, atol=1e-5) for bits in (7, 8)) \
             and sqnr_db(exact16, w16.double()) > 60:
         return ops
-    native._state["status"] = "not used: wrong results on this machine"
+    native.mark_unusable("not used: wrong results on this machine")
     warnings.warn("llmpack: the native int8 kernels give wrong results on this machine; using the PyTorch "
                   "path.", RuntimeWarning, stacklevel=2)
     return None
@@ -514,10 +556,10 @@ def _avx2_pack(ops: Any, weight: torch.Tensor, scale: torch.Tensor) -> tuple[tor
 
 
 def w8a8_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
-    """What the AVX2 kernels compute, in float64: tokens quantized to ``round((x - centre) * 64 / half)``
-    (:func:`_centre`), an exact integer product, then the scales, the centres' term (and bias). The
-    reference the native kernels are checked against.
+                   bias: torch.Tensor | None = None, act_bits: int = 7) -> torch.Tensor:
+    """What the AVX2 kernels compute, in float64: tokens quantized to ``round((x - centre) * Q / half)``
+    (:func:`_centre`; ``Q`` = 64 for ``act_bits=7``, 127 for 8), an exact integer product, then the scales,
+    the centres' term (and bias). The reference the native kernels are checked against.
 
     Example:
         >>> w = torch.tensor([[1, -2], [3, 4]], dtype=torch.int8)
@@ -525,8 +567,14 @@ def w8a8_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
         [[0.25, -0.5]]
     """
     xf = x.float()
-    xu8, tok_scale, centre = _centred_u8(xf)
-    q = xu8.double() - _ONEDNN_QMAX  # the kernels' quantization, as integers
+    if act_bits == 8:
+        centre, half = _centre(xf)
+        inv = torch.reciprocal(half).mul_(127.0)
+        q = xf.sub(centre).mul_(inv).round_().double()
+        tok_scale = half.div_(127.0)
+    else:
+        xu8, tok_scale, centre = _centred_u8(xf)
+        q = xu8.double() - _ONEDNN_QMAX  # the kernels' quantization, as integers
     w = weight.double()
     y = (q @ w.t()) * tok_scale.double() * scale.double().reshape(1, -1)
     y += centre.double() * (w.sum(1) * scale.double().reshape(-1)).reshape(1, -1)
@@ -686,7 +734,7 @@ class _SiblingGroup:
             caches = [m._prepared() for m in self.members]
             packs = [m._avx2_packed(c, ops) for m, c in zip(self.members, caches)]
             return ops.w8a8(x2.contiguous(), [p[0] for p in packs], [p[1] for p in packs], [p[2] for p in packs],
-                            [c["bias_f32"] for c in caches])
+                            [c["bias_f32"] for c in caches], max(m._act_bits() for m in self.members))
         if _small_batch(x2.shape[0]):
             if self._fbgemm is None:
                 self._fbgemm = (_fbgemm_pack(*self._concatenated()), _weight_sums(*self._concatenated()))
@@ -755,8 +803,9 @@ def _group_siblings(model: nn.Module) -> None:
 def prepare_int8(model: nn.Module) -> nn.Module:
     """Build every :class:`Int8Linear`'s cached kernel inputs now (see :meth:`Int8Linear.prepare`); on
     AVX2 CPUs (oneDNN kernel) also let shared-input siblings such as q/k/v and gate/up quantize their input
-    once. Swaps transformers' eight-op GELU-tanh module for the one-op equivalent
-    (:mod:`llmpack.runtime.fused`; same formula, results equal up to float rounding).
+    once, and give layers outside :data:`NORM_FED` 8-bit tokens there. Swaps transformers' eight-op
+    GELU-tanh module and Llama-style RMSNorms for one-pass equivalents, and wide float heads for the
+    few-token kernel (:mod:`llmpack.runtime.fused`; same formulas, results equal up to float rounding).
 
     Example:
         >>> m = torch.nn.Sequential(Int8Linear.from_float(torch.nn.Linear(8, 4)))
@@ -765,7 +814,9 @@ def prepare_int8(model: nn.Module) -> nn.Module:
     """
     from llmpack.runtime.fused import fuse_float_modules
 
-    for mod in model.modules():
+    for name, mod in model.named_modules():
+        if isinstance(mod, Int8Linear):
+            mod.act_bits = 7 if name.rsplit(".", 1)[-1] in NORM_FED else 8
         if isinstance(mod, (Int8Linear, TiedInt8Head)):
             mod.prepare()
     _group_siblings(model)

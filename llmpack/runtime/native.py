@@ -32,7 +32,7 @@ import torch
 
 from llmpack.constants import ENV_CACHE
 
-__all__ = ["ENV_NATIVE", "avx2_ops", "native_status"]
+__all__ = ["ENV_NATIVE", "avx2_ops", "mark_unusable", "native_status"]
 
 ENV_NATIVE = "LLMPACK_NATIVE"
 """Set to ``0`` to never build or use the native kernels."""
@@ -100,7 +100,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("llmpack_avx2::w8a8")
     def _w8a8(x: torch.Tensor, packed: list[torch.Tensor], corr: list[torch.Tensor], w_scale: list[torch.Tensor],
-              bias: list[torch.Tensor | None]) -> list[torch.Tensor]:
+              bias: list[torch.Tensor | None], act_bits: int = 7) -> list[torch.Tensor]:
         return [x.new_empty((x.shape[0], c.shape[0])) for c in corr]
 
     @torch.library.register_fake("llmpack_avx2::w8a16")
@@ -152,6 +152,17 @@ def avx2_ops() -> Any | None:
         _state["status"] = status
         _state["ops"] = ops
         return ops
+
+
+def mark_unusable(reason: str) -> None:
+    """Record why the built kernels are not used (e.g. they failed their self-check), for :func:`native_status`.
+
+    Example:
+        >>> mark_unusable("not used: wrong results on this machine")  # doctest: +SKIP
+        >>> native_status()                                           # doctest: +SKIP
+        'not used: wrong results on this machine'
+    """
+    _state["status"] = reason
 
 
 def native_status() -> str:

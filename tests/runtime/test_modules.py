@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmpack.errors import ConfigError
 from llmpack.quant.int8 import sqnr_db
 from llmpack.runtime import modules as M
 from llmpack.runtime.modules import Int8Embedding, Int8Linear, TiedInt8Head, swap_quantized_modules
@@ -188,7 +189,7 @@ def test_compile_int8_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(M, "FBGEMM_MAX_TOKENS", 0)  # compiled code runs oneDNN at every size; so does eager here
     torch.manual_seed(3)
     q = Int8Linear.from_float(nn.Linear(48, 24))
-    model = nn.Sequential(q, nn.GELU())
+    model = M.prepare_int8(nn.Sequential(q, nn.GELU()))  # (an unnamed role: 8-bit tokens on native AVX2)
     x = torch.randn(6, 48)
     with torch.inference_mode():
         eager = model(x)
@@ -322,6 +323,59 @@ def test_one_sided_tokens_keep_their_resolution(onednn: str, tokens: int) -> Non
     # the offset token's spread equals the symmetric one's: the same resolution of its variation
     assert errs["offset"] > errs["symmetric"] - 3
     assert errs["gelu"] > 30
+
+
+def test_act_bits_env_selects_eight_bit_tokens(onednn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLMPACK_AVX2_ACT_BITS=8: the native kernels quantize tokens to 255 levels (the PyTorch fallback keeps
+    7 bits); any other value is refused with the variable's name."""
+    torch.manual_seed(12)
+    lin = nn.Linear(256, 64)
+    q = Int8Linear.from_float(lin)
+    ref = q.to_float()
+    x = torch.randn(100, 256)
+    errs = {}
+    try:
+        for bits in ("7", "8"):
+            monkeypatch.setenv(M.ENV_ACT_BITS, bits)
+            M.avx2_act_bits.cache_clear()
+            errs[bits] = sqnr_db(ref(x), q(x))
+        monkeypatch.setenv(M.ENV_ACT_BITS, "9")  # neither 7, 8 nor auto
+        M.avx2_act_bits.cache_clear()
+        with pytest.raises(ConfigError, match=M.ENV_ACT_BITS):
+            M.avx2_act_bits()
+    finally:
+        M.avx2_act_bits.cache_clear()
+    if onednn == "native":
+        assert errs["8"] > errs["7"] + 4
+    else:
+        assert abs(errs["8"] - errs["7"]) < 1e-9
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_auto_act_bits_by_layer_role(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare_int8: layers reading a norm's output (q/k/v, gate/up, c_attn, c_fc) keep 7-bit tokens,
+    the output projections get 8; the environment overrides both."""
+    import llmpack
+    from llmpack.testing import tiny_model
+
+    monkeypatch.delenv(M.ENV_ACT_BITS, raising=False)
+    M.avx2_act_bits.cache_clear()
+    with pytest.warns(UserWarning, match="no calibration"):
+        model = llmpack.quantize(tiny_model(kind), "int8", quiet=True).model
+    bits = {name.rsplit(".", 1)[-1] if "mlp" not in name else "mlp." + name.rsplit(".", 1)[-1]: mod._act_bits()
+            for name, mod in M.iter_int8_linears(model)}
+    if kind == "llama":
+        assert bits == {"q_proj": 7, "k_proj": 7, "v_proj": 7, "o_proj": 8, "mlp.gate_proj": 7, "mlp.up_proj": 7,
+                        "mlp.down_proj": 8}
+    else:
+        assert bits == {"c_attn": 7, "c_proj": 8, "mlp.c_fc": 7, "mlp.c_proj": 8}
+    try:
+        for forced in ("7", "8"):
+            monkeypatch.setenv(M.ENV_ACT_BITS, forced)
+            M.avx2_act_bits.cache_clear()
+            assert {m._act_bits() for _, m in M.iter_int8_linears(model)} == {int(forced)}
+    finally:
+        M.avx2_act_bits.cache_clear()
 
 
 def test_short_inputs_run_fbgemm_per_token(onednn_pytorch: None) -> None:

@@ -43,9 +43,11 @@ def _weight(k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torc
 SHAPES = [(1, 64, 32), (3, 13, 5), (17, 45, 24), (128, 576, 192), (9, 100, 70), (64, 768, 40), (300, 37, 33)]
 
 
+@pytest.mark.parametrize("bits", [7, 8])
 @pytest.mark.parametrize("m,k,n", SHAPES)
-def test_w8a8_is_the_exact_integer_product(ops: object, m: int, k: int, n: int) -> None:
-    """Every shape class: K and N not multiples of 4/16, one token, more tokens than a block (256)."""
+def test_w8a8_is_the_exact_integer_product(ops: object, m: int, k: int, n: int, bits: int) -> None:
+    """Every shape class: K and N not multiples of 4/16, one token, more tokens than a block (256); 7- and
+    8-bit tokens."""
     g = torch.Generator().manual_seed(m * 1000 + k)
     x = torch.randn(m, k, generator=g) * torch.logspace(-3, 3, m).reshape(m, 1)  # tokens of very different size
     x[0, k // 2] = 0.5
@@ -54,9 +56,9 @@ def test_w8a8_is_the_exact_integer_product(ops: object, m: int, k: int, n: int) 
     w1, s1, b1 = _weight(k, n, 1)
     w2, s2, _ = _weight(k, n + 3, 2)
     p1, p2 = M._avx2_pack(ops, w1, s1), M._avx2_pack(ops, w2, s2)
-    got = ops.w8a8(x, [p1[0], p2[0]], [p1[1], p2[1]], [p1[2], p2[2]], [b1, None])
+    got = ops.w8a8(x, [p1[0], p2[0]], [p1[1], p2[1]], [p1[2], p2[2]], [b1, None], bits)
     for y, (w, s, b) in zip(got, [(w1, s1, b1), (w2, s2, None)]):
-        want = M.w8a8_reference(x, w, s, b)
+        want = M.w8a8_reference(x, w, s, b, bits)
         assert y.shape == want.shape and y.dtype == torch.float32
         # integer accumulation is exact; only the float epilogue rounds (a few ulp)
         torch.testing.assert_close(y.double(), want, rtol=2e-6, atol=1e-6 * want.abs().max().item())
@@ -72,6 +74,26 @@ def test_w8a16_is_the_weight_only_product(ops: object, m: int, k: int, n: int) -
     got = ops.w8a16(x, *M._avx2_pack(ops, w, s), b)
     exact = x.double() @ (w.double() * s.double().reshape(-1, 1)).t() + b.double()
     assert got.shape == (m, n) and sqnr_db(exact, got.double()) > 65
+
+
+def test_eight_bit_tokens_halve_the_error(ops: object) -> None:
+    """8-bit tokens (|w| x sign-moved q through vpmaddubsw): extreme int8 weights (-128, 127) and tokens
+    at full scale stay exact, and the error against the float product is ~6 dB below 7-bit's."""
+    from llmpack.quant.int8 import sqnr_db
+
+    g = torch.Generator().manual_seed(11)
+    w = torch.randint(-128, 128, (48, 256), dtype=torch.int8, generator=g)
+    w[0], w[1] = -128, 127  # every pair at the int16 limit: 2 * 128 * 127
+    s = torch.rand(48, generator=g) / 50 + 1e-3
+    x = torch.randn(20, 256, generator=g)
+    x[0] = torch.where(torch.arange(256) % 2 == 0, 1.0, -1.0)  # q = +-127 everywhere
+    p = M._avx2_pack(ops, w, s)
+    exact = x.double() @ (w.double() * s.double().reshape(-1, 1)).t()
+    y7, y8 = (ops.w8a8(x, [p[0]], [p[1]], [p[2]], [None], bits)[0] for bits in (7, 8))
+    torch.testing.assert_close(y8.double(), M.w8a8_reference(x, w, s, None, 8), rtol=2e-6, atol=1e-6 * exact.abs().max().item())
+    assert sqnr_db(exact, y8.double()) > sqnr_db(exact, y7.double()) + 4
+    with pytest.raises(RuntimeError, match="act_bits must be 7 or 8"):
+        ops.w8a8(x, [p[0]], [p[1]], [p[2]], [None], 6)
 
 
 def test_nan_token_gives_nan_output_others_unchanged(ops: object) -> None:
@@ -115,8 +137,10 @@ def test_model_outputs_match_the_pytorch_path(ops: object, monkeypatch: pytest.M
     from llmpack.testing import tiny_model
 
     monkeypatch.setenv(M.ENV_KERNEL, "onednn")
+    monkeypatch.setenv(M.ENV_ACT_BITS, "7")  # the PyTorch path's width on every layer
     monkeypatch.setattr(M, "FBGEMM_MAX_TOKENS", 0)  # the PyTorch path: oneDNN at every size
     M.cpu_int8_kernel.cache_clear()
+    M.avx2_act_bits.cache_clear()
     try:
         with pytest.warns(UserWarning, match="no calibration"):
             model = llmpack.quantize(tiny_model("llama"), "int8", quiet=True, quantize_embeddings=True).model
@@ -131,6 +155,7 @@ def test_model_outputs_match_the_pytorch_path(ops: object, monkeypatch: pytest.M
             slow = model(ids).logits
     finally:
         M.cpu_int8_kernel.cache_clear()
+        M.avx2_act_bits.cache_clear()
     calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("llmpack_avx2::")}
     layers = len(model.model.layers)
     # per layer: q/k/v one call, gate/up one call, o_proj, two norms; the tied head weight-only (the weight-only
@@ -173,3 +198,15 @@ def test_missing_compiler_is_named(fresh_state: None, monkeypatch: pytest.Monkey
     with pytest.warns(RuntimeWarning, match="no C.. compiler"):
         assert native.avx2_ops() is None
     assert "no-such-compiler-xyz" in native.native_status()
+
+
+def test_kernels_that_fail_their_self_check_are_not_used(ops: object, fresh_state: None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built kernels whose result differs from the exact reference (a miscompiling toolchain) are set
+    aside with a warning; the PyTorch path serves the layers."""
+    monkeypatch.delenv(native.ENV_NATIVE, raising=False)
+    real = M.w8a8_reference
+    monkeypatch.setattr(M, "w8a8_reference", lambda *a, **k: real(*a, **k) + 1.0)
+    with pytest.warns(RuntimeWarning, match="wrong results"):
+        assert M._native_ops() is None
+    assert native.native_status() == "not used: wrong results on this machine"
