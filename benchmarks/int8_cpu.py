@@ -7,6 +7,8 @@ Candidates (same inputs, same threads, timed round-robin so machine drift cancel
 * ``llmpack``         ``llmpack.quantize(model, method="int8", tokenizer=tok)`` (W8A8, ``Int8Linear``; with the
                       tokenizer of a real model, the defaults calibrate and smooth), eager;
 * ``llmpack+compile`` the same under ``torch.compile``;
+* ``llmpack+a7``      ``llmpack`` with 7-bit tokens on every layer (``Int8Linear.act_bits = 7``; the default gives
+                      the output projections 8 bits on AVX2 CPUs without VNNI, see ``docs/int8-format.md``), eager;
 * ``llmpack+qemb``    ``llmpack`` with ``quantize_embeddings=True``: embeddings int8 and, for tied models, the
                       output head reads that int8 table (torch.ao quantizes the head too), eager;
 * ``torch.ao``        ``torch.ao.quantization.quantize_dynamic`` (GPT-2 ``Conv1D`` converted to ``nn.Linear`` first);
@@ -49,7 +51,8 @@ from typing import Any, Callable
 import torch
 
 SLOW_S = 5.0  # a candidate whose prefill takes longer is warmed up and timed once (reported as n=1)
-CANDIDATES = ("fp32", "bf16", "llmpack", "llmpack+compile", "llmpack+qemb", "torch.ao", "quanto", "torchao", "onnxruntime")
+CANDIDATES = ("fp32", "bf16", "llmpack", "llmpack+compile", "llmpack+a7", "llmpack+qemb", "torch.ao", "quanto", "torchao",
+              "onnxruntime")
 
 
 @dataclasses.dataclass
@@ -146,14 +149,22 @@ def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.T
         elif name == "bf16":
             m = copy.deepcopy(model).to(torch.bfloat16)
             c.fn, c.size, c.saves = _logits_fn(m), _param_bytes(m), "yes"
-        elif name in ("llmpack", "llmpack+compile", "llmpack+qemb"):
+        elif name in ("llmpack", "llmpack+compile", "llmpack+a7", "llmpack+qemb"):
             import llmpack
 
             compiled, qemb = name == "llmpack+compile", name == "llmpack+qemb"
             q = llmpack.quantize(model, method="int8", tokenizer=tok, quiet=True, compile=compiled,
                                  quantize_embeddings=qemb).model
+            if name == "llmpack+a7":
+                from llmpack.runtime.modules import iter_int8_linears
+
+                for _, lin in iter_int8_linears(q):
+                    lin.act_bits = 7
             c.fn, c.size = _logits_fn(q), _param_bytes(q)
-            c.saves = "yes (as llmpack)" if compiled else _llmpack_roundtrip(model, probe, c.fn(probe), tok, qemb)
+            if name == "llmpack+a7":
+                c.saves = "yes (the llmpack files; a runtime setting)"
+            else:
+                c.saves = "yes (as llmpack)" if compiled else _llmpack_roundtrip(model, probe, c.fn(probe), tok, qemb)
         elif name == "torch.ao":
             from torch.ao.quantization import quantize_dynamic
 

@@ -79,9 +79,9 @@ NORM_FED = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "W_pack", "gate_
 """Child names of linear layers that read a normalization's output (attention and MLP inputs). With
 ``LLMPACK_AVX2_ACT_BITS=auto`` they get 7-bit tokens on the native AVX2 kernels and every other W8A8 layer
 (attention output, MLP output, unknown roles) 8-bit: normalized inputs lose least to 7 bits, while the
-inputs of output projections carry the outliers (measured, int8_cpu inputs, batch 1: 8-bit output layers
-take GPT-2's KL vs FP32 from 0.00023 to 0.00016 for 2 % more time, SmolLM2's from 0.020 to 0.013 for
-7 %; 8-bit input layers too: 0.00011 / 0.0089 for 13-15 %)."""
+inputs of output projections carry the outliers (measured on the int8_cpu inputs, interleaved: 8-bit
+output layers take GPT-2's KL vs FP32 from 0.00023 to 0.00016 for 10-14 % more time, SmolLM2's from
+0.020 to 0.013 for ~7 %; 8-bit input layers too: 0.00011 / 0.0089 for 13-15 %)."""
 # AVX2 oneDNN kernel: activations in [-64, 64] (+64 zero point -> u8 in [0, 128]); 128 * 127 * 2 < 2**15,
 # so the u8*s8 pair sums of vpmaddubsw never saturate.
 _ONEDNN_QMAX = 64
@@ -227,6 +227,9 @@ class Int8Linear(nn.Module):
 
     Computes ``y = x W^T + b`` like ``nn.Linear`` (and like GPT-2's ``Conv1D`` when it replaces one:
     ``conv1d_layout=True`` only records that origin; the stored weight is ``[out, in]`` either way).
+    ``act_bits`` (7 or 8) is the token width on the native AVX2 kernels (CPUs without VNNI): 7 by default,
+    set by :func:`prepare_int8` from the layer's role (:data:`NORM_FED`), overridden for every layer by
+    ``LLMPACK_AVX2_ACT_BITS``; it is a runtime setting, not stored in the files.
 
     Args:
         in_features: input size.

@@ -13,6 +13,8 @@
 //   acc[m, n] = sum_k u[m, k] * w[n, k] (exact int32), minus corr[n] = 64 * sum_k w[n, k] (exact), so
 //   y[m, n] = (float(acc - corr) * (h[m] / 64) + c[m] * sum_k w[n, k]) * w_scale[n] (+ bias[n]).
 // AVX2's u8 x s8 multiply (vpmaddubsw) adds two products in int16: 2 * 128 * 128 fits, hence 7-bit tokens.
+// With act_bits = 8, tokens are int8 q = round_half_even((x - c) * 127 / h) and the matmul multiplies |w| by
+// q with w's sign moved onto it (tile_s8); acc is then sum_k q * w itself (no zero point to remove).
 //
 // Weight layout ("panels"): columns in groups of 16, K in groups of 4 (both zero-padded); for panel p and
 // group g, 64 bytes: columns 0-7 then 8-15, each column's 4 weights of that group. One 4-byte group of a
