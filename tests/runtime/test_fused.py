@@ -87,7 +87,7 @@ def test_fused_rms_norm_matches_transformers(shape: tuple[int, ...]) -> None:
     assert fused.weight.dtype == torch.bfloat16 and torch.equal(fused(half), ref(half))
 
 
-def test_native_rms_norm_refuses_bad_arguments() -> None:
+def test_native_float_ops_refuse_bad_arguments() -> None:
     ops = native.avx2_ops()
     if ops is None:
         assert native.native_status() != "ok"
@@ -96,6 +96,12 @@ def test_native_rms_norm_refuses_bad_arguments() -> None:
         ops.rms_norm(torch.randn(2, 8, dtype=torch.float64), torch.ones(8), 1e-6)
     with pytest.raises(RuntimeError, match="weight"):
         ops.rms_norm(torch.randn(2, 8), torch.ones(7), 1e-6)
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        ops.gelu_tanh(torch.randn(4, 8).t())
+    with pytest.raises(RuntimeError, match="1 to 8 tokens"):
+        ops.few_token_linear(torch.randn(9, 8), torch.randn(4, 8))
+    with pytest.raises(RuntimeError, match="weight"):
+        ops.few_token_linear(torch.randn(2, 8), torch.randn(4, 7))
 
 
 def test_changed_upstream_norm_is_not_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,14 +144,3 @@ def test_wide_tied_head_swapped_and_still_tied(monkeypatch: pytest.MonkeyPatch) 
     assert model.lm_head.weight is model.model.embed_tokens.weight
     torch.testing.assert_close(_logits(model, ids), ref, rtol=1e-5, atol=1e-5)
     assert list(model.state_dict()) == keys
-
-
-def test_native_few_token_linear_refuses_bad_arguments() -> None:
-    ops = native.avx2_ops()
-    if ops is None:
-        assert native.native_status() != "ok"
-        return
-    with pytest.raises(RuntimeError, match="1 to 8 tokens"):
-        ops.few_token_linear(torch.randn(9, 8), torch.randn(4, 8))
-    with pytest.raises(RuntimeError, match="weight"):
-        ops.few_token_linear(torch.randn(2, 8), torch.randn(4, 7))

@@ -14,7 +14,7 @@
 //   y[m, n] = (float(acc - corr) * (h[m] / 64) + c[m] * sum_k w[n, k]) * w_scale[n] (+ bias[n]).
 // AVX2's u8 x s8 multiply (vpmaddubsw) adds two products in int16: 2 * 128 * 128 fits, hence 7-bit tokens.
 // With act_bits = 8, tokens are int8 q = round_half_even((x - c) * 127 / h) and the matmul multiplies |w| by
-// q with w's sign moved onto it (tile_s8); acc is then sum_k q * w itself (no zero point to remove).
+// q with w's sign moved onto it (tile<MR, true>); acc is then sum_k q * w itself (no zero point to remove).
 //
 // Weight layout ("panels"): columns in groups of 16, K in groups of 4 (both zero-padded); for panel p and
 // group g, 64 bytes: columns 0-7 then 8-15, each column's 4 weights of that group. One 4-byte group of a
@@ -168,45 +168,38 @@ void quantize_two_terms(const float* x, int64_t m, int64_t k, int64_t kp, uint8_
 }
 
 // ----------------------------------------------------------------------------------- matmul
-template <int MR>
+// acc[MR tokens][16 columns] = sum_k a[r, k] * w[c, k] over a panel, exact in int32.
+// 7-bit tokens (S8 = false): u8 tokens in [0, 128] times the int8 weights, vpmaddubsw + vpmaddwd.
+// 8-bit tokens (S8 = true, int8 q in [-127, 127]): vpmaddubsw needs one unsigned operand, so it multiplies
+// |w| (u8, <= 128) by q with w's sign moved onto it (vpsignb); pair sums <= 2 * 128 * 127 fit int16. One
+// more instruction per multiply (measured ~20 % slower in-loop); one weight vector at a time keeps the
+// live registers below 16 (no spills).
+template <int MR, bool S8>
 inline void tile(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, int32_t* out) {
   __m256i acc[MR][2];
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t g = 0; g < k4; ++g) {
-    const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64));
-    const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64 + 32));
-    for (int r = 0; r < MR; ++r) {
-      int32_t four;
-      std::memcpy(&four, a + r * lda + g * 4, 4);
-      const __m256i av = _mm256_set1_epi32(four);
-      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones));
-      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones));
-    }
-  }
-  for (int r = 0; r < MR; ++r) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out + r * kNr), acc[r][0]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out + r * kNr + 8), acc[r][1]);
-  }
-}
-
-// 8-bit tokens (int8 q in [-127, 127]) against int8 weights: vpmaddubsw needs one unsigned operand, so
-// it multiplies |w| (u8, <= 128) by q with w's sign moved onto it (vpsignb); pair sums <= 2 * 128 * 127
-// fit int16. One more instruction per multiply than the 7-bit tile (measured ~20 % slower in-loop).
-template <int MR>
-inline void tile_s8(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, int32_t* out) {
-  __m256i acc[MR][2];
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t g = 0; g < k4; ++g) {
-    for (int h = 0; h < 2; ++h) {  // one weight vector at a time: fewer live registers (no spills)
-      const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64 + 32 * h));
-      const __m256i wabs = _mm256_abs_epi8(w);
+    if constexpr (S8) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64 + 32 * h));
+        const __m256i wabs = _mm256_abs_epi8(w);
+        for (int r = 0; r < MR; ++r) {
+          int32_t four;
+          std::memcpy(&four, a + r * lda + g * 4, 4);
+          const __m256i av = _mm256_sign_epi8(_mm256_set1_epi32(four), w);
+          acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, av), ones));
+        }
+      }
+    } else {
+      const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64));
+      const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64 + 32));
       for (int r = 0; r < MR; ++r) {
         int32_t four;
         std::memcpy(&four, a + r * lda + g * 4, 4);
-        const __m256i av = _mm256_sign_epi8(_mm256_set1_epi32(four), w);
-        acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, av), ones));
+        const __m256i av = _mm256_set1_epi32(four);
+        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones));
+        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones));
       }
     }
   }
@@ -231,8 +224,8 @@ template <int MR>
 inline void tile_out(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, const Epilogue& ep,
                      int64_t r0, int64_t c0, int64_t nc, float* y, int64_t ldy) {
   alignas(32) int32_t acc[MR * kNr];
-  if (ep.s8) tile_s8<MR>(a + r0 * lda, lda, panel, k4, acc);
-  else tile<MR>(a + r0 * lda, lda, panel, k4, acc);
+  if (ep.s8) tile<MR, true>(a + r0 * lda, lda, panel, k4, acc);
+  else tile<MR, false>(a + r0 * lda, lda, panel, k4, acc);
   if (nc == kNr) {
     for (int h = 0; h < 2; ++h) {
       const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.corr + c0 + 8 * h));
