@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from llmpack.errors import BadInputError
+from llmpack.quant.int8 import midrange
 
 __all__ = [
     "LayerSim",
@@ -178,9 +179,8 @@ def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
     """
     divisor, lo, hi, centred = act_grid(x.device)
     if centred:
-        top, bottom = x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True)
-        c = (top + bottom) * 0.5
-        scale = ((top - bottom) * 0.5).clamp(min=_EPS) / divisor
+        c, half = midrange(x, -1)
+        scale = half.clamp(min=_EPS) / divisor
         return torch.clamp(torch.round((x - c) / scale), lo, hi) * scale + c
     scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / divisor
     return torch.clamp(torch.round(x / scale), lo, hi) * scale

@@ -28,6 +28,7 @@ __all__ = [
     "ACT_DIVISOR",
     "check_finite",
     "absmax",
+    "midrange",
     "int8_per_channel",
     "quantize_per_token",
     "dequantize",
@@ -111,6 +112,20 @@ def absmax(x: torch.Tensor, dim: int) -> torch.Tensor:
         [3.0, 2.0]
     """
     return torch.maximum(x.amax(dim, keepdim=True), x.amin(dim, keepdim=True).neg_())
+
+
+def midrange(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``((max + min) / 2, (max - min) / 2)`` along ``dim`` (kept as size-1 dimensions): the centre and
+    half-range that centred activation grids quantize ``x - centre`` over; NaN and Inf propagate. Like
+    :func:`absmax`, ``amax`` and ``amin`` (not ``aminmax``, ~10x slower on CPU).
+
+    Example:
+        >>> c, h = midrange(torch.tensor([[1.0, -3.0], [2.0, 0.5]]), 1)
+        >>> c.flatten().tolist(), h.flatten().tolist()
+        ([-1.0, 1.25], [2.0, 0.75])
+    """
+    hi, lo = x.amax(dim, keepdim=True), x.amin(dim, keepdim=True)
+    return (hi + lo).mul_(0.5), (hi - lo).mul_(0.5)
 
 
 ACT_DIVISOR = 127.5

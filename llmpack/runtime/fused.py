@@ -63,10 +63,9 @@ class TanhGELU(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and x.device.type == "cpu" and not torch.compiler.is_compiling():
-            ops = _native_float_ops()
-            if ops is not None:
-                return ops.gelu_tanh(x.contiguous())
+        ops = _native_for(x)
+        if ops is not None:
+            return ops.gelu_tanh(x.contiguous())
         return F.gelu(x, approximate="tanh")
 
 
@@ -87,11 +86,9 @@ class FusedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
-                and w.device.type == "cpu" and not torch.compiler.is_compiling() and w.is_contiguous()):
-            ops = _native_float_ops()
-            if ops is not None:
-                return ops.rms_norm(x.contiguous(), w, self.variance_epsilon)
+        ops = _native_for(x, w)
+        if ops is not None:
+            return ops.rms_norm(x.contiguous(), w, self.variance_epsilon)
         xf = x.to(torch.float32)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
         return w * y.to(x.dtype)
@@ -121,16 +118,23 @@ class FewTokenLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         tokens = x.numel() // max(self.in_features, 1)
-        if (1 <= tokens <= FEW_TOKENS and x.dtype == torch.float32 and w.dtype == torch.float32
-                and x.device.type == "cpu" and w.device.type == "cpu" and w.is_contiguous()
-                and not torch.compiler.is_compiling()):
-            ops = _native_float_ops()
-            if ops is not None:
-                y = ops.few_token_linear(x.reshape(tokens, self.in_features).contiguous(), w)
-                if self.bias is not None:
-                    y = y.add_(self.bias)
-                return y.reshape(*x.shape[:-1], self.out_features)
+        ops = _native_for(x, w) if 1 <= tokens <= FEW_TOKENS else None
+        if ops is not None:
+            y = ops.few_token_linear(x.reshape(tokens, self.in_features).contiguous(), w)
+            if self.bias is not None:
+                y = y.add_(self.bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, w, self.bias)
+
+
+def _native_for(x: torch.Tensor, *weights: torch.Tensor) -> Any | None:
+    """The native ops for an eager call on a float32 CPU input with contiguous float32 CPU weights, else
+    ``None`` (other dtypes, devices and ``torch.compile`` take the PyTorch formula)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    if any(w.dtype != torch.float32 or w.device.type != "cpu" or not w.is_contiguous() for w in weights):
+        return None
+    return _native_float_ops()
 
 
 def _native_float_ops() -> Any | None:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmpack.errors import BadInputError, ConfigError
-from llmpack.quant.int8 import SCALE_EPS, absmax, int8_per_channel, quantize_per_token, sqnr_db
+from llmpack.quant.int8 import SCALE_EPS, absmax, int8_per_channel, midrange, quantize_per_token, sqnr_db
 
 __all__ = [
     "KERNELS",
@@ -207,8 +207,8 @@ def _centre(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token (row): centre ``(max + min) / 2`` and half-range ``(max - min) / 2`` (at least
     ``SCALE_EPS``), both ``[tokens, 1]``: the AVX2 kernels quantize ``x - centre`` over ``[-half, half]``, so
     the 129 levels of their 7-bit tokens span each token's own ``[min, max]``."""
-    lo, hi = torch.aminmax(xf, dim=1, keepdim=True)
-    return (hi + lo).mul_(0.5), (hi - lo).mul_(0.5).clamp_min_(SCALE_EPS)
+    centre, half = midrange(xf, 1)
+    return centre, half.clamp_min_(SCALE_EPS)
 
 
 def _weight_sums(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -451,6 +451,12 @@ class Int8Linear(nn.Module):
             cache["fbgemm"] = _fbgemm_pack(self.weight.detach(), cache["scale_row"])
         return cache["fbgemm"]
 
+    def _weight_sums(self, cache: dict[str, Any]) -> torch.Tensor:
+        """:func:`_weight_sums` of this layer (the centres' term of the PyTorch fallback), built on first use."""
+        if "wsum" not in cache:
+            cache["wsum"] = _weight_sums(self.weight.detach(), cache["scale_row"])
+        return cache["wsum"]
+
     def _act_bits(self) -> int:
         """Activation bits on the native AVX2 kernels: the environment's, else this layer's own."""
         if torch.compiler.is_compiling() and "act_bits" in self._cache:
@@ -475,12 +481,10 @@ class Int8Linear(nn.Module):
         bias = cache["bias_f32"]
         if kernel == "onednn":
             if _small_batch(xf.shape[0]):
-                if "wsum" not in cache:
-                    cache["wsum"] = _weight_sums(self.weight.detach(), cache["scale_row"])
-                return _fbgemm_w8a8(xf, self._fbgemm_packed(cache), cache["wsum"], bias).to(dt)
+                return _fbgemm_w8a8(xf, self._fbgemm_packed(cache), self._weight_sums(cache), bias).to(dt)
             if "onednn_args" not in cache:
                 _onednn_pack(self, cache)
-            return _onednn_w8a8(xf, cache["onednn_args"], bias).to(dt)
+            return _onednn_w8a8(xf, cache["onednn_args"], self._weight_sums(cache), bias).to(dt)
         # compressed-tensors semantics: absmax / 127.5, clamp to [-128, 127]
         xq8, a_scale = quantize_per_token(xf)
         if kernel == "dequant":
@@ -499,27 +503,28 @@ class Int8Linear(nn.Module):
         return y.to(dt)
 
 
-def _onednn_w8a8(xf: torch.Tensor, onednn_args: tuple[torch.Tensor, ...], bias: torch.Tensor | None) -> torch.Tensor:
+def _onednn_w8a8(xf: torch.Tensor, onednn_args: tuple[torch.Tensor, ...], wsum: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
     """W8A8 through oneDNN's u8 x s8 matmul on AVX2 (activations in ``[-64, 64]``, zero point 64), float32 out.
 
     Quantization: ``round((x - centre) * 64 / half)`` per token (half to even, :func:`_centre`), stored as
     ``u8 = q + 64``; the weight scale and the zero-point correction are applied inside oneDNN, the token
-    scale, the centre's term and the bias after it.
+    scale, the centre's term (``wsum``, :func:`_weight_sums`) and the bias after it.
     """
-    return _onednn_w8a8_shared(xf, [(onednn_args, bias)])[0]
+    return _onednn_w8a8_shared(xf, [(onednn_args, wsum, bias)])[0]
 
 
 def _onednn_w8a8_shared(
-    xf: torch.Tensor, layers: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
+    xf: torch.Tensor, layers: list[tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]]
 ) -> list[torch.Tensor]:
     """:func:`_onednn_w8a8` for several layers reading the same input, which is quantized once."""
     xu8, scale, centre = _centred_u8(xf)
     centre = centre.reshape(-1)
     outs = []
-    for onednn_args, bias in layers:
+    for onednn_args, wsum, bias in layers:
         # Epilogue in place (beats one broadcasting addcmul by ~2x on CPU, measured): y * token scale
         # + centre x weight sums (+ bias).
-        y = _onednn_qlinear(xu8, onednn_args).mul_(scale).addr_(centre, onednn_args[4])
+        y = _onednn_qlinear(xu8, onednn_args).mul_(scale).addr_(centre, wsum)
         outs.append(y if bias is None else y.add_(bias))
     return outs
 
@@ -569,38 +574,35 @@ def w8a8_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
         >>> w8a8_reference(torch.tensor([[0.5, -1.0]]), w, torch.tensor([0.1, 0.2])).tolist()
         [[0.25, -0.5]]
     """
-    xf = x.float()
-    if act_bits == 8:
-        centre, half = _centre(xf)
-        inv = torch.reciprocal(half).mul_(127.0)
-        q = xf.sub(centre).mul_(inv).round_().double()
-        tok_scale = half.div_(127.0)
-    else:
-        xu8, tok_scale, centre = _centred_u8(xf)
-        q = xu8.double() - _ONEDNN_QMAX  # the kernels' quantization, as integers
+    q, tok_scale, centre = _centred_q(x.float(), 127 if act_bits == 8 else _ONEDNN_QMAX)
     w = weight.double()
-    y = (q @ w.t()) * tok_scale.double() * scale.double().reshape(1, -1)
+    y = (q.double() @ w.t()) * tok_scale.double() * scale.double().reshape(1, -1)
     y += centre.double() * (w.sum(1) * scale.double().reshape(-1)).reshape(1, -1)
     return y if bias is None else y + bias.double()
 
 
-def _centred_u8(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(round((x - centre) * 64 / half) + 64`` as uint8 in ``[0, 128]``, token scales ``half / 64``,
-    centres``)``, the last two ``[tokens, 1]`` (:func:`_centre`); the native kernels' float operations, in
-    the same order."""
+def _centred_q(xf: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(round((x - centre) * qmax / half)`` (float, integer-valued, in ``[-qmax, qmax]``), token scales
+    ``half / qmax``, centres``)``, the last two ``[tokens, 1]`` (:func:`_centre`); the native kernels'
+    float operations, in the same order."""
     centre, half = _centre(xf)
-    inv = torch.reciprocal(half).mul_(_ONEDNN_QMAX)  # [tokens, 1]: tiny
+    inv = torch.reciprocal(half).mul_(qmax)  # [tokens, 1]: tiny
+    return xf.sub(centre).mul_(inv).round_(), half.div_(qmax), centre
+
+
+def _centred_u8(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_centred_q` with 7-bit tokens stored as ``q + 64``, uint8 in ``[0, 128]``."""
+    q, scale, centre = _centred_q(xf, _ONEDNN_QMAX)
     # float -> int8 is vectorised on CPU (float -> uint8 is not: 4x slower, measured); the int8 bytes
     # viewed as uint8 plus 64 (mod 256) are q + 64 in [0, 128], since q is in [-64, 64] by construction.
-    xu8 = xf.sub(centre).mul_(inv).round_().to(torch.int8).view(torch.uint8).add_(_ONEDNN_QMAX)
-    return xu8, half.div_(_ONEDNN_QMAX), centre
+    return q.to(torch.int8).view(torch.uint8).add_(_ONEDNN_QMAX), scale, centre
 
 
 def _onednn_qlinear(xu8: torch.Tensor, onednn_args: tuple[torch.Tensor, ...]) -> torch.Tensor:
     # Under torch.compile the custom op keeps the call opaque to inductor (its own qlinear lowering
     # wants frozen constants); quantization and epilogue around it still fuse.
     qlinear = torch.ops.llmpack.onednn_qlinear if torch.compiler.is_compiling() else _onednn_qlinear_impl
-    return qlinear(xu8, *onednn_args[:4])
+    return qlinear(xu8, *onednn_args)
 
 
 def _two_terms(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -646,14 +648,15 @@ def _range_row(k: int) -> torch.Tensor:
 
 
 def _onednn_pack(mod: Int8Linear, cache: dict[str, Any]) -> None:
-    """oneDNN's packed int8 weight and the constant tensors its call needs, stored in ``cache``."""
+    """oneDNN's packed int8 weight and the constant tensors its call needs, stored in ``cache`` (with the
+    weight sums of the centres' term: the zero-point correction is exactly -64 times them)."""
     cache["onednn_args"] = _onednn_args(mod.weight.detach(), cache["scale_row"])
+    cache.setdefault("wsum", cache["onednn_args"][3] * (-1.0 / _ONEDNN_QMAX))
 
 
 def _onednn_args(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """What :func:`_onednn_qlinear_impl` takes after the activations: packed int8 ``[out, in]`` weight,
-    float32 per-channel scale, zero points, zero-point correction; then the weight sums (:func:`_weight_sums`)
-    for the centres' term."""
+    float32 per-channel scale, zero points, zero-point correction."""
     packed = torch.ops.onednn.qlinear_prepack(weight, None)
     w_zp = torch.zeros(weight.shape[0], dtype=torch.long)
     scale_vec = scale.reshape(-1).float().contiguous()
@@ -662,7 +665,7 @@ def _onednn_args(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tenso
     # so it is passed as the bias (oneDNN adds it after scaling, in float).
     colsum = weight.sum(1, dtype=torch.int64).double()
     comp = (-_ONEDNN_QMAX * colsum * scale_vec.double()).float().contiguous()
-    return packed, scale_vec, w_zp, comp, _weight_sums(weight, scale_vec)
+    return packed, scale_vec, w_zp, comp
 
 
 def _onednn_qlinear_impl(
@@ -740,7 +743,8 @@ class _SiblingGroup:
                             [c["bias_f32"] for c in caches], max(m._act_bits() for m in self.members))
         if _small_batch(x2.shape[0]):
             if self._fbgemm is None:
-                self._fbgemm = (_fbgemm_pack(*self._concatenated()), _weight_sums(*self._concatenated()))
+                w, s = self._concatenated()
+                self._fbgemm = (_fbgemm_pack(w, s), _weight_sums(w, s))
             y = _fbgemm_w8a8(x2, *self._fbgemm, self.bias)
             return [y[:, a:b] for a, b in (self.slices[id(m)] for m in self.members)]
         layers = []
@@ -748,7 +752,7 @@ class _SiblingGroup:
             cache = m._prepared()
             if "onednn_args" not in cache:
                 _onednn_pack(m, cache)
-            layers.append((cache["onednn_args"], cache["bias_f32"]))
+            layers.append((cache["onednn_args"], m._weight_sums(cache), cache["bias_f32"]))
         return _onednn_w8a8_shared(x2, layers)
 
     def _concatenated(self) -> tuple[torch.Tensor, torch.Tensor]:

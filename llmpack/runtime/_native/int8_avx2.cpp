@@ -73,27 +73,11 @@ void row_minmax(const float* x, int64_t k, float* lo, float* hi) {
   *hi = has_nan ? q : b;
 }
 
-// max |x| over a row; NaN propagates (as torch.amax does).
+// max |x| over a row; NaN propagates (as torch.amax does: std::max keeps a NaN first argument).
 float row_absmax(const float* x, int64_t k) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 m = _mm256_setzero_ps();
-  __m256 nan = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= k; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
-    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  }
-  alignas(32) float buf[8];
-  _mm256_store_ps(buf, m);
-  float a = 0.f;
-  bool has_nan = _mm256_movemask_ps(nan) != 0;
-  for (int j = 0; j < 8; ++j) a = std::max(a, buf[j]);
-  for (; i < k; ++i) {
-    has_nan = has_nan || std::isnan(x[i]);
-    a = std::max(a, std::fabs(x[i]));
-  }
-  return has_nan ? std::numeric_limits<float>::quiet_NaN() : a;
+  float lo, hi;
+  row_minmax(x, k, &lo, &hi);
+  return std::max(-lo, hi);
 }
 
 // 7-bit: out[i] = round_half_even((x[i] - c) * inv) + 64 for i < k (|(x - c) * inv| <= 64 by
@@ -296,10 +280,14 @@ void check_layer(const at::Tensor& packed, const at::Tensor& corr, const at::Ten
   }
 }
 
-void check_input(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
-              "llmpack_avx2: x must be a contiguous float32 CPU matrix");
+// A float32 input of `op`: contiguous, on the CPU, with `dims` dimensions (-1: at least one).
+void check_float(const at::Tensor& x, const char* op, int64_t dims) {
+  TORCH_CHECK((dims < 0 ? x.dim() >= 1 : x.dim() == dims) && x.scalar_type() == at::kFloat && x.is_contiguous() &&
+                  x.device().is_cpu(),
+              "llmpack_avx2::", op, ": x must be a contiguous float32 CPU ", dims == 2 ? "matrix" : "tensor");
 }
+
+void check_input(const at::Tensor& x) { check_float(x, "w8a8/w8a16", 2); }
 
 const float* bias_ptr(const std::optional<at::Tensor>& b) {
   return (b.has_value() && b->defined()) ? b->data_ptr<float>() : nullptr;
@@ -393,8 +381,7 @@ at::Tensor w8a16(const at::Tensor& x, const at::Tensor& packed, const at::Tensor
 // Llama-style RMSNorm in float32: y = (x * (1 / sqrt(mean(x^2) + eps))) * weight, one read and one write
 // per token (transformers' module is six tensor operations, each a pass over the activations).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
-              "llmpack_avx2::rms_norm: x must be a contiguous float32 CPU tensor");
+  check_float(x, "rms_norm", -1);
   const int64_t k = x.size(-1);
   TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == k,
               "llmpack_avx2::rms_norm: weight must be a contiguous float32 vector of the last dimension's size");
@@ -459,8 +446,7 @@ inline __m256 exp8(__m256 x) {
 // x / (1 + exp(-2u)) (no cancellation for negative x). PyTorch's F.gelu(approximate="tanh") evaluates
 // tanh itself, ~3x slower than exp on AVX2 CPUs (measured: 943 us for 128 x 3072 on 2 threads).
 at::Tensor gelu_tanh(const at::Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
-              "llmpack_avx2::gelu_tanh: x must be a contiguous float32 CPU tensor");
+  check_float(x, "gelu_tanh", -1);
   at::Tensor y = at::empty_like(x);
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -509,8 +495,7 @@ void gemv_rows(const float* x, int64_t k, const float* w, int64_t r0, int64_t r1
 }
 
 at::Tensor few_token_linear(const at::Tensor& x, const at::Tensor& weight) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
-              "llmpack_avx2::few_token_linear: x must be a contiguous float32 CPU matrix");
+  check_float(x, "few_token_linear", 2);
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.is_contiguous() &&
                   weight.device().is_cpu() && weight.size(1) == x.size(1),
               "llmpack_avx2::few_token_linear: weight must be a contiguous float32 CPU matrix [out, in]");
