@@ -571,8 +571,9 @@ def w8a8_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
 
     Example:
         >>> w = torch.tensor([[1, -2], [3, 4]], dtype=torch.int8)
-        >>> w8a8_reference(torch.tensor([[0.5, -1.0]]), w, torch.tensor([0.1, 0.2])).tolist()
-        [[0.25, -0.5]]
+        >>> y = w8a8_reference(torch.tensor([[0.5, -1.0]]), w, torch.tensor([0.1, 0.2]))
+        >>> [round(v, 6) for v in y[0].tolist()]
+        [0.25, -0.5]
     """
     q, tok_scale, centre = _centred_q(x.float(), 127 if act_bits == 8 else _ONEDNN_QMAX)
     w = weight.double()

@@ -127,7 +127,7 @@ def avx2_ops() -> Any | None:
 
     Example:
         >>> ops = avx2_ops()
-        >>> ops is None or hasattr(ops, "onednn_w8a8")
+        >>> ops is None or hasattr(ops, "w8a8")
         True
     """
     if "ops" in _state:
