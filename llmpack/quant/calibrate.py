@@ -206,7 +206,7 @@ def act_grid(device: "torch.device | str" = "cpu") -> tuple[float, float, float,
 
             if cpu_int8_kernel() == "onednn":
                 # auto: 7 bits assumed for every layer, an upper bound on the error (the runtime gives
-                # layers outside NORM_FED 8 bits)
+                # MLP outputs 8 bits, see act_bits_for)
                 q = 127.0 if avx2_act_bits() == 8 and _native_ops() is not None else 64.0
                 return q, -q, q, True
         except ImportError:  # runtime not built: assume the 8-bit grid

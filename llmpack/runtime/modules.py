@@ -66,6 +66,8 @@ __all__ = [
     "avx2_act_bits",
     "ENV_ACT_BITS",
     "NORM_FED",
+    "ATTN_OUT",
+    "act_bits_for",
 ]
 
 ENV_KERNEL = "LLMPACK_INT8_KERNEL"
@@ -76,12 +78,37 @@ ENV_ACT_BITS = "LLMPACK_AVX2_ACT_BITS"
 
 NORM_FED = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "W_pack", "gate_proj", "up_proj", "gate_up_proj",
                       "w1", "w3", "c_attn", "c_fc", "query", "key", "value", "fc1"})
-"""Child names of linear layers that read a normalization's output (attention and MLP inputs). With
-``LLMPACK_AVX2_ACT_BITS=auto`` they get 7-bit tokens on the native AVX2 kernels and every other W8A8 layer
-(attention output, MLP output, unknown roles) 8-bit: normalized inputs lose least to 7 bits, while the
-inputs of output projections carry the outliers (measured on the int8_cpu inputs, interleaved: 8-bit
-output layers take GPT-2's KL vs FP32 from 0.00023 to 0.00016 for 10-14 % more time, SmolLM2's from
-0.020 to 0.013 for ~7 %; 8-bit input layers too: 0.00011 / 0.0089 for 13-15 %)."""
+"""Child names of linear layers that read a normalization's output (attention and MLP inputs): 7-bit tokens
+on the native AVX2 kernels with ``LLMPACK_AVX2_ACT_BITS=auto`` (see :func:`act_bits_for`)."""
+
+ATTN_OUT = frozenset({"o_proj", "out_proj", "attn.c_proj", "attention.dense", "self_attention.dense",
+                      "attention.output.dense"})
+"""Names (child, or parent.child) of attention output projections: 7-bit tokens with ``auto`` too."""
+
+
+def act_bits_for(name: str) -> int:
+    """Token width of the W8A8 layer ``name`` on the native AVX2 kernels with ``LLMPACK_AVX2_ACT_BITS=auto``:
+    7 for attention and MLP inputs (:data:`NORM_FED`) and attention outputs (:data:`ATTN_OUT`), 8 for
+    MLP outputs (``down_proj``, GPT-2's ``mlp.c_proj``, ``fc2``, ...) and layers of unknown role.
+
+    The MLP output's input (the gated or GELU'd hidden state) carries the largest outliers; 8 bits there
+    buy most of what 8 bits everywhere would, at a quarter to a third of the matmul work (measured on the
+    ``int8_cpu`` inputs, 1024 tokens, KL vs FP32 / share of W8A8 multiplies at 8 bits: SmolLM2 all 7-bit
+    0.0189, MLP outputs 0.0127 / 25 %, MLP and attention outputs 0.0117 / 34 %, all 8-bit 0.0087; GPT-2
+    0.000223, 0.000179 / 33 %, 0.000168 / 42 %, 0.000110). 8 bits cost ~20 % more per multiply.
+
+    Example:
+        >>> act_bits_for("model.layers.0.mlp.down_proj"), act_bits_for("model.layers.0.self_attn.o_proj")
+        (8, 7)
+        >>> act_bits_for("transformer.h.0.mlp.c_proj"), act_bits_for("transformer.h.0.attn.c_proj")
+        (8, 7)
+    """
+    parts = name.split(".")
+    if parts[-1] in NORM_FED or parts[-1] in ATTN_OUT:
+        return 7
+    return 7 if any(".".join(parts[-n:]) in ATTN_OUT for n in (2, 3)) else 8
+
+
 # AVX2 oneDNN kernel: activations in [-64, 64] (+64 zero point -> u8 in [0, 128]); 128 * 127 * 2 < 2**15,
 # so the u8*s8 pair sums of vpmaddubsw never saturate.
 _ONEDNN_QMAX = 64
@@ -134,7 +161,7 @@ def avx2_act_bits() -> int | None:
     7 (129 levels centred on each token) or 8 (255 levels, the int8 format's own precision, ~20 % slower
     matmuls: AVX2 without VNNI needs one more instruction per multiply); ``None`` for ``auto`` (the
     default), where each layer uses its own ``act_bits`` (set by :func:`prepare_int8`, see
-    :data:`NORM_FED`). The PyTorch fallback always uses 7.
+    :func:`act_bits_for`). The PyTorch fallback always uses 7.
 
     Example:
         >>> avx2_act_bits() in (None, 7, 8)
@@ -228,7 +255,7 @@ class Int8Linear(nn.Module):
     Computes ``y = x W^T + b`` like ``nn.Linear`` (and like GPT-2's ``Conv1D`` when it replaces one:
     ``conv1d_layout=True`` only records that origin; the stored weight is ``[out, in]`` either way).
     ``act_bits`` (7 or 8) is the token width on the native AVX2 kernels (CPUs without VNNI): 7 by default,
-    set by :func:`prepare_int8` from the layer's role (:data:`NORM_FED`), overridden for every layer by
+    set by :func:`prepare_int8` from the layer's role (:func:`act_bits_for`), overridden for every layer by
     ``LLMPACK_AVX2_ACT_BITS``; it is a runtime setting, not stored in the files.
 
     Args:
@@ -273,7 +300,7 @@ class Int8Linear(nn.Module):
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: dict[str, Any] = {}
         self._group: _SiblingGroup | None = None  # set by prepare_int8 (shared-input siblings, e.g. q/k/v)
-        self.act_bits = 7  # tokens on the native AVX2 kernels; prepare_int8 sets 8 outside NORM_FED
+        self.act_bits = 7  # tokens on the native AVX2 kernels; prepare_int8 sets act_bits_for(name)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -811,7 +838,7 @@ def _group_siblings(model: nn.Module) -> None:
 def prepare_int8(model: nn.Module) -> nn.Module:
     """Build every :class:`Int8Linear`'s cached kernel inputs now (see :meth:`Int8Linear.prepare`); on
     AVX2 CPUs (oneDNN kernel) also let shared-input siblings such as q/k/v and gate/up quantize their input
-    once, and give layers outside :data:`NORM_FED` 8-bit tokens there. Swaps transformers' eight-op
+    once, and give MLP outputs 8-bit tokens there (:func:`act_bits_for`). Swaps transformers' eight-op
     GELU-tanh module and Llama-style RMSNorms for one-pass equivalents, and wide float heads for the
     few-token kernel (:mod:`llmpack.runtime.fused`; same formulas, results equal up to float rounding).
 
@@ -824,7 +851,7 @@ def prepare_int8(model: nn.Module) -> nn.Module:
 
     for name, mod in model.named_modules():
         if isinstance(mod, Int8Linear):
-            mod.act_bits = 7 if name.rsplit(".", 1)[-1] in NORM_FED else 8
+            mod.act_bits = act_bits_for(name)
         if isinstance(mod, (Int8Linear, TiedInt8Head)):
             mod.prepare()
     _group_siblings(model)

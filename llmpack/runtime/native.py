@@ -38,7 +38,8 @@ ENV_NATIVE = "LLMPACK_NATIVE"
 """Set to ``0`` to never build or use the native kernels."""
 
 _SOURCE = Path(__file__).with_name("_native") / "int8_avx2.cpp"
-_CFLAGS = ["-O3", "-mavx2", "-fopenmp", "-std=c++17"]
+_CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-std=c++17"]
+"""FMA only where the source asks for it (``exp8``): the int8 epilogues stay bit-exact with the PyTorch path."""
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -115,6 +116,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("llmpack_avx2::gelu_tanh")
     def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(x)
+
+    @torch.library.register_fake("llmpack_avx2::silu_mul")
+    def _silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(g)
 
     @torch.library.register_fake("llmpack_avx2::few_token_linear")
     def _few_token_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmpack.runtime import fused, native
-from llmpack.runtime.fused import FewTokenLinear, FusedRMSNorm, TanhGELU, fuse_float_modules
+from llmpack.runtime.fused import FewTokenLinear, FusedRMSNorm, FusedSwiGLU, TanhGELU, fuse_float_modules
 from llmpack.testing import tiny_model
 
 
@@ -60,9 +60,12 @@ def test_llama_rms_norms_swapped_same_logits() -> None:
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
     ref, keys = _logits(model, ids), list(model.state_dict())
     weights = [m.weight for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
-    assert fuse_float_modules(model) == 2 * model.config.num_hidden_layers + 1
+    downs = [layer.mlp.down_proj for layer in model.model.layers]
+    assert fuse_float_modules(model) == 3 * model.config.num_hidden_layers + 1  # 2 norms + 1 MLP per layer, final norm
     norms = [m for m in model.modules() if isinstance(m, FusedRMSNorm)]
     assert [n.weight for n in norms] == weights  # the same parameter objects
+    assert all(isinstance(layer.mlp, FusedSwiGLU) for layer in model.model.layers)
+    assert [layer.mlp.down_proj for layer in model.model.layers] == downs
     torch.testing.assert_close(_logits(model, ids), ref, rtol=1e-5, atol=1e-5)
     assert list(model.state_dict()) == keys
     assert fuse_float_modules(model) == 0
@@ -104,13 +107,48 @@ def test_native_float_ops_refuse_bad_arguments() -> None:
         ops.few_token_linear(torch.randn(2, 8), torch.randn(4, 7))
 
 
+def test_silu_mul_matches_the_formula() -> None:
+    g = torch.cat([torch.randn(4000, generator=torch.Generator().manual_seed(5)) * 6,
+                   torch.tensor([0.0, -0.0, 1e-30, 20.0, -20.0, 90.0, -90.0, 200.0, -200.0, 1e20, -1e20])]).reshape(1, -1)
+    u = torch.randn(g.shape, generator=torch.Generator().manual_seed(6))
+    exact = F.silu(g.double()) * u.double()
+    mlp = FusedSwiGLU(nn.Identity(), nn.Identity(), nn.Identity(), nn.SiLU())
+    ops = native.avx2_ops()
+    if ops is None:
+        assert native.native_status() != "ok"
+        return
+    torch.testing.assert_close(ops.silu_mul(g, u).double(), exact, rtol=2e-6, atol=1e-30)
+    special = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    torch.testing.assert_close(ops.silu_mul(special, torch.ones(3)), F.silu(special), equal_nan=True)  # nan, inf, nan
+    with pytest.raises(RuntimeError, match="same shape"):
+        ops.silu_mul(torch.randn(2, 8), torch.randn(2, 7))
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        ops.silu_mul(torch.randn(8, 2).t(), torch.randn(2, 8))
+    with torch.profiler.profile() as prof:
+        y = mlp(g)  # gate and up are the same tensor here: silu(g) * g (1e20 * 1e20 overflows to inf)
+    used = any(e.key == "llmpack_avx2::silu_mul" for e in prof.key_averages())
+    assert used == (fused._native_float_ops() is not None)
+    torch.testing.assert_close(y, F.silu(g) * g, rtol=2e-6, atol=1e-30)
+
+
+def test_changed_upstream_mlp_is_not_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transformers release whose Llama MLP computes something else keeps its own module."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    monkeypatch.setattr(LlamaMLP, "forward", lambda self, x: self.down_proj(self.act_fn(self.up_proj(x))))
+    model = tiny_model("llama")
+    fuse_float_modules(model)
+    assert not any(isinstance(m, FusedSwiGLU) for m in model.modules())
+
+
 def test_changed_upstream_norm_is_not_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
     """A transformers release whose RMSNorm computes something else keeps its own module."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     monkeypatch.setattr(LlamaRMSNorm, "forward", lambda self, x: self.weight * x)
     model = tiny_model("llama")
-    assert fuse_float_modules(model) == 0
+    fuse_float_modules(model)
+    assert not any(isinstance(m, FusedRMSNorm) for m in model.modules())
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 8, 9])  # 9: more than FEW_TOKENS, plain F.linear

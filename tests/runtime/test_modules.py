@@ -353,8 +353,8 @@ def test_act_bits_env_selects_eight_bit_tokens(onednn: str, monkeypatch: pytest.
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_auto_act_bits_by_layer_role(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """prepare_int8: layers reading a norm's output (q/k/v, gate/up, c_attn, c_fc) keep 7-bit tokens,
-    the output projections get 8; the environment overrides both."""
+    """prepare_int8: layers reading a norm's output (q/k/v, gate/up, c_attn, c_fc) and attention outputs keep
+    7-bit tokens, MLP outputs get 8; the environment overrides both."""
     import llmpack
     from llmpack.testing import tiny_model
 
@@ -365,10 +365,10 @@ def test_auto_act_bits_by_layer_role(kind: str, monkeypatch: pytest.MonkeyPatch)
     bits = {name.rsplit(".", 1)[-1] if "mlp" not in name else "mlp." + name.rsplit(".", 1)[-1]: mod._act_bits()
             for name, mod in M.iter_int8_linears(model)}
     if kind == "llama":
-        assert bits == {"q_proj": 7, "k_proj": 7, "v_proj": 7, "o_proj": 8, "mlp.gate_proj": 7, "mlp.up_proj": 7,
+        assert bits == {"q_proj": 7, "k_proj": 7, "v_proj": 7, "o_proj": 7, "mlp.gate_proj": 7, "mlp.up_proj": 7,
                         "mlp.down_proj": 8}
     else:
-        assert bits == {"c_attn": 7, "c_proj": 8, "mlp.c_fc": 7, "mlp.c_proj": 8}
+        assert bits == {"c_attn": 7, "c_proj": 7, "mlp.c_fc": 7, "mlp.c_proj": 8}
     try:
         for forced in ("7", "8"):
             monkeypatch.setenv(M.ENV_ACT_BITS, forced)
@@ -411,3 +411,15 @@ def test_w8a16_avx2_is_the_weight_only_product(onednn: str, tokens: int) -> None
     assert ("fbgemm" in q._cache) == (onednn == "pytorch" and M._fbgemm_available() and tokens <= M.FBGEMM_MAX_TOKENS)
     # native two-term for few tokens; long inputs of weight-only layers keep exact float activations
     assert ("avx2" in q._cache) == (onednn == "native" and tokens <= M.FBGEMM_MAX_TOKENS)
+
+
+@pytest.mark.parametrize("name, bits", [
+    ("model.layers.3.mlp.down_proj", 8), ("model.layers.3.self_attn.o_proj", 7), ("model.layers.3.mlp.gate_proj", 7),
+    ("transformer.h.1.mlp.c_proj", 8), ("transformer.h.1.attn.c_proj", 7), ("model.decoder.layers.0.fc2", 8),
+    ("gpt_neox.layers.0.attention.dense", 7), ("gpt_neox.layers.0.mlp.dense_4h_to_h", 8),
+    ("bert.encoder.layer.0.attention.output.dense", 7), ("bert.encoder.layer.0.output.dense", 8),
+    ("model.layers.0.block_sparse_moe.experts.1.w2", 8), ("custom.mystery", 8),
+])
+def test_act_bits_for_roles(name: str, bits: int) -> None:
+    """8-bit tokens for MLP outputs and unknown roles, 7 for attention/MLP inputs and attention outputs."""
+    assert M.act_bits_for(name) == bits

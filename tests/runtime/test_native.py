@@ -158,10 +158,10 @@ def test_model_outputs_match_the_pytorch_path(ops: object, monkeypatch: pytest.M
         M.avx2_act_bits.cache_clear()
     calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("llmpack_avx2::")}
     layers = len(model.model.layers)
-    # per layer: q/k/v one call, gate/up one call, o_proj, two norms; the tied head weight-only (the weight-only
-    # down_proj layers take the float path for inputs longer than FBGEMM_MAX_TOKENS, 0 here)
-    assert calls == {"llmpack_avx2::w8a8": 3 * layers, "llmpack_avx2::w8a16": 1,
-                     "llmpack_avx2::rms_norm": 2 * layers + 1}  # the fused RMSNorms (llmpack.runtime.fused)
+    # per layer: q/k/v one call, gate/up one call, o_proj, two norms, the SwiGLU gate; the tied head weight-only
+    # (the weight-only down_proj layers take the float path for inputs longer than FBGEMM_MAX_TOKENS, 0 here)
+    assert calls == {"llmpack_avx2::w8a8": 3 * layers, "llmpack_avx2::w8a16": 1, "llmpack_avx2::silu_mul": layers,
+                     "llmpack_avx2::rms_norm": 2 * layers + 1}  # the fused float modules (llmpack.runtime.fused)
     assert any(isinstance(m, M.TiedInt8Head) for m in model.modules())
     assert sqnr_db(slow, fast) > 45
 

@@ -419,27 +419,25 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return y;
 }
 
-// exp(x) for 8 floats (Cephes' expf: range reduction by ln 2, degree-6 polynomial; ~1 ulp on
-// [-87, 88], 0 below, +inf above). NaN inputs give an arbitrary value: callers keep NaN otherwise.
+// exp(x) for 8 floats (Cephes' expf: range reduction by ln 2, degree-6 polynomial, fused multiply-adds;
+// ~1 ulp on [-87, 88]; inputs are clamped to that range, so the result is ~1e-38 below it and ~2e38 above:
+// callers divide by 1 + exp(.), where these act as 0 and infinity). NaN inputs give an arbitrary value:
+// callers keep NaN otherwise.
 inline __m256 exp8(__m256 x) {
-  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504f);
-  const __m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ), under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-  const __m256 fx = _mm256_floor_ps(
-      _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(0.5f)));
-  x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(0.693359375f)));
-  x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(-2.12194440e-4f)));
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365447504f)), _mm256_set1_ps(88.3762626647949f));
+  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
   __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(y, x), x), x), _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-  y = _mm256_blendv_ps(y, _mm256_set1_ps(std::numeric_limits<float>::infinity()), over);
-  return _mm256_blendv_ps(y, _mm256_setzero_ps(), under);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(y, x), x, x), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
 // GELU, tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as the equal
@@ -466,6 +464,31 @@ at::Tensor gelu_tanh(const at::Tensor& x) {
       const float v = xp[i];
       yp[i] = v / (1.0f + std::exp(-2.0f * kC * (v + 0.044715f * v * v * v)));
     }
+  });
+  return y;
+}
+
+// SwiGLU's gate: silu(g) * u = g / (1 + exp(-g)) * u in one pass (PyTorch takes two passes, its vectorised
+// exp being the slow part on AVX2 CPUs: 1024 x 1536 on 2 threads, F.silu(g) * u 1.55 ms).
+at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
+  check_float(g, "silu_mul", -1);
+  check_float(u, "silu_mul", -1);
+  TORCH_CHECK(g.sizes() == u.sizes(), "llmpack_avx2::silu_mul: gate and up must have the same shape");
+  at::Tensor y = at::empty_like(g);
+  const float* gp = g.data_ptr<float>();
+  const float* up = u.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t n = g.numel();
+  at::parallel_for(0, (n + 7) / 8, 2048, [&](int64_t b, int64_t e) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    int64_t i = b * 8;
+    const int64_t end = std::min(n, e * 8);
+    for (; i + 8 <= end; i += 8) {
+      const __m256 v = _mm256_loadu_ps(gp + i);
+      const __m256 t = exp8(_mm256_sub_ps(zero, v));
+      _mm256_storeu_ps(yp + i, _mm256_mul_ps(_mm256_div_ps(v, _mm256_add_ps(one, t)), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < end; ++i) yp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * up[i];
   });
   return y;
 }
@@ -529,6 +552,7 @@ TORCH_LIBRARY(llmpack_avx2, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("few_token_linear(Tensor x, Tensor weight) -> Tensor");
   m.def("gelu_tanh(Tensor x) -> Tensor");
+  m.def("silu_mul(Tensor g, Tensor u) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
@@ -538,4 +562,5 @@ TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("few_token_linear", &few_token_linear);
   m.impl("gelu_tanh", &gelu_tanh);
+  m.impl("silu_mul", &silu_mul);
 }
