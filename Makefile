@@ -48,6 +48,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules llmpack
 
 docs: $(VENV)/.installed-dev
 	$(BIN)/python -m llmpack._docs

@@ -204,7 +204,7 @@ class BuildConfig:
     """A parsed, validated ``llmpack.toml``.
 
     Example:
-        >>> cfg = load_config({"source": {"path": "/models/m"}, "quantize": {"method": "bf16"}}, base_dir="/repo")
+        >>> cfg = load_config({"source": {"path": "org/model"}, "quantize": {"method": "bf16"}}, base_dir="/repo")
         >>> cfg.quantize.recipe.method.value, str(cfg.quantize.out)
         ('bf16', '/repo/build/model')
     """

@@ -68,7 +68,7 @@ class AccuracyStats:
     ``paraphrase_sim_*`` / ``unrelated_sim_*`` (mean cosine of the built-in pairs under each model).
 
     Example:
-        >>> AccuracyStats(task="causal-lm", ppl_baseline=10.0, ppl_candidate=10.5).ppl_delta_pct
+        >>> round(AccuracyStats(task="causal-lm", ppl_baseline=10.0, ppl_candidate=10.5).ppl_delta_pct, 6)
         5.0
     """
 
