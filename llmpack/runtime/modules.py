@@ -95,7 +95,7 @@ def act_bits_for(name: str) -> int:
     buy most of what 8 bits everywhere would, at a quarter to a third of the matmul work (measured on the
     ``int8_cpu`` inputs, 1024 tokens, KL vs FP32 / share of W8A8 multiplies at 8 bits: SmolLM2 all 7-bit
     0.0189, MLP outputs 0.0127 / 25 %, MLP and attention outputs 0.0117 / 34 %, all 8-bit 0.0087; GPT-2
-    0.000223, 0.000179 / 33 %, 0.000168 / 42 %, 0.000110). 8 bits cost ~20 % more per multiply.
+    0.000223, 0.000179 / 33 %, 0.000168 / 42 %, 0.000110). 8 bits cost 20-45 % more per multiply.
 
     Example:
         >>> act_bits_for("model.layers.0.mlp.down_proj"), act_bits_for("model.layers.0.self_attn.o_proj")
@@ -104,9 +104,8 @@ def act_bits_for(name: str) -> int:
         (8, 7)
     """
     parts = name.split(".")
-    if parts[-1] in NORM_FED or parts[-1] in ATTN_OUT:
-        return 7
-    return 7 if any(".".join(parts[-n:]) in ATTN_OUT for n in (2, 3)) else 8
+    tails = {".".join(parts[-n:]) for n in (1, 2, 3)}
+    return 7 if parts[-1] in NORM_FED or tails & ATTN_OUT else 8
 
 
 # AVX2 oneDNN kernel: activations in [-64, 64] (+64 zero point -> u8 in [0, 128]); 128 * 127 * 2 < 2**15,
@@ -158,7 +157,7 @@ def cpu_int8_kernel() -> str:
 @functools.lru_cache(maxsize=None)
 def avx2_act_bits() -> int | None:
     """Activation bits forced on every W8A8 layer of the native AVX2 kernels by ``LLMPACK_AVX2_ACT_BITS``:
-    7 (129 levels centred on each token) or 8 (255 levels, the int8 format's own precision, ~20 % slower
+    7 (129 levels centred on each token) or 8 (255 levels, the int8 format's own precision, 20-45 % slower
     matmuls: AVX2 without VNNI needs one more instruction per multiply); ``None`` for ``auto`` (the
     default), where each layer uses its own ``act_bits`` (set by :func:`prepare_int8`, see
     :func:`act_bits_for`). The PyTorch fallback always uses 7.

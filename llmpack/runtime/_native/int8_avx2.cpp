@@ -156,8 +156,8 @@ void quantize_two_terms(const float* x, int64_t m, int64_t k, int64_t kp, uint8_
 // 7-bit tokens (S8 = false): u8 tokens in [0, 128] times the int8 weights, vpmaddubsw + vpmaddwd.
 // 8-bit tokens (S8 = true, int8 q in [-127, 127]): vpmaddubsw needs one unsigned operand, so it multiplies
 // |w| (u8, <= 128) by q with w's sign moved onto it (vpsignb); pair sums <= 2 * 128 * 127 fit int16. One
-// more instruction per multiply (measured ~20 % slower in-loop); one weight vector at a time keeps the
-// live registers below 16 (no spills).
+// more instruction per multiply (measured 20-45 % slower, most for long K). GCC spills one accumulator
+// here; a 3-token tile without spills was slower in the model (measured), so both widths keep MR tokens.
 template <int MR, bool S8>
 inline void tile(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, int32_t* out) {
   __m256i acc[MR][2];
@@ -440,31 +440,33 @@ inline __m256 exp8(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
+// y[i] = f(a[i], b[i]) over n floats (a one-input op passes a twice), 8 at a time with `vec`, the tail
+// with `scalar`, split across threads.
+template <class Vec, class Scalar>
+void elementwise(int64_t n, const float* a, const float* b, float* y, Vec vec, Scalar scalar) {
+  at::parallel_for(0, (n + 7) / 8, 2048, [&](int64_t begin, int64_t end8) {
+    int64_t i = begin * 8;
+    const int64_t end = std::min(n, end8 * 8);
+    for (; i + 8 <= end; i += 8) _mm256_storeu_ps(y + i, vec(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    for (; i < end; ++i) y[i] = scalar(a[i], b[i]);
+  });
+}
+
 // GELU, tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as the equal
 // x / (1 + exp(-2u)) (no cancellation for negative x). PyTorch's F.gelu(approximate="tanh") evaluates
 // tanh itself, ~3x slower than exp on AVX2 CPUs (measured: 943 us for 128 x 3072 on 2 threads).
 at::Tensor gelu_tanh(const at::Tensor& x) {
   check_float(x, "gelu_tanh", -1);
   at::Tensor y = at::empty_like(x);
-  const float* xp = x.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const int64_t n = x.numel();
   constexpr float kC = 0.7978845608028654f;  // sqrt(2 / pi)
-  at::parallel_for(0, (n + 7) / 8, 2048, [&](int64_t b, int64_t e) {
-    const __m256 one = _mm256_set1_ps(1.0f), c2 = _mm256_set1_ps(-2.0f * kC), k3 = _mm256_set1_ps(0.044715f);
-    int64_t i = b * 8;
-    const int64_t end = std::min(n, e * 8);
-    for (; i + 8 <= end; i += 8) {
-      const __m256 v = _mm256_loadu_ps(xp + i);
-      const __m256 inner = _mm256_add_ps(v, _mm256_mul_ps(k3, _mm256_mul_ps(v, _mm256_mul_ps(v, v))));
-      const __m256 t = exp8(_mm256_mul_ps(c2, inner));
-      _mm256_storeu_ps(yp + i, _mm256_div_ps(v, _mm256_add_ps(one, t)));
-    }
-    for (; i < end; ++i) {
-      const float v = xp[i];
-      yp[i] = v / (1.0f + std::exp(-2.0f * kC * (v + 0.044715f * v * v * v)));
-    }
-  });
+  const __m256 one = _mm256_set1_ps(1.0f), c2 = _mm256_set1_ps(-2.0f * kC), k3 = _mm256_set1_ps(0.044715f);
+  elementwise(
+      x.numel(), x.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(),
+      [=](__m256 v, __m256) {  // by value: __m256 may alias the float stores
+        const __m256 inner = _mm256_add_ps(v, _mm256_mul_ps(k3, _mm256_mul_ps(v, _mm256_mul_ps(v, v))));
+        return _mm256_div_ps(v, _mm256_add_ps(one, exp8(_mm256_mul_ps(c2, inner))));
+      },
+      [](float v, float) { return v / (1.0f + std::exp(-2.0f * kC * (v + 0.044715f * v * v * v))); });
   return y;
 }
 
@@ -475,21 +477,13 @@ at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
   check_float(u, "silu_mul", -1);
   TORCH_CHECK(g.sizes() == u.sizes(), "llmpack_avx2::silu_mul: gate and up must have the same shape");
   at::Tensor y = at::empty_like(g);
-  const float* gp = g.data_ptr<float>();
-  const float* up = u.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const int64_t n = g.numel();
-  at::parallel_for(0, (n + 7) / 8, 2048, [&](int64_t b, int64_t e) {
-    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    int64_t i = b * 8;
-    const int64_t end = std::min(n, e * 8);
-    for (; i + 8 <= end; i += 8) {
-      const __m256 v = _mm256_loadu_ps(gp + i);
-      const __m256 t = exp8(_mm256_sub_ps(zero, v));
-      _mm256_storeu_ps(yp + i, _mm256_mul_ps(_mm256_div_ps(v, _mm256_add_ps(one, t)), _mm256_loadu_ps(up + i)));
-    }
-    for (; i < end; ++i) yp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * up[i];
-  });
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  elementwise(
+      g.numel(), g.data_ptr<float>(), u.data_ptr<float>(), y.data_ptr<float>(),
+      [=](__m256 v, __m256 w) {  // by value: __m256 may alias the float stores
+        return _mm256_mul_ps(_mm256_div_ps(v, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, v)))), w);
+      },
+      [](float v, float w) { return v / (1.0f + std::exp(-v)) * w; });
   return y;
 }
 
