@@ -8,7 +8,7 @@ Candidates (same inputs, same threads, timed round-robin so machine drift cancel
                       tokenizer of a real model, the defaults calibrate and smooth), eager;
 * ``llmpack+compile`` the same under ``torch.compile``;
 * ``llmpack+a7``      ``llmpack`` with 7-bit tokens on every layer (``Int8Linear.act_bits = 7``; the default gives
-                      the output projections 8 bits on AVX2 CPUs without VNNI, see ``docs/int8-format.md``), eager;
+                      the MLP output projections 8 bits on AVX2 CPUs without VNNI, see ``docs/int8-format.md``), eager;
 * ``llmpack+qemb``    ``llmpack`` with ``quantize_embeddings=True``: embeddings int8 and, for tied models, the
                       output head reads that int8 table (torch.ao quantizes the head too), eager;
 * ``torch.ao``        ``torch.ao.quantization.quantize_dynamic`` (GPT-2 ``Conv1D`` converted to ``nn.Linear`` first);
