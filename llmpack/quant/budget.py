@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -42,10 +41,9 @@ from llmpack.errors import BadInputError, ConfigError
 from llmpack.quant import smooth as _smooth
 from llmpack.quant.calibrate import (
     EvalResult,
-    Evaluator,
     LayerSim,
     _sim_forward,
-    collect_input_absmax,
+    absmax_hooks,
     linear_layers,
     simulate,
     token_batches,
@@ -268,35 +266,44 @@ def _sim_plan(lins: Iterable[str], modes: Mapping[str, str], target_scale: Mappi
     return plan
 
 
-@torch.no_grad()
-def _local_errors(model: torch.nn.Module, batches: Sequence[torch.Tensor], lins: Mapping[str, torch.nn.Module],
-                  target_scale: Mapping[str, torch.Tensor], modes: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Relative output error ``|y_q - y|² / |y|²`` of each layer quantized alone, on float inputs."""
-    num: dict[str, dict[str, float]] = {n: {m: 0.0 for m in modes} for n in lins}
-    den: dict[str, float] = {n: 0.0 for n in lins}
-    handles = []
+class _LocalErrors:
+    """Forward hooks accumulating each layer's relative output error ``|y_q - y|² / |y|²`` quantized alone,
+    on float inputs; used one block at a time (``hooks(model, names)``) by the streamed float pass."""
 
-    def make_hook(name: str, mod: torch.nn.Module):
-        sims = {m: _sim_forward(mod, LayerSim(m, target_scale.get(name) if m == "w8a8" else None)) for m in modes}
+    def __init__(self, target_scale: Mapping[str, torch.Tensor], modes: Sequence[str]) -> None:
+        self.target_scale = target_scale
+        self.modes = list(modes)
+        self.num: dict[str, dict[str, float]] = {}
+        self.den: dict[str, float] = {}
 
-        def hook(_m: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
-            x = args[0]
-            y = out.float()
-            den[name] += float(y.pow(2).sum())
-            for m, f in sims.items():
-                num[name][m] += float((f(x).float() - y).pow(2).sum())
-        return hook
+    def hooks(self, model: torch.nn.Module, names: Iterable[str]) -> Any:
+        import contextlib
 
-    for n, mod in lins.items():
-        handles.append(mod.register_forward_hook(make_hook(n, mod)))
-    try:
-        device = next(iter(model.parameters())).device
-        for b in batches:
-            model(input_ids=b.to(device))
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: {m: num[n][m] / max(den[n], 1e-30) for m in modes} for n in lins}
+        @contextlib.contextmanager
+        def ctx() -> Any:
+            handles = []
+            for n in names:
+                mod = model.get_submodule(n)
+                self.num.setdefault(n, {m: 0.0 for m in self.modes})
+                self.den.setdefault(n, 0.0)
+                sims = {m: _sim_forward(mod, LayerSim(m, self.target_scale.get(n) if m == "w8a8" else None))
+                        for m in self.modes}
+
+                def hook(_m: torch.nn.Module, args: tuple, out: torch.Tensor, n: str = n, sims: dict = sims) -> None:
+                    y = out.float()
+                    self.den[n] += float(y.pow(2).sum())
+                    for m, f in sims.items():
+                        self.num[n][m] += float((f(args[0]).float() - y).pow(2).sum())
+                handles.append(mod.register_forward_hook(hook))
+            try:
+                yield
+            finally:
+                for h in handles:
+                    h.remove()
+        return ctx()
+
+    def result(self) -> dict[str, dict[str, float]]:
+        return {n: {m: self.num[n][m] / max(self.den[n], 1e-30) for m in self.modes} for n in self.num}
 
 
 def _bisect(n: int, ok: Callable[[int], bool], tol: int = 1) -> int:
@@ -335,6 +342,7 @@ def plan_int8(
     act_stats: Mapping[str, torch.Tensor] | None = None,
     skip: Iterable[str] = (),
     progress: Callable[[str], None] | None = None,
+    device: "str | torch.device" = "cpu",
 ) -> Int8Decisions:
     """Decide smoothing, weight-only and float layers for INT8 under the recipe's accuracy budget.
 
@@ -343,7 +351,8 @@ def plan_int8(
     figures recorded. The model is never copied and is left unchanged.
 
     Args:
-        model_or_source: a float causal LM in memory, or an HF directory (loaded once, float32).
+        model_or_source: a float causal LM in memory, or an HF directory, streamed one decoder block at a time
+            in float32 (:mod:`llmpack.stream`): peak memory is about two blocks plus embeddings and head.
         tokenizer: its tokenizer (loaded from the directory when ``None``); unused with ``batches``.
         recipe: an int8 recipe (``max_ppl_increase`` in percent, ``max_kl`` in nats, ``smooth`` alpha).
         text: calibration text (default: ``llmpack.measure.text.default_text("calib")``).
@@ -357,6 +366,7 @@ def plan_int8(
         act_stats: precomputed :func:`~llmpack.quant.calibrate.collect_input_absmax` output (caching).
         skip: layers kept in float regardless (e.g. the recipe's ignore patterns, resolved).
         progress: called with a one-line message per step.
+        device: where a directory's blocks run (``"cuda"``: one block at a time on the GPU).
 
     Returns:
         :class:`Int8Decisions`.
@@ -377,7 +387,8 @@ def plan_int8(
     if sensitivity not in ("local", "e2e"):
         raise ConfigError(f"unknown sensitivity {sensitivity!r}: choose 'local' or 'e2e'")
     say = progress or (lambda _msg: None)
-    model, tokenizer = _resolve_model(model_or_source, tokenizer)
+    st, tokenizer = _resolve_streamer(model_or_source, tokenizer, device)
+    model = st.model
     if batches is None:
         if tokenizer is None:
             raise BadInputError("plan_int8 needs a tokenizer (or token batches) to read the calibration text")
@@ -389,41 +400,74 @@ def plan_int8(
     params = {n: int(m.weight.numel()) for n, m in lins.items()}
     base_mode = "w8a8" if recipe.method is Method.INT8 else "w8a16"
     ladder = [m for m in _MODES if _MODES.index(m) >= _MODES.index(base_mode)]
+    # Every linear layer and smoothing group lives in one block (or outside all blocks, never streamed).
+    block_of = _block_index(st, lins)
+    per_block: dict[int, list[str]] = {}
+    for n in lins:
+        per_block.setdefault(block_of.get(n, -1), []).append(n)
 
     was_training = model.training
     model.eval()
     try:
-        say("calibrating: activation statistics")
-        stats = dict(act_stats) if act_stats is not None else collect_input_absmax(model, batches, lins)
+        from llmpack.stream.evaluate import Stream, StreamedEvaluator
+
+        say("calibrating: activation statistics, smoothing scales and the float reference"
+            + (f", streamed block by block ({len(st.blocks)} blocks)" if st.streamed else ""))
+        ev = StreamedEvaluator(st, batches)
         alphas = _alpha_for(recipe, alpha)
         # A group is folded only if none of its modules is skipped: skipped (ignored) tensors are written
         # exactly as in the source, and a producer's fold must reach every layer that reads its output.
         groups = [g for g in _smooth.find_groups(model) if g.kind in alphas
                   and g.prev not in skip and not any(t in skip for t in g.targets)]
-        scales = _smooth.compute_scales(model, groups, stats, alphas)
-        groups = [g for g in groups if g.prev in scales]
-        target_scale = {t: g.expand(scales[g.prev]) for g in groups for t in g.targets}
-        say("measuring the float model")
-        ev = Evaluator(model, batches)
-
+        groups_in: dict[int, list[_smooth.SmoothGroup]] = {}
+        for g in groups:
+            groups_in.setdefault(block_of.get(g.targets[0], -1), []).append(g)
+        stats: dict[str, torch.Tensor] = dict(act_stats) if act_stats is not None else {}
+        scales: dict[str, torch.Tensor] = {}
+        target_scale: dict[str, torch.Tensor] = {}
         modes = {n: ("float" if n in skip else base_mode) for n in lins}
+        outside = [n for n in per_block.get(-1, []) if modes[n] != "float"]
+        if outside:
+            raise BadInputError(f"linear layer {outside[0]} lies outside the model's blocks: int8 calibration "
+                                "cannot stream it; keep it in float with ignore=")
+
+        def sim_ctx(m: Mapping[str, str]) -> Callable[[int, torch.nn.Module], Any]:
+            return lambda i, _blk: simulate(model, _sim_plan(per_block.get(i, []), m, target_scale))
+
+        def float_ctx(i: int, _blk: torch.nn.Module) -> Any:
+            return None if act_stats is not None else absmax_hooks(model, per_block.get(i, []), stats)
+
+        def fold_scales(i: int, _blk: torch.nn.Module) -> None:
+            new = _smooth.compute_scales(model, groups_in.get(i, []), stats, alphas)
+            scales.update(new)
+            for g in groups_in.get(i, []):
+                if g.prev in new:
+                    target_scale.update({t: g.expand(new[g.prev]) for t in g.targets})
+
+        # Pass 1: float (statistics, then this block's scales) and the default plan, block by block.
+        float_ws, cand_ws = ev.fresh(), ev.fresh()
+        ev.run([Stream(float_ws, float_ctx, fold_scales), Stream(cand_ws, sim_ctx(modes))])
+        ev.set_reference([w.hidden for w in float_ws])
+        groups = [g for g in groups if g.prev in scales]
         steps: list[dict[str, Any]] = []
 
-        def measure(m: Mapping[str, str], label: str) -> EvalResult:
-            with simulate(model, _sim_plan(lins, m, target_scale)):
-                r = ev()
-            steps.append({"kind": "step", "step": label, **r.to_dict(),
-                          "int8_share": round(_share(params, m), 6)})
+        def record(m: Mapping[str, str], label: str, r: EvalResult) -> EvalResult:
+            steps.append({"kind": "step", "step": label, **r.to_dict(), "int8_share": round(_share(params, m), 6)})
             say(f"{label}: ppl {r.ppl:.3f} ({r.ppl_increase:+.2f}%), KL {r.kl:.4f}")
             return r
 
+        def measure(m: Mapping[str, str], label: str) -> EvalResult:
+            return record(m, label, ev.candidate(sim_ctx(m)))
+
         has_budget = recipe.max_ppl_increase is not None or recipe.max_kl is not None
-        result = measure(modes, "all layers " + base_mode + (" + smoothing" if groups else ""))
+        result = record(modes, "all layers " + base_mode + (" + smoothing" if groups else ""),
+                        ev.result(ev.score([w.hidden for w in cand_ws])))
+        del float_ws, cand_ws
         reasons = {n: ("kept float (skip / ignore)" if modes[n] == "float" else "default") for n in lins}
         sens: dict[str, dict[str, float]] = {}
         if has_budget and not _budget_ok(result, recipe, margin):
             say("measuring per-layer sensitivity")
-            sens = _sensitivity(model, batches, lins, target_scale, ladder, sensitivity, ev, skip)
+            sens = _sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip)
             for lvl in range(1, len(ladder)):
                 cur, nxt = ladder[lvl - 1], ladder[lvl]
                 order = sorted((n for n in lins if modes[n] == cur), key=lambda n: -sens[n][cur])
@@ -473,7 +517,8 @@ def plan_int8(
             "budget": {"max_ppl_increase": recipe.max_ppl_increase, "max_kl": recipe.max_kl, "margin": margin},
             "met": bool(met),
             "calibration_tokens": ev.ntokens,
-            "float": {"ppl": round(ev.base_ppl, 4)},
+            "float": {"ppl": round(result.base_ppl, 4)},
+            "streamed": {"blocks": len(st.blocks), "device": str(st.device)} if st.streamed else None,
             "planned": result.to_dict(),
             "sensitivity": sensitivity if sens else None,
             "int8_share": round(_share(params, modes), 6),
@@ -503,22 +548,61 @@ def _is_head(model: torch.nn.Module, name: str, mod: torch.nn.Module) -> bool:
     return isinstance(vocab, int) and out == vocab
 
 
-def _sensitivity(model: torch.nn.Module, batches: Sequence[torch.Tensor], lins: Mapping[str, torch.nn.Module],
-                 target_scale: Mapping[str, torch.Tensor], ladder: Sequence[str], how: str, ev: Evaluator,
+def _sensitivity(ev: Any, per_block: Mapping[int, list[str]], lins: Mapping[str, torch.nn.Module],
+                 target_scale: Mapping[str, torch.Tensor], ladder: Sequence[str], how: str,
                  skip: set[str]) -> dict[str, dict[str, float]]:
+    from llmpack.stream.evaluate import Stream
+
     quant_modes = [m for m in ladder if m != "float"]
+    model = ev.st.model
     if how == "local":
-        out = _local_errors(model, batches, lins, target_scale, quant_modes)
+        acc = _LocalErrors(target_scale, quant_modes)
+        ev.run([Stream(ev.fresh(), lambda i, _b: acc.hooks(model, [n for n in per_block.get(i, []) if n not in skip]))])
+        out = acc.result()
     else:
         out = {}
         for n in lins:
             out[n] = {}
+            if n in skip:
+                continue
             for m in quant_modes:
-                with simulate(model, {n: LayerSim(m, target_scale.get(n) if m == "w8a8" else None)}):
-                    out[n][m] = ev().kl
+                plan = {n: LayerSim(m, target_scale.get(n) if m == "w8a8" else None)}
+                out[n][m] = ev.candidate(lambda i, _b, plan=plan: simulate(model, {
+                    k: v for k, v in plan.items() if k in per_block.get(i, [])})).kl
     for n in skip:
         out.get(n, {}).clear()
-    return {n: {**{m: 0.0 for m in quant_modes}, **v} for n, v in out.items()}
+    return {n: {**{m: 0.0 for m in quant_modes}, **out.get(n, {})} for n in lins}
+
+
+def _block_index(st: Any, names: Iterable[str]) -> dict[str, int]:
+    """Layer name → index of the streamer block holding it (layers outside every block are left out)."""
+    pre = st.prefix + "."
+    out = {}
+    for n in names:
+        if n.startswith(pre):
+            head = n[len(pre):].split(".", 1)[0]
+            if head.isdigit():
+                out[n] = int(head)
+    return out
+
+
+def _resolve_streamer(model_or_source: Any, tokenizer: Any, device: "str | torch.device") -> tuple[Any, Any]:
+    from llmpack.stream import BlockStreamer, open_streamer
+
+    if isinstance(model_or_source, torch.nn.Module):
+        model, tokenizer = _resolve_model(model_or_source, tokenizer)
+        return BlockStreamer.resident(model), tokenizer
+    path = Path(model_or_source)
+    if not (path / "config.json").is_file():
+        raise BadInputError(f"{path} is not an HF model directory (no config.json): pass a directory or a model")
+    st = open_streamer(path, device=device, dtype=torch.float32)
+    if st.model.get_output_embeddings() is None:
+        raise BadInputError(f"{path} is not a causal LM with a head: the int8 accuracy budget measures perplexity/KL")
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return st, tokenizer
 
 
 def _resolve_model(model_or_source: Any, tokenizer: Any) -> tuple[torch.nn.Module, Any]:
@@ -530,15 +614,7 @@ def _resolve_model(model_or_source: Any, tokenizer: Any) -> tuple[torch.nn.Modul
                 "so it needs a causal LM; quantize encoders without max_ppl_increase / max_kl"
             )
         return model, tokenizer
-    path = Path(model_or_source)
-    if not (path / "config.json").is_file():
-        raise BadInputError(f"{path} is not an HF model directory (no config.json): pass a directory or a model")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    raise BadInputError(f"expected an nn.Module, got {type(model_or_source).__name__}")
 
 
 def select_recipe(model: torch.nn.Module, tokenizer: Any, recipe: Recipe, calib_text: "str | None" = None,

@@ -36,6 +36,7 @@ __all__ = [
     "is_linear",
     "in_dim",
     "collect_input_absmax",
+    "absmax_hooks",
     "fake_quant_weight",
     "fake_quant_act",
     "act_grid",
@@ -130,11 +131,30 @@ def collect_input_absmax(
         >>> s["transformer.h.0.attn.c_attn"].shape
         torch.Size([64])
     """
-    mods = linear_layers(model) if names is None else {n: model.get_submodule(n) for n in names}
+    names = list(linear_layers(model)) if names is None else list(names)
     stats: dict[str, torch.Tensor] = {}
+    with absmax_hooks(model, names, stats):
+        device = _model_device(model)
+        for b in batches:
+            model(input_ids=b.to(device))
+    return stats
+
+
+@contextlib.contextmanager
+def absmax_hooks(model: torch.nn.Module, names: Iterable[str], stats: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Forward pre-hooks keeping each named layer's per-input-channel ``max |x_j|`` in ``stats`` (merged by max).
+
+    Example:
+        >>> from llmpack.testing import tiny_model
+        >>> m, s = tiny_model("llama"), {}
+        >>> with absmax_hooks(m, ["model.layers.0.mlp.up_proj"], s):
+        ...     _ = m(input_ids=torch.tensor([[1, 2]]))
+        >>> s["model.layers.0.mlp.up_proj"].shape
+        torch.Size([64])
+    """
     handles = []
 
-    def make_hook(name: str):
+    def make_hook(name: str) -> Any:
         def hook(_m: torch.nn.Module, args: tuple) -> None:
             x = args[0].detach()
             v = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
@@ -142,16 +162,13 @@ def collect_input_absmax(
             stats[name] = v if prev is None else torch.maximum(prev, v)
         return hook
 
-    for name, mod in mods.items():
-        handles.append(mod.register_forward_pre_hook(make_hook(name)))
+    for name in names:
+        handles.append(model.get_submodule(name).register_forward_pre_hook(make_hook(name)))
     try:
-        device = _model_device(model)
-        for b in batches:
-            model(input_ids=b.to(device))
+        yield
     finally:
         for h in handles:
             h.remove()
-    return stats
 
 
 def fake_quant_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:

@@ -1,0 +1,76 @@
+"""Layer-streamed execution: every step that runs a model at quantize or measure time goes through here.
+
+* :mod:`llmpack.stream.blocks` — :class:`BlockStreamer`: skeleton on meta, one block materialised at a
+  time, inputs captured from the model's own forward, logits in token chunks.
+* :mod:`llmpack.stream.weights` — the checkpoint matched against the model ``config.json`` describes.
+* :mod:`llmpack.stream.memory` — what a step needs in memory, what the machine has.
+
+Example:
+    >>> import tempfile, pathlib, torch
+    >>> from llmpack.testing import tiny_model
+    >>> d = pathlib.Path(tempfile.mkdtemp()); m = tiny_model("gpt2"); m.save_pretrained(d)
+    >>> st = open_streamer(d)
+    >>> ids = torch.tensor([[5, 6, 7]])
+    >>> got = next(st.logits([{"input_ids": ids}])[0])
+    >>> bool(torch.allclose(got, m(input_ids=ids).logits[0], atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from llmpack.stream.blocks import LOGIT_CHUNK, BlockStreamer, StreamUnsupported, Window, find_blocks
+from llmpack.stream.weights import ConfigMismatchError, match_weights
+
+__all__ = ["BlockStreamer", "Window", "StreamUnsupported", "ConfigMismatchError", "open_streamer", "find_blocks",
+           "match_weights", "skeleton", "LOGIT_CHUNK"]
+
+
+def skeleton(path: "str | os.PathLike[str]") -> tuple[torch.nn.Module, dict]:
+    """The model a directory's ``config.json`` describes, parameters on meta (int8 layers swapped in when
+    the config has a ``quantization_config``), and the config."""
+    from llmpack.checkpoint.reader import Checkpoint
+    from llmpack.runtime.load import build_meta_model, read_config
+
+    d = Path(path)
+    config = read_config(d)
+    model = build_meta_model(config)
+    qcfg = config.get("quantization_config")
+    if qcfg:
+        from llmpack.runtime.modules import swap_quantized_modules
+
+        swap_quantized_modules(model, qcfg, list(Checkpoint(d)))
+    return model, config
+
+
+def open_streamer(path: "str | os.PathLike[str]", *, device: "str | torch.device" = "cpu",
+                  dtype: torch.dtype | None = torch.float32) -> BlockStreamer:
+    """A :class:`BlockStreamer` over a model directory: config checked against the weights, nothing read yet.
+
+    Args:
+        path: an HF model directory (an llmpack output or any safetensors checkpoint).
+        device: where blocks run (``"cuda"``: blocks are moved to the GPU one at a time).
+        dtype: float dtype blocks are materialised in (``None``: as stored). Modules ``llmpack.json`` keeps in
+            float32 (FP16 overflow remedies) stay float32.
+
+    Raises:
+        ConfigMismatchError: ``config.json`` does not match the stored tensors. StreamUnsupported: no block list.
+    """
+    from llmpack.checkpoint.reader import Checkpoint
+    from llmpack.constants import MANIFEST_FILE
+
+    d = Path(path)
+    model, config = skeleton(d)
+    ckpt = Checkpoint(d)
+    get = match_weights(model, ckpt, config, check_dtypes=bool(config.get("quantization_config")))
+    st = BlockStreamer(model, get, device=device, dtype=dtype)
+    if (d / MANIFEST_FILE).is_file():
+        from llmpack.checkpoint.manifest import read_manifest
+
+        for m in read_manifest(d).extra.get("fp32_modules") or []:
+            st.keep_dtype[str(m)] = torch.float32
+    return st
