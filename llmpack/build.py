@@ -607,10 +607,15 @@ def _record_state(record_path: Path, output: Path, key: Mapping[str, Any]) -> tu
 # The _run_* functions are the only places build calls the rest of llmpack; tests replace them with fakes.
 
 
+_DEVICE: str | None = None
+"""``build(device=...)``: where quantize streams its checks and calibration, and measure runs (``None``: as configured)."""
+
+
 def _run_quantize(cfg: BuildConfig, quiet: bool) -> dict[str, Any]:
     from llmpack.pipeline import quantize
 
-    res = quantize(cfg.source.path, out=cfg.quantize.out, overwrite=True, quiet=quiet, recipe=cfg.quantize.recipe)
+    res = quantize(cfg.source.path, out=cfg.quantize.out, overwrite=True, quiet=quiet, recipe=cfg.quantize.recipe,
+                   device=_DEVICE or "cpu")
     return {"summary": res.summary()}
 
 
@@ -631,6 +636,8 @@ def _run_measure(cfg: BuildConfig, quiet: bool) -> dict[str, Any]:
         kw["text"] = m.text
     if m.device is not None:
         kw["device"] = m.device
+    if _DEVICE is not None:
+        kw["device"] = _DEVICE
     report = measure(cfg.source.path, cfg.quantize.out, **kw)
     m.report.parent.mkdir(parents=True, exist_ok=True)
     report.to_json(m.report)
@@ -696,7 +703,7 @@ def _pack_state(rec_path: Path, out: Path, key: Mapping[str, Any]) -> tuple[bool
 
 def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = DEFAULT_CONFIG, *,
           check: bool = False, force: bool = False, quiet: bool = True,
-          raise_on_gate: bool = True) -> BuildResult:
+          raise_on_gate: bool = True, device: str | None = None) -> BuildResult:
     """Run the pipeline described by an ``llmpack.toml``: quantize, measure (gates), pack — skipping what is up to date.
 
     A stage is up to date when its output records the same inputs: for ``quantize`` the model dir's
@@ -711,6 +718,8 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
         quiet: no progress bars.
         raise_on_gate: raise :class:`~llmpack.errors.GateFailedError` when a gate fails (the CLI
             passes ``False`` to print the summary first); the pack stage does not run either way.
+        device: ``"cpu"`` or ``"cuda"``: where quantize streams its FP16 check and int8 calibration (one block
+            at a time) and where measure runs; overrides ``[measure] device``. CUDA must be available.
 
     Returns:
         A :class:`BuildResult` (``.stages``, ``.changed``, ``.passed``, ``.to_dict()``).
@@ -730,6 +739,20 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
         >>> llmpack.build("llmpack.toml", check=True).changed  # doctest: +SKIP
         False
     """
+    global _DEVICE
+    if device is not None:
+        from llmpack.pipeline import check_device
+
+        check_device(device)
+    previous, _DEVICE = _DEVICE, device
+    try:
+        return _build(config, check=check, force=force, quiet=quiet, raise_on_gate=raise_on_gate)
+    finally:
+        _DEVICE = previous
+
+
+def _build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig", *, check: bool, force: bool,
+           quiet: bool, raise_on_gate: bool) -> BuildResult:
     t0 = time.perf_counter()
     cfg = config if isinstance(config, BuildConfig) else load_config(config)
     from llmpack import __version__

@@ -53,6 +53,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 when any stage would change (drift detection)")
     p.add_argument("--force", action="store_true", help="rebuild every stage even when it is up to date")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="where quantize's checks and calibration run (one block at a time) and measure runs")
     return p
 
 
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``llmpack build``; returns the exit code."""
     from llmpack.build import build
 
-    result = build(args.config, check=args.check, force=args.force, quiet=args.quiet, raise_on_gate=False)
+    result = build(args.config, check=args.check, force=args.force, quiet=args.quiet, raise_on_gate=False,
+                   device=args.device)
     fmt = getattr(args, "format", "human")
     emit(fmt, result.human(), result.to_dict())
     if result.failed_gates:

@@ -50,6 +50,8 @@ def add_measure_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=None, metavar="N",
                    help="timed run pairs per batch size (default: fit a time budget)")
     p.add_argument("--quick", action="store_true", help="a short measurement (under a minute for a small model)")
+    p.add_argument("--no-latency", action="store_true",
+                   help="size and accuracy only: directories are never loaded whole (accuracy runs block by block)")
     p.add_argument("--json", metavar="F", default=None, help="write the report as JSON")
     p.add_argument("--markdown", metavar="F", default=None, help="write the report as Markdown")
     p.add_argument("--html", metavar="F", default=None, help="write the report as HTML")
@@ -127,5 +129,6 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         gates=gates_from_args(args),
         quiet=args.quiet or args.format == "json",
+        latency=not args.no_latency,
     )
     return finish(report, args)

@@ -45,7 +45,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     m.add_argument("--measure", action="store_true",
                    help="measure the result against the source after writing (--max-ppl-increase doubles as a gate)")
     m.add_argument("--quick", action="store_true", help="with --measure: the quick measuring budget (< 1 min)")
-    m.add_argument("--device", default=None, help="with --measure: cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="where the FP16 check and int8 calibration run, one block at a time (default cpu; "
+                        "cuda: a model larger than GPU memory calibrates on one GPU), and --measure")
     m.add_argument("--min-top1", type=float, default=None, metavar="X", help="with --measure: gate on top-1 agreement")
     m.add_argument("--min-speedup", type=float, default=None, metavar="X", help="with --measure: gate on speedup (b1)")
     m.add_argument("--max-size-ratio", type=float, default=None, metavar="X",
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                           f"apply to int8 methods, not {method.value}")
     res = quantize(args.source, method, out=args.out, max_shard_size=args.max_shard_size, ignore=args.ignore,
                    overwrite=args.overwrite, fp16_overflow=args.fp16_overflow, quiet=args.quiet,
-                   calibration_text=text, **kwargs)
+                   calibration_text=text, device=args.device or "cpu", **kwargs)
     data = res.to_dict()
     human = res.summary()
     if not args.measure:

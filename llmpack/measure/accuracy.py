@@ -35,6 +35,7 @@ __all__ = [
     "AccuracyStats",
     "windows",
     "causal_lm_accuracy",
+    "accumulate",
     "encoder_accuracy",
     "split_sentences",
     "PARAPHRASE_PAIRS",
@@ -166,16 +167,9 @@ def causal_lm_accuracy(
     stride = window if stride is None else stride
     dev = torch.device(device)
     ids = token_ids.reshape(-1).long()
-    wins = windows(ids.numel(), window, stride)
-    if not wins:
-        from llmpack.errors import BadInputError
+    wins = _windows_or_error(ids, window, stride)
 
-        raise BadInputError(f"the evaluation text has {ids.numel()} tokens: need at least 2; pass a longer text")
-    nll_a = nll_b = 0.0
-    agree = 0
-    count = 0
-    kls: list[torch.Tensor] = []
-    with torch.inference_mode():
+    def pairs() -> Any:
         for begin, end, trg in wins:
             x = ids[begin:end].unsqueeze(0).to(dev)
             # positions t predict token t+1; the scored labels are the last `trg` of the window (never index 0)
@@ -183,22 +177,53 @@ def causal_lm_accuracy(
             tgt = x[0, -n_pred:]
             la = torch.log_softmax(_logits(baseline, x)[0, -n_pred - 1:-1], dim=-1)
             lb = torch.log_softmax(_logits(candidate, x)[0, -n_pred - 1:-1], dim=-1)
-            nll_a -= float(la.gather(-1, tgt[:, None]).sum())
-            nll_b -= float(lb.gather(-1, tgt[:, None]).sum())
-            kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
-            kls.append(kl.cpu())
-            agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
-            count += n_pred
-            del la, lb
+            yield la, lb, tgt
             if on_step is not None:
                 on_step()
+
+    with torch.inference_mode():
+        return accumulate(pairs(), windows=len(wins), window=window, stride=stride)
+
+
+def _windows_or_error(ids: torch.Tensor, window: int, stride: int) -> list[tuple[int, int, int]]:
+    wins = windows(ids.numel(), window, stride)
+    if not wins:
+        from llmpack.errors import BadInputError
+
+        raise BadInputError(f"the evaluation text has {ids.numel()} tokens: need at least 2; pass a longer text")
+    return wins
+
+
+def accumulate(pairs: Any, *, windows: int, window: int, stride: int) -> AccuracyStats:
+    """Perplexities, KL and top-1 from ``(baseline log-probs, candidate log-probs, targets)`` per scored span.
+
+    Spans may be whole windows or chunks of them (the streamed path yields chunks): the statistics are
+    sums over positions, so they do not depend on how the positions are cut.
+
+    Example:
+        >>> lp = torch.log_softmax(torch.randn(3, 5), -1)
+        >>> accumulate([(lp, lp, torch.tensor([0, 1, 2]))], windows=1, window=4, stride=4).kl_mean
+        0.0
+    """
+    nll_a = nll_b = 0.0
+    agree = 0
+    count = 0
+    kls: list[torch.Tensor] = []
+    for la, lb, tgt in pairs:
+        nll_a -= float(la.gather(-1, tgt[:, None]).sum())
+        nll_b -= float(lb.gather(-1, tgt[:, None]).sum())
+        kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
+        kls.append(kl.cpu())
+        agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
+        count += int(tgt.numel())
+        del la, lb
     kl_all = torch.cat(kls).double()
     kl_list = kl_all.tolist()
     ppl_a = math.exp(nll_a / count)
     ppl_b = math.exp(nll_b / count)
     delta = 0.0 if nll_a == nll_b else (ppl_b / ppl_a - 1.0) * 100.0
     return AccuracyStats(
-        task="causal-lm", tokens=count, windows=len(wins), window=window, stride=stride,
+        task="causal-lm", tokens=count, windows=windows, window=window, stride=stride,
         ppl_baseline=ppl_a, ppl_candidate=ppl_b, ppl_delta_pct=delta,
         kl_mean=float(kl_all.mean()), kl_p99=percentile(kl_list, 99), kl_max=float(kl_all.max()),
         top1=agree / count,

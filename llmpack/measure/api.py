@@ -271,6 +271,72 @@ def _module_device(m: torch.nn.Module) -> torch.device | None:
     return None
 
 
+def _side_dtype(side: _Side) -> torch.dtype | None:
+    """The dtype ``llmpack.load`` runs a directory in (config.json's), as the streamed accuracy must."""
+    from llmpack.runtime.load import _config_dtype
+
+    return _config_dtype(side.config)
+
+
+def _side_fp16(side: _Side) -> bool:
+    if side.module is not None:
+        return _has_dtype(side.module, torch.float16)
+    return _side_dtype(side) == torch.float16
+
+
+def _header_bytes(path: Path) -> tuple[dict[str, int], int, int, int]:
+    """Stored tensor bytes by dtype, from the safetensors headers (for a model that is not loaded)."""
+    from llmpack.checkpoint.reader import Checkpoint
+
+    by: dict[str, int] = {}
+    n = 0
+    for info in Checkpoint(path).infos():
+        key = str(info.dtype).replace("torch.", "")
+        by[key] = by.get(key, 0) + info.nbytes
+        n += info.numel
+    return by, sum(by.values()), 0, n
+
+
+def available_bytes(dev: torch.device) -> int:
+    """Memory a new model may use on ``dev`` now (``MemAvailable`` on CPU, free memory on CUDA).
+
+    Example:
+        >>> available_bytes(torch.device("cpu")) > 0
+        True
+    """
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _resident_bytes(a: _Side, b: _Side, dev: torch.device) -> tuple[int, int]:
+    """(bytes both models need resident, bytes available) — float weights at their run dtype, int8 packed twice."""
+    need = 0
+    for side in (a, b):
+        if side.path is None or side.kind != "dir":
+            continue
+        from llmpack.checkpoint.reader import Checkpoint
+
+        dt = _side_dtype(side)
+        size = dt.itemsize if dt is not None else None
+        for info in Checkpoint(side.path).infos():
+            if info.dtype.is_floating_point and size is not None:
+                need += info.numel * size
+            else:
+                need += 2 * info.nbytes  # int8 weights: the file's plus the kernel's packed copy
+    return int(need * 1.1), available_bytes(dev)
+
+
 # ---- the API -----------------------------------------------------------------------------------
 def measure(
     baseline: Any,
@@ -289,6 +355,7 @@ def measure(
     quiet: bool = False,
     window: int | None = None,
     stride: int | None = None,
+    latency: bool = True,
 ) -> Report:
     """Measure a candidate model against its baseline: size, latency and accuracy, and check gates.
 
@@ -310,6 +377,9 @@ def measure(
         tokenizer: a tokenizer (or a directory with one) used for both models; skips the same-tokenizer check.
         quiet: no progress bars.
         window, stride: perplexity windows (default ``min(512, context length)``, stride = window).
+        latency: time the models (needs both resident). ``False``, or two directories that do not fit in
+            memory together, measure size and accuracy only: causal-LM directories are then never loaded
+            whole (accuracy runs block by block, :mod:`llmpack.stream`), and the report says why.
 
     Returns:
         A :class:`~llmpack.measure.report.Report`; ``report.passed`` / ``report.failed_gates`` tell the gates.
@@ -361,34 +431,49 @@ def measure(
     # ---- load (peak memory while loading) ----
     sizes: dict[str, SizeStats] = {}
     models: dict[str, torch.nn.Module] = {}
-    for side in (a, b):
-        st = SizeStats()
-        if side.module is not None:
-            m = side.module.eval()
-            if _module_device(m) not in (None, dev):
-                m.to(dev)
-        else:
-            with PeakMemory(dev) as pm:
-                m = load_model(side.path, task, dev)  # type: ignore[arg-type]
-                touch_weights(m)  # lazily mmapped weights count as loaded
-            st.load_peak_bytes = pm.peak_bytes
-            st.memory_method = pm.method
-            if side.kind == "dir":
-                st.files = disk_usage(side.path)  # type: ignore[arg-type]
+    streamed = task == "causal-lm" and a.kind == "dir" and b.kind == "dir"
+    need, avail = _resident_bytes(a, b, dev)
+    resident = (need <= avail and latency) or not streamed
+    if not resident and latency:
+        notes.append(f"latency not measured: needs {need / 1e9:.1f} GB, {avail / 1e9:.1f} GB available "
+                     "(accuracy was measured block by block)")
+
+    def load_all() -> None:
+        for side in (a, b):
+            st = SizeStats()
+            if not resident:
+                assert side.path is not None
+                st.files = disk_usage(side.path)
                 st.disk_bytes = sum(st.files.values())
                 st.weight_file_bytes = sum(v for k, v in st.files.items() if k.endswith(".safetensors"))
+                st.param_bytes_by_dtype, st.param_bytes, st.buffer_bytes, st.num_params = _header_bytes(side.path)
+                sizes[side.role] = st
+                continue
+            if side.module is not None:
+                m = side.module.eval()
+                if _module_device(m) not in (None, dev):
+                    m.to(dev)
             else:
-                st.disk_bytes = st.weight_file_bytes = side.path.stat().st_size  # type: ignore[union-attr]
-                st.files = {side.path.name: st.disk_bytes}  # type: ignore[union-attr]
-        st.param_bytes_by_dtype, st.param_bytes, st.buffer_bytes, st.num_params = param_bytes(m)
-        models[side.role] = m
-        sizes[side.role] = st
-    ma, mb = models["baseline"], models["candidate"]
+                with PeakMemory(dev) as pm:
+                    m = load_model(side.path, task, dev)  # type: ignore[arg-type]
+                    touch_weights(m)  # lazily mmapped weights count as loaded
+                st.load_peak_bytes = pm.peak_bytes
+                st.memory_method = pm.method
+                if side.kind == "dir":
+                    st.files = disk_usage(side.path)  # type: ignore[arg-type]
+                    st.disk_bytes = sum(st.files.values())
+                    st.weight_file_bytes = sum(v for k, v in st.files.items() if k.endswith(".safetensors"))
+                else:
+                    st.disk_bytes = st.weight_file_bytes = side.path.stat().st_size  # type: ignore[union-attr]
+                    st.files = {side.path.name: st.disk_bytes}  # type: ignore[union-attr]
+            st.param_bytes_by_dtype, st.param_bytes, st.buffer_bytes, st.num_params = param_bytes(m)
+            models[side.role] = m
+            sizes[side.role] = st
 
     # ---- caps ----
     max_tokens = prof["max_tokens"]
     max_pos = _max_positions(a.config) or _max_positions(b.config)
-    if dev.type == "cpu" and (_has_dtype(ma, torch.float16) or _has_dtype(mb, torch.float16)):
+    if dev.type == "cpu" and (_side_fp16(a) or _side_fp16(b)):
         cap = FP16_CPU_CAP
         bs_list = tuple(cap["batch_sizes"])
         seq_len = min(seq_len, cap["seq_len"])
@@ -407,6 +492,10 @@ def measure(
     if max_pos is not None and win > max_pos:
         raise ConfigError(f"window {win} exceeds the model's context length {max_pos}: pass window <= {max_pos}")
 
+    if not streamed:
+        load_all()
+    ma, mb = models.get("baseline"), models.get("candidate")
+
     # ---- accuracy ----
     token_ids: torch.Tensor
     if task == "causal-lm":
@@ -415,9 +504,20 @@ def measure(
         if max_tokens is not None and token_ids.numel() > max_tokens:
             token_ids = token_ids[:max_tokens]
         n_wins = max(1, math.ceil(max(token_ids.numel() - 1, 1) / (stride or win)))
-        with progress(n_wins, "accuracy", unit="window", quiet=quiet) as bar:
-            acc: AccuracyStats = causal_lm_accuracy(ma, mb, token_ids, window=win, stride=stride, device=dev,
-                                                    on_step=lambda: bar.update(1))
+        if streamed:
+            from llmpack.stream import open_streamer
+            from llmpack.stream.measure import streamed_causal_lm_accuracy
+
+            sa = open_streamer(a.path, device=dev, dtype=_side_dtype(a))  # type: ignore[arg-type]
+            sb = open_streamer(b.path, device=dev, dtype=_side_dtype(b))  # type: ignore[arg-type]
+            with progress(len(sa.blocks) + len(sb.blocks), "accuracy", unit="block", quiet=quiet) as bar:
+                acc: AccuracyStats = streamed_causal_lm_accuracy(sa, sb, token_ids, window=win, stride=stride,
+                                                                 on_step=lambda: bar.update(1))
+            del sa, sb
+        else:
+            with progress(n_wins, "accuracy", unit="window", quiet=quiet) as bar:
+                acc = causal_lm_accuracy(ma, mb, token_ids, window=win, stride=stride, device=dev,
+                                         on_step=lambda: bar.update(1))
     else:
         acc = encoder_accuracy(ma, mb, tok, text_s, max_sentences=prof["max_sentences"],
                                max_length=min(seq_len, max_pos or seq_len), device=dev)
@@ -427,13 +527,22 @@ def measure(
             notes.append(f"seq_len {seq_len} exceeds the context length {max_pos}: cut to {max_pos}")
             seq_len = max_pos
 
+    if streamed:
+        load_all()
+        ma, mb = models.get("baseline"), models.get("candidate")
+
     # ---- latency ----
-    with progress(None, "latency", unit="run", quiet=quiet) as bar:
-        entries, peaks = time_models(
-            ma, mb, token_ids, task=task, batch_sizes=bs_list, seq_len=seq_len, new_tokens=n_new,
-            warmup=n_warm, runs=runs, budget_s=prof["budget_s"], min_runs=prof["min_runs"],
-            max_runs=prof["max_runs"], device=dev, on_step=lambda: bar.update(1),
-        )
+    entries: list[Any] = []
+    peaks: dict[str, Any] = {"baseline": None, "candidate": None}
+    if not latency:
+        notes.append("latency not measured: latency=False (--no-latency)")
+    if resident and latency:
+        with progress(None, "latency", unit="run", quiet=quiet) as bar:
+            entries, peaks = time_models(
+                ma, mb, token_ids, task=task, batch_sizes=bs_list, seq_len=seq_len, new_tokens=n_new,
+                warmup=n_warm, runs=runs, budget_s=prof["budget_s"], min_runs=prof["min_runs"],
+                max_runs=prof["max_runs"], device=dev, on_step=lambda: bar.update(1),
+            )
     method = memory_method(dev)
     for role in ("baseline", "candidate"):
         sizes[role].run_peak_bytes = peaks[role]
@@ -445,7 +554,8 @@ def measure(
         st = sizes[side.role]
         infos[side.role] = ModelInfo(
             name=side.name, path=str(side.path) if side.path is not None else None, kind=side.kind,
-            architecture=type(models[side.role]).__name__,
+            architecture=(type(models[side.role]).__name__ if side.role in models
+                          else str((side.config.get("architectures") or ["?"])[0])),
             dtype=_dominant_dtype(st.param_bytes_by_dtype), method=side.method(), num_params=st.num_params)
     cand = infos["candidate"]
     if dev.type == "cpu" and (cand.dtype == "int8" or (cand.method or "").startswith("int8")) and _cpu_has_bf16():

@@ -99,6 +99,7 @@ def _first_bad(st: Any, ids: torch.Tensor) -> str | None:
             pre = st.block_name(i)
             with seen.watch([(f"{pre}.{n}" if n else pre, m) for n, m in blk.named_modules()]):
                 w.hidden = st.run(blk, i, w)
+            del blk
         if seen.first:
             return seen.first
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)

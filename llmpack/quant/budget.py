@@ -396,8 +396,9 @@ def plan_int8(
 
         batches = token_batches(tokenizer, resolve_text(text, kind="calib"), seq_len=seq_len, max_tokens=calib_tokens)
     skip = set(skip)
-    lins = {n: m for n, m in linear_layers(model).items() if not _is_head(model, n, m)}
-    params = {n: int(m.weight.numel()) for n, m in lins.items()}
+    # Names only: a streamed block's modules are dropped after each block, so nothing may keep them alive.
+    params = {n: int(m.weight.numel()) for n, m in linear_layers(model).items() if not _is_head(model, n, m)}
+    lins = list(params)
     base_mode = "w8a8" if recipe.method is Method.INT8 else "w8a16"
     ladder = [m for m in _MODES if _MODES.index(m) >= _MODES.index(base_mode)]
     # Every linear layer and smoothing group lives in one block (or outside all blocks, never streamed).
@@ -548,7 +549,7 @@ def _is_head(model: torch.nn.Module, name: str, mod: torch.nn.Module) -> bool:
     return isinstance(vocab, int) and out == vocab
 
 
-def _sensitivity(ev: Any, per_block: Mapping[int, list[str]], lins: Mapping[str, torch.nn.Module],
+def _sensitivity(ev: Any, per_block: Mapping[int, list[str]], lins: Sequence[str],
                  target_scale: Mapping[str, torch.Tensor], ladder: Sequence[str], how: str,
                  skip: set[str]) -> dict[str, dict[str, float]]:
     from llmpack.stream.evaluate import Stream

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,6 +48,24 @@ def skeleton(path: "str | os.PathLike[str]") -> tuple[torch.nn.Module, dict]:
     return model, config
 
 
+def _prepare_int8_block(block: torch.nn.Module) -> None:
+    from llmpack.runtime.modules import prepare_int8
+
+    prepare_int8(block)  # the same kernels, sibling groups and float swaps llmpack.load gives the whole model
+
+
+def _prepare_int8_rest(st: BlockStreamer) -> Any:
+    def prepare(model: torch.nn.Module) -> None:
+        from llmpack.runtime.modules import Int8Linear, TiedInt8Head, retie_int8_heads
+
+        retie_int8_heads(model)
+        in_blocks = {id(m) for m in st.blocks.modules()}
+        for m in model.modules():
+            if id(m) not in in_blocks and isinstance(m, (Int8Linear, TiedInt8Head)):
+                m.prepare()
+    return prepare
+
+
 def open_streamer(path: "str | os.PathLike[str]", *, device: "str | torch.device" = "cpu",
                   dtype: torch.dtype | None = torch.float32) -> BlockStreamer:
     """A :class:`BlockStreamer` over a model directory: config checked against the weights, nothing read yet.
@@ -68,6 +87,9 @@ def open_streamer(path: "str | os.PathLike[str]", *, device: "str | torch.device
     ckpt = Checkpoint(d)
     get = match_weights(model, ckpt, config, check_dtypes=bool(config.get("quantization_config")))
     st = BlockStreamer(model, get, device=device, dtype=dtype)
+    if config.get("quantization_config"):
+        st.on_block.append(_prepare_int8_block)
+        st.on_rest.append(_prepare_int8_rest(st))
     if (d / MANIFEST_FILE).is_file():
         from llmpack.checkpoint.manifest import read_manifest
 

@@ -71,6 +71,24 @@ def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     return best[1], best[2]
 
 
+def _trim() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps freed block-sized chunks otherwise, and RSS grows)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
 class _Caught(Exception):
     """Raised by a capture stub to stop the model's forward early."""
 
@@ -141,6 +159,10 @@ class BlockStreamer:
         self.dtype = dtype
         self.prefix, self.blocks = find_blocks(model)
         self.keep_dtype: dict[str, torch.dtype] = {}
+        self.on_block: list[Callable[[torch.nn.Module], Any]] = []
+        """Called with each block once its weights are in (e.g. the int8 runtime's kernel preparation)."""
+        self.on_rest: list[Callable[[torch.nn.Module], Any]] = []
+        """Called with the model once everything outside the blocks is in."""
         self._fmt: list[tuple[str, int] | None] = [None] * len(self.blocks)
         self._rest_ready = weights is None
         if weights is None:
@@ -218,6 +240,8 @@ class BlockStreamer:
                     mod._buffers[b] = self._cast(full, self.weights(full))
         pre = self.prefix + "."
         self._apply_fp32([k for k in self.keep_dtype if not k.startswith(pre)])
+        for fn in self.on_rest:
+            fn(self.model)
         self._rest_ready = True
 
     def _apply_fp32(self, names: list[str]) -> None:
@@ -244,10 +268,13 @@ class BlockStreamer:
         try:
             self._load_into(blk, prefix)
             self._apply_fp32([k for k in self.keep_dtype if k.startswith(prefix)])
+            for fn in self.on_block:
+                fn(blk)
             yield blk
         finally:
             self.blocks[i] = template
             del blk
+            _trim()
 
     # ------------------------------------------------------------------ stubs
     @contextlib.contextmanager
@@ -368,6 +395,7 @@ class BlockStreamer:
                 with ctx if isinstance(ctx, contextlib.AbstractContextManager) else contextlib.nullcontext():
                     for w in windows:
                         w.hidden = self.run(blk, i, w)
+            del blk
 
     def tail(self, w: Window, hidden: torch.Tensor | None = None, chunk: tuple[int, int] | None = None) -> Any:
         """The model's outputs for window ``w`` given its final hidden states (a token range with ``chunk``)."""
