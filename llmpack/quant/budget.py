@@ -387,7 +387,7 @@ def plan_int8(
     if sensitivity not in ("local", "e2e"):
         raise ConfigError(f"unknown sensitivity {sensitivity!r}: choose 'local' or 'e2e'")
     say = progress or (lambda _msg: None)
-    st, tokenizer = _resolve_streamer(model_or_source, tokenizer, device)
+    st, tokenizer = _resolve_streamer(model_or_source, tokenizer, device, need_tokenizer=batches is None)
     model = st.model
     if batches is None:
         if tokenizer is None:
@@ -587,7 +587,8 @@ def _block_index(st: Any, names: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def _resolve_streamer(model_or_source: Any, tokenizer: Any, device: "str | torch.device") -> tuple[Any, Any]:
+def _resolve_streamer(model_or_source: Any, tokenizer: Any, device: "str | torch.device",
+                      need_tokenizer: bool = True) -> tuple[Any, Any]:
     from llmpack.stream import BlockStreamer, open_streamer
 
     if isinstance(model_or_source, torch.nn.Module):
@@ -599,7 +600,7 @@ def _resolve_streamer(model_or_source: Any, tokenizer: Any, device: "str | torch
     st = open_streamer(path, device=device, dtype=torch.float32)
     if st.model.get_output_embeddings() is None:
         raise BadInputError(f"{path} is not a causal LM with a head: the int8 accuracy budget measures perplexity/KL")
-    if tokenizer is None:
+    if tokenizer is None and need_tokenizer:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,102 @@
+"""Every step that runs the model at quantize / measure time gives, streamed from a directory, what it gives on
+the whole model in memory: int8 decisions and statistics, the FP16 check, measure's accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import llmpack
+from llmpack.config import Recipe
+from llmpack.quant.budget import plan_int8
+
+
+def _batches(n: int = 2, seq: int = 48) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return [torch.randint(0, 256, (1, seq), generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("recipe", [Recipe(method="int8"), Recipe(method="int8", max_kl=1e-4),
+                                    Recipe(method="int8-weight-only", max_kl=1e-6)], ids=["default", "budget", "w8a16"])
+def test_plan_int8_streamed_equals_in_memory(kind: str, recipe: Recipe, tiny_dirs: dict[str, Path]) -> None:
+    d = tiny_dirs[kind]
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    b = _batches()
+    mem = plan_int8(model, None, recipe, batches=b)
+    st = plan_int8(d, None, recipe, batches=b)
+    assert st.summary["streamed"]["blocks"] == 2 and mem.summary["streamed"] is None
+    assert (st.weight_only, st.keep_float, st.alpha) == (mem.weight_only, mem.keep_float, mem.alpha)
+    assert sorted(st.smooth_scales) == sorted(mem.smooth_scales)
+    for k, v in mem.smooth_scales.items():
+        torch.testing.assert_close(st.smooth_scales[k], v, rtol=1e-5, atol=0)
+    for a, c in zip([r for r in mem.records if r["kind"] == "step"], [r for r in st.records if r["kind"] == "step"]):
+        assert a["step"] == c["step"]
+        assert c["kl"] == pytest.approx(a["kl"], rel=1e-4, abs=1e-7)
+        assert c["ppl"] == pytest.approx(a["ppl"], rel=1e-5)
+
+
+def test_int8_output_streamed_equals_in_memory(tok_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """The whole pipeline: a directory (streamed calibration) writes what the in-memory model converts to."""
+    from llmpack.testing import byte_tokenizer
+
+    d = tok_dirs["llama"]
+    res = llmpack.quantize(d, "int8", out=tmp_path / "o", quiet=True)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    mem = llmpack.quantize(model, "int8", tokenizer=byte_tokenizer(), quiet=True)
+    assert res.int8_decisions is not None and mem.int8_decisions is not None
+    assert res.int8_decisions.to_dict()["smoothed"] == mem.int8_decisions.to_dict()["smoothed"]
+    assert res.budget["planned"] == mem.budget["planned"]
+
+
+def test_fp16_check_changes_nothing_it_passes(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    a = llmpack.quantize(tiny_dirs["llama"], "fp16", out=tmp_path / "checked", quiet=True)
+    b = llmpack.quantize(tiny_dirs["llama"], "fp16", out=tmp_path / "unchecked", quiet=True, calibrate=False)
+    shards = {k: v["sha256"] for k, v in a.files.items() if k.endswith(".safetensors")}
+    assert shards and shards == {k: v["sha256"] for k, v in b.files.items() if k.endswith(".safetensors")}
+
+
+def test_fp16_overflow_found_streamed(tmp_path: Path) -> None:
+    """An activation overflow inside a block is found block by block and kept in float32 with keep."""
+    from llmpack.errors import Fp16OverflowError
+    from llmpack.pipeline import check_fp16_activations
+    from llmpack.testing import tiny_model
+
+    m = tiny_model("llama-untied")
+    with torch.no_grad():
+        m.model.layers[1].mlp.up_proj.weight.mul_(3000.0)  # finite weights, overflowing activations
+        m.model.layers[1].mlp.gate_proj.weight.mul_(3000.0)
+        m.model.layers[1].mlp.down_proj.weight.div_(3000.0 ** 2)  # the block's output stays in range
+    m.save_pretrained(tmp_path / "src")
+    with pytest.raises(Fp16OverflowError, match="model.layers.1"):
+        llmpack.quantize(tmp_path / "src", "fp16", out=tmp_path / "o", quiet=True)
+    assert not (tmp_path / "o").exists()
+    res = llmpack.quantize(tmp_path / "src", "fp16", out=tmp_path / "k", quiet=True, fp16_overflow="keep")
+    assert res.fp32_modules and all(k.startswith("model.layers.1") for k in res.fp32_modules)
+    assert check_fp16_activations(tmp_path / "k") is None
+
+
+def test_measure_accuracy_streamed_equals_whole(tok_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from llmpack.measure.accuracy import causal_lm_accuracy
+    from llmpack.measure.api import load_model
+
+    base = tok_dirs["llama-untied"]
+    llmpack.quantize(base, "int8", out=tmp_path / "q", quiet=True)
+    text = "The quick brown fox jumps over the lazy dog. " * 30
+    r = llmpack.measure(base, tmp_path / "q", text=text, quick=True, quiet=True, latency=False, window=64)
+    assert r.latency == [] and any("latency not measured" in n for n in r.notes)
+    ids = torch.tensor(r_ids(base, text))[:1024]  # quick=True scores the first 1024 tokens
+    w = causal_lm_accuracy(load_model(base, "causal-lm"), load_model(tmp_path / "q", "causal-lm"), ids, window=64)
+    a = r.accuracy
+    assert a.tokens == w.tokens and a.top1 == w.top1
+    assert a.ppl_candidate == pytest.approx(w.ppl_candidate, rel=1e-5)
+    assert a.kl_mean == pytest.approx(w.kl_mean, rel=1e-4, abs=1e-8)
+
+
+def r_ids(d: Path, text: str) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return list(AutoTokenizer.from_pretrained(d)(text)["input_ids"])
