@@ -82,6 +82,14 @@ class Fp16OverflowError(BadInputError):
     """FP16 would overflow (weights or activations beyond +-65504)."""
 
 
+class ConfigMismatchError(BadInputError):
+    """``config.json`` does not describe the checkpoint's tensors (a shape, a missing or an unexpected tensor)."""
+
+
+class StreamUnsupported(ConfigError):
+    """The model cannot be run one block at a time (no list of identical blocks, or blocks not called in order)."""
+
+
 class IntegrityError(LlmpackError):
     """A file's digest, size or structure does not match what was recorded (exit 3)."""
 

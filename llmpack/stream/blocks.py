@@ -36,16 +36,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from llmpack.errors import BadInputError, ConfigError
+from llmpack.errors import BadInputError, StreamUnsupported
 
 __all__ = ["BlockStreamer", "Window", "find_blocks", "StreamUnsupported", "LOGIT_CHUNK"]
 
 LOGIT_CHUNK = 128
 """Tokens per logits chunk in :meth:`BlockStreamer.logits` (``chunk × vocab`` float32 at a time)."""
-
-
-class StreamUnsupported(ConfigError):
-    """The model cannot be run block by block (no uniform block list, or its blocks are not called one by one)."""
 
 
 def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:

@@ -24,13 +24,9 @@ from typing import Any, Callable, Mapping
 import torch
 
 from llmpack.checkpoint.reader import Checkpoint
-from llmpack.errors import BadInputError
+from llmpack.errors import ConfigMismatchError
 
 __all__ = ["match_weights", "ConfigMismatchError", "expected_tensors"]
-
-
-class ConfigMismatchError(BadInputError):
-    """``config.json`` does not describe the checkpoint's tensors (exit 2)."""
 
 
 def expected_tensors(model: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
