@@ -17,8 +17,8 @@ runs the accuracy-budget search. measure compares the int8 output against its so
 int8 run and runs it even when ``--only`` leaves int8 out. Each output is deleted after its run; the int8
 output is kept until measure has run.
 
-What is measured: for each child, its peak RSS comes from ``os.wait4(pid, 0)``, which returns the rusage
-of that one child (``ru_maxrss``, in KiB on Linux; it also covers any grandchildren the child waited for).
+What is measured: for each child, its own peak RSS (``ru_maxrss`` from ``os.wait4`` in a ~10 MB launcher it is
+forked from, so the benchmark's own memory is not counted).
 Wall time is measured too. Right before each run, ``cat CKPT/*.safetensors > /dev/null`` is timed as a
 baseline for reading the checkpoint (nothing is dropped from the page cache). Both figures are printed as
 seconds per GB. A failed run (non-zero exit code, or a timeout) is reported with the last lines of its
@@ -62,7 +62,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,7 @@ STDERR_TAIL_LINES = 15
 # ----------------------------------------------------------------------------- shape and checkpoint
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """A Llama shape (tied embeddings, no biases)."""
+    """A Llama shape (no biases; tied embeddings unless ``tied=False``, which adds an ``lm_head``)."""
 
     hidden: int
     intermediate: int
@@ -86,6 +85,7 @@ class Shape:
     kv_heads: int
     vocab: int
     layers: int
+    tied: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -120,28 +120,35 @@ class Shape:
         return self.vocab * self.hidden
 
     @property
+    def head_params(self) -> int:
+        """Parameters of ``lm_head`` stored on their own: 0 when tied to the embeddings."""
+        return 0 if self.tied else self.vocab * self.hidden
+
+    @property
     def total_params(self) -> int:
-        return self.layers * self.block_params + self.embed_params + self.hidden  # + final norm; head tied
+        return self.layers * self.block_params + self.embed_params + self.head_params + self.hidden  # + final norm
 
     @property
     def bf16_bytes(self) -> int:
         return 2 * self.total_params
 
     def target_bytes(self) -> float:
-        """2 x one block in float32 + embeddings in float32 (the tied head is not counted twice) + 1 GB."""
-        return 2 * 4 * self.block_params + 4 * self.embed_params + 1 * GB
+        """2 x one block in float32 + embeddings (and an untied head) in float32 + 1 GB.
+
+        A tied head is not counted twice."""
+        return 2 * 4 * self.block_params + 4 * (self.embed_params + self.head_params) + 1 * GB
 
     def dirname(self) -> str:
         return (f"llama-h{self.hidden}-i{self.intermediate}-a{self.heads}-kv{self.kv_heads}"
-                f"-v{self.vocab}-L{self.layers}")
+                f"-v{self.vocab}-L{self.layers}" + ("" if self.tied else "-untied"))
 
-    def config(self) -> dict[str, Any]:
+    def config(self, dtype: str = "bfloat16") -> dict[str, Any]:
         return {
             "architectures": ["LlamaForCausalLM"], "model_type": "llama",
             "hidden_size": self.hidden, "intermediate_size": self.intermediate,
             "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
             "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim, "vocab_size": self.vocab,
-            "tie_word_embeddings": True, "torch_dtype": "bfloat16", "dtype": "bfloat16",
+            "tie_word_embeddings": self.tied, "torch_dtype": dtype, "dtype": dtype,
             "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
             "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02,
             "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "use_cache": True,
@@ -164,28 +171,35 @@ def copy_tokenizer(dst: Path) -> list[str]:
     return copied
 
 
-def write_checkpoint(work: Path, shape: Shape, shard_bytes: float, seed: int) -> tuple[Path, bool]:
-    """Write (or find cached) a random-init bf16 checkpoint of ``shape`` under ``work``, block by block.
+def write_checkpoint(work: Path, shape: Shape, shard_bytes: float, seed: int,
+                     dtype: Any = None) -> tuple[Path, bool]:
+    """Write (or find cached) a random-init checkpoint of ``shape`` under ``work``, block by block.
 
-    Only one shard's tensors are in memory at a time. Returns ``(directory, written_now)``.
+    ``dtype`` is a torch floating dtype (default ``torch.bfloat16``); any other dtype gets its name appended
+    to the directory name (``...-float32``). Only one shard's tensors are in memory at a time. Returns
+    ``(directory, written_now)``.
     """
-    final = work / shape.dirname()
-    if (final / "model.safetensors.index.json").exists() and (final / "config.json").exists():
-        return final, False
     import torch
     from safetensors.torch import save_file
 
-    part = work / (shape.dirname() + ".partial")
+    dtype = torch.bfloat16 if dtype is None else dtype
+    dtype_name = str(dtype).removeprefix("torch.")
+    name = shape.dirname() + ("" if dtype == torch.bfloat16 else f"-{dtype_name}")
+    final = work / name
+    if (final / "model.safetensors.index.json").exists() and (final / "config.json").exists():
+        return final, False
+
+    part = work / (name + ".partial")
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
-    block_bf16 = 2 * shape.block_params
-    per_shard = max(1, int(shard_bytes // block_bf16))
+    block_bytes = torch.empty((), dtype=dtype).element_size() * shape.block_params
+    per_shard = max(1, int(shard_bytes // block_bytes))
     groups = [list(range(i, min(i + per_shard, shape.layers))) for i in range(0, shape.layers, per_shard)] or [[]]
     n = len(groups)
     g = torch.Generator().manual_seed(seed)
 
     def weight(shp: tuple[int, ...]) -> torch.Tensor:
-        return torch.empty(shp, dtype=torch.bfloat16).normal_(0.0, 0.02, generator=g)
+        return torch.empty(shp, dtype=dtype).normal_(0.0, 0.02, generator=g)
 
     weight_map: dict[str, str] = {}
     total = 0
@@ -196,19 +210,21 @@ def write_checkpoint(work: Path, shape: Shape, shard_bytes: float, seed: int) ->
         if k == 0:
             tensors["model.embed_tokens.weight"] = weight((shape.vocab, shape.hidden))
         for i in layer_ids:
-            for name, shp, is_norm in shape.block_tensors(i):
-                tensors[name] = torch.ones(shp, dtype=torch.bfloat16) if is_norm else weight(shp)
+            for tname, shp, is_norm in shape.block_tensors(i):
+                tensors[tname] = torch.ones(shp, dtype=dtype) if is_norm else weight(shp)
         if k == n - 1:
-            tensors["model.norm.weight"] = torch.ones(shape.hidden, dtype=torch.bfloat16)
+            tensors["model.norm.weight"] = torch.ones(shape.hidden, dtype=dtype)
+            if not shape.tied:
+                tensors["lm_head.weight"] = weight((shape.vocab, shape.hidden))
         save_file(tensors, str(part / fname), metadata={"format": "pt"})
-        for name, t in tensors.items():
-            weight_map[name] = fname
+        for tname, t in tensors.items():
+            weight_map[tname] = fname
             total += t.numel() * t.element_size()
         del tensors
-        print(f"  wrote {shape.dirname()}/{fname} ({k + 1}/{n})", file=sys.stderr, flush=True)
+        print(f"  wrote {name}/{fname} ({k + 1}/{n})", file=sys.stderr, flush=True)
     (part / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
-    (part / "config.json").write_text(json.dumps(shape.config(), indent=2) + "\n")
+    (part / "config.json").write_text(json.dumps(shape.config(dtype_name), indent=2) + "\n")
     copy_tokenizer(part)
     shutil.rmtree(final, ignore_errors=True)
     part.rename(final)
@@ -259,37 +275,45 @@ class ChildResult:
     timed_out: bool = False
 
 
+_LAUNCH = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"maxrss_kb": ru.ru_maxrss}, f)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+"""A small launcher between the benchmark and each measured command. Linux's ``ru_maxrss`` of a child
+includes the memory of the process it was forked from (the high-water mark of the address space it
+replaced at ``exec``); forked from this benchmark (torch imported, checkpoints just written) that would
+inflate every figure. Forked from the ~10 MB launcher, it is the command's own."""
+
+
 def run_measured(cmd: list[str], logs: Path, timeout: float | None) -> ChildResult:
-    """Run ``cmd`` in a child process and return its exit code, wall time and peak RSS (via ``os.wait4``)."""
+    """Run ``cmd`` through :data:`_LAUNCH` and return its exit code, wall time and own peak RSS."""
     logs.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = logs / "stdout.txt", logs / "stderr.txt"
-    timed_out = threading.Event()
-    reaped = threading.Lock()
+    out_path, err_path, rss_path = logs / "stdout.txt", logs / "stderr.txt", logs / "rusage.json"
+    rss_path.unlink(missing_ok=True)
+    timed_out = False
     with open(out_path, "w") as fo, open(err_path, "w") as fe:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=child_env(), cwd=str(ROOT))
-
-        def kill() -> None:
-            with reaped:
-                if p.returncode is None:
-                    timed_out.set()
-                    os.kill(p.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, kill) if timeout else None
-        if timer:
-            timer.daemon = True
-            timer.start()
+        p = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(rss_path), *cmd], stdout=fo, stderr=fe,
+                             stdin=subprocess.DEVNULL, env=child_env(), cwd=str(ROOT), start_new_session=True)
         try:
-            _, status, ru = os.wait4(p.pid, 0)
-        finally:
-            if timer:
-                timer.cancel()
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(p.pid, signal.SIGKILL)
+            rc = p.wait()
         wall = time.perf_counter() - t0
-        with reaped:
-            p.returncode = os.waitstatus_to_exitcode(status)
-    return ChildResult(rc=p.returncode, wall_s=wall, maxrss_bytes=ru.ru_maxrss * 1024,
-                       stdout=out_path.read_text(errors="replace"), stderr=err_path.read_text(errors="replace"),
-                       timed_out=timed_out.is_set())
+    try:
+        maxrss = int(json.loads(rss_path.read_text())["maxrss_kb"]) * 1024
+    except (OSError, ValueError, KeyError):
+        maxrss = 0
+    return ChildResult(rc=rc, wall_s=wall, maxrss_bytes=maxrss, stdout=out_path.read_text(errors="replace"),
+                       stderr=err_path.read_text(errors="replace"), timed_out=timed_out)
 
 
 def time_cat(ckpt: Path) -> float:

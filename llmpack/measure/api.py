@@ -514,6 +514,9 @@ def measure(
                 acc: AccuracyStats = streamed_causal_lm_accuracy(sa, sb, token_ids, window=win, stride=stride,
                                                                  on_step=lambda: bar.update(1))
             del sa, sb
+            from llmpack.stream.blocks import free_memory
+
+            free_memory()
         else:
             with progress(n_wins, "accuracy", unit="window", quiet=quiet) as bar:
                 acc = causal_lm_accuracy(ma, mb, token_ids, window=win, stride=stride, device=dev,

@@ -129,4 +129,7 @@ def calibrate_int8(source: "torch.nn.Module | Source", recipe: Recipe, *, tokeni
     text = calibration_text if calibration_text is not None else default_text("calib")
     d = plan_int8(target, tokenizer, recipe, text, skip=_ignored_modules(names, recipe), progress=say(quiet),
                   device=device)
+    from llmpack.stream.blocks import free_memory
+
+    free_memory()  # the calibration's embeddings, head and windows are gone before the first tensor is written
     return d, budget_summary(d)

@@ -102,11 +102,15 @@ def _first_bad(st: Any, ids: torch.Tensor) -> str | None:
             del blk
         if seen.first:
             return seen.first
-    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+    head = getattr(model, "get_output_embeddings", None)
     with seen.watch(rest + outer):
-        for _ in st.tail_logits(w, chunk_tokens=logit_chunk(vocab) if vocab else ids.shape[1]):
-            if seen.first:
-                break
+        if callable(head) and head() is not None:  # a head: logits in token chunks
+            vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+            for _ in st.tail_logits(w, chunk_tokens=logit_chunk(vocab) if vocab else ids.shape[1]):
+                if seen.first:
+                    break
+        else:  # an encoder: its final hidden states (and pooler)
+            st.tail(w)
     return seen.first
 
 

@@ -180,8 +180,10 @@ def fake_quant_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
         True
     """
     reduce = 1 - out_dim
-    scale = w.abs().amax(dim=reduce, keepdim=True).clamp(min=_EPS) / QMAX
-    return torch.clamp(torch.round(w / scale), -QMAX, QMAX) * scale
+    # max |w| without a weight-sized |w| temporary; one output tensor, rounded and scaled in place
+    amax = torch.maximum(w.amax(dim=reduce, keepdim=True), -w.amin(dim=reduce, keepdim=True))
+    scale = amax.clamp(min=_EPS) / QMAX
+    return torch.div(w, scale).round_().clamp_(-QMAX, QMAX).mul_(scale)
 
 
 def fake_quant_act(x: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from llmpack.errors import BadInputError, StreamUnsupported
+from llmpack.errors import BadInputError, ConfigMismatchError, StreamUnsupported
 
-__all__ = ["BlockStreamer", "Window", "find_blocks", "StreamUnsupported", "LOGIT_CHUNK"]
+__all__ = ["BlockStreamer", "Window", "find_blocks", "StreamUnsupported", "LOGIT_CHUNK", "free_memory"]
 
 LOGIT_CHUNK = 128
 """Tokens per logits chunk in :meth:`BlockStreamer.logits` (``chunk × vocab`` float32 at a time)."""
@@ -83,6 +83,14 @@ def _trim() -> None:
 
 
 _LIBC: Any = None
+
+
+def free_memory() -> None:
+    """Collect reference cycles and hand freed heap back to the OS (after a streamed step, before the next)."""
+    import gc
+
+    gc.collect()
+    _trim()
 
 
 class _Caught(Exception):
@@ -212,15 +220,19 @@ class BlockStreamer:
             return
         assert self.weights is not None
         block_ids = {id(p) for p in self.blocks.parameters()}
-        seen: dict[int, torch.nn.Parameter] = {}
+        stored_as = getattr(self.weights, "stored_as", None)
+        seen: dict[Any, torch.nn.Parameter] = {}
         for full, p in self.model.named_parameters(remove_duplicate=False):
             if id(p) in block_ids:
                 continue
-            if id(p) in seen:  # tied: the same Parameter object under a second name
-                _set_tensor(self.model, full, seen[id(p)])
+            # tied weights (the same Parameter object, or two names stored once) share one tensor, as after
+            # from_pretrained's tie_weights: a tied head costs no second copy
+            key = (stored_as(full) if stored_as is not None else None) or id(p)
+            if key in seen or id(p) in seen:
+                self._tie(full, seen.get(key, seen.get(id(p))))
                 continue
             _set_tensor(self.model, full, self._cast(full, self.weights(full)))
-            seen[id(p)] = self.model.get_parameter(full)
+            seen[key] = seen[id(p)] = self.model.get_parameter(full)
         block_mods = {id(m) for m in self.blocks.modules()}
         for mname, mod in self.model.named_modules():
             if id(mod) in block_mods:
@@ -239,6 +251,12 @@ class BlockStreamer:
         for fn in self.on_rest:
             fn(self.model)
         self._rest_ready = True
+        _trim()  # the stored-dtype copies read on the way
+
+    def _tie(self, name: str, param: torch.nn.Parameter | None) -> None:
+        mod_name, _, attr = name.rpartition(".")
+        mod = self.model.get_submodule(mod_name) if mod_name else self.model
+        mod._parameters[attr] = param
 
     def _apply_fp32(self, names: list[str]) -> None:
         """Modules kept in float32 (FP16 overflow remedies) cast their inputs up and outputs back."""
@@ -320,7 +338,10 @@ class BlockStreamer:
             (torch.Size([1, 2, 64]), 2)
         """
         self.prepare()
+        for inp in inputs:
+            self._check_ids(inp)
         out: list[Window] = []
+        last = len(self.blocks) - 1
         if inputs and self._fmt[0] is None:
             self._probe(inputs[0])
         for inp in inputs:
@@ -331,9 +352,11 @@ class BlockStreamer:
                 if i == 0:
                     w.hidden = hidden
                 w.calls.append((rest, kw, slot))
+                if i == last:
+                    raise _Caught  # everything the blocks need is known: skip the head (no logits computed)
                 return self._wrap(i, hidden)
 
-            with self._stubbed(record):
+            with self._stubbed(record), contextlib.suppress(_Caught):
                 self._model_call(w.inputs)
             if w.hidden is None or len(w.calls) != len(self.blocks):
                 raise StreamUnsupported(
@@ -341,6 +364,18 @@ class BlockStreamer:
                     "it cannot be streamed block by block")
             out.append(w)
         return out
+
+    def _check_ids(self, inp: Mapping[str, torch.Tensor]) -> None:
+        """Token ids beyond the embedding table: one clear error instead of an IndexError deep in the model."""
+        ids = inp.get("input_ids")
+        get = getattr(self.model, "get_input_embeddings", None)
+        emb = get() if callable(get) else None
+        rows = getattr(emb, "num_embeddings", None)
+        if isinstance(ids, torch.Tensor) and ids.numel() and isinstance(rows, int) and int(ids.max()) >= rows:
+            vocab = getattr(getattr(self.model, "config", None), "vocab_size", rows)
+            raise ConfigMismatchError(
+                f"the tokenizer gives token id {int(ids.max())} but the model's embedding has {rows} rows "
+                f"(config.json vocab_size={vocab}): use the tokenizer the model was trained with, or fix vocab_size")
 
     def _probe(self, inp: Mapping[str, torch.Tensor]) -> None:
         """Learn what a block returns (a tensor, or a tuple led by the hidden states) by running block 0 once."""

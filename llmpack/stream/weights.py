@@ -175,4 +175,5 @@ def match_weights(model: torch.nn.Module, ckpt: Checkpoint, config: Mapping[str,
         except KeyError:
             raise ConfigMismatchError(f"tensor {name} is not part of the model config.json describes") from None
 
+    get.stored_as = where.get  # type: ignore[attr-defined]  # model name -> checkpoint name (tied names share one)
     return get

@@ -83,3 +83,12 @@ def test_device_cuda_without_cuda_exits_2(cmd: str, tok_dirs: dict[str, Path], t
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "CUDA" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_token_ids_beyond_the_vocabulary_are_one_clear_error(tiny_dirs: dict[str, Path]) -> None:
+    from llmpack.errors import ConfigMismatchError
+    from llmpack.stream import open_streamer
+
+    st = open_streamer(tiny_dirs["llama"])
+    with pytest.raises(ConfigMismatchError, match=r"token id 300 .* 256 rows \(config.json vocab_size=256\)"):
+        st.windows([{"input_ids": torch.tensor([[1, 300]])}])
