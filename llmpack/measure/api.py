@@ -297,28 +297,6 @@ def _header_bytes(path: Path) -> tuple[dict[str, int], int, int, int]:
     return by, sum(by.values()), 0, n
 
 
-def available_bytes(dev: torch.device) -> int:
-    """Memory a new model may use on ``dev`` now (``MemAvailable`` on CPU, free memory on CUDA).
-
-    Example:
-        >>> available_bytes(torch.device("cpu")) > 0
-        True
-    """
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return int(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
 def _resident_bytes(a: _Side, b: _Side, dev: torch.device) -> tuple[int, int]:
     """(bytes both models need resident, bytes available) — float weights at their run dtype, int8 packed twice."""
     need = 0
@@ -334,6 +312,8 @@ def _resident_bytes(a: _Side, b: _Side, dev: torch.device) -> tuple[int, int]:
                 need += info.numel * size
             else:
                 need += 2 * info.nbytes  # int8 weights: the file's plus the kernel's packed copy
+    from llmpack.stream import available_bytes
+
     return int(need * 1.1), available_bytes(dev)
 
 

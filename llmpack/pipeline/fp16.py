@@ -86,7 +86,8 @@ def _first_bad(st: Any, ids: torch.Tensor) -> str | None:
 
     model = st.model
     in_blocks = {id(m) for m in st.blocks.modules()}
-    containers = {id(m) for n, m in model.named_modules() if st.prefix == n or st.prefix.startswith(n + ".") or n == ""}
+    containers = {id(m) for n, m in model.named_modules()
+                  if st.prefix and (st.prefix == n or st.prefix.startswith(n + ".") or n == "")}
     rest = [(n, m) for n, m in model.named_modules() if id(m) not in in_blocks and id(m) not in containers]
     outer = [(n, m) for n, m in model.named_modules() if id(m) in containers and m is not st.blocks]
     seen = _FirstNonFinite()
@@ -97,7 +98,7 @@ def _first_bad(st: Any, ids: torch.Tensor) -> str | None:
     for i in range(len(st.blocks)):
         with st.block(i) as blk:
             pre = st.block_name(i)
-            with seen.watch([(f"{pre}.{n}" if n else pre, m) for n, m in blk.named_modules()]):
+            with seen.watch([(".".join(x for x in (pre, n) if x), m) for n, m in blk.named_modules()]):
                 w.hidden = st.run(blk, i, w)
             del blk
         if seen.first:

@@ -577,6 +577,8 @@ def _sensitivity(ev: Any, per_block: Mapping[int, list[str]], lins: Sequence[str
 
 def _block_index(st: Any, names: Iterable[str]) -> dict[str, int]:
     """Layer name → index of the streamer block holding it (layers outside every block are left out)."""
+    if not st.prefix:  # the whole-model fallback: one block holds everything
+        return {n: 0 for n in names}
     pre = st.prefix + "."
     out = {}
     for n in names:
@@ -589,11 +591,14 @@ def _block_index(st: Any, names: Iterable[str]) -> dict[str, int]:
 
 def _resolve_streamer(model_or_source: Any, tokenizer: Any, device: "str | torch.device",
                       need_tokenizer: bool = True) -> tuple[Any, Any]:
-    from llmpack.stream import BlockStreamer, open_streamer
+    from llmpack.stream import BlockStreamer, StreamUnsupported, WholeModel, open_streamer
 
     if isinstance(model_or_source, torch.nn.Module):
         model, tokenizer = _resolve_model(model_or_source, tokenizer)
-        return BlockStreamer.resident(model), tokenizer
+        try:
+            return BlockStreamer.resident(model), tokenizer
+        except StreamUnsupported:
+            return WholeModel(model), tokenizer  # already in memory: run it whole
     path = Path(model_or_source)
     if not (path / "config.json").is_file():
         raise BadInputError(f"{path} is not an HF model directory (no config.json): pass a directory or a model")

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from llmpack.stream.blocks import LOGIT_CHUNK, BlockStreamer, StreamUnsupported, Window, find_blocks
+from llmpack.stream.blocks import LOGIT_CHUNK, BlockStreamer, StreamUnsupported, WholeModel, Window, find_blocks
 from llmpack.stream.weights import ConfigMismatchError, match_weights
 
-__all__ = ["BlockStreamer", "Window", "StreamUnsupported", "ConfigMismatchError", "open_streamer", "find_blocks",
-           "match_weights", "skeleton", "LOGIT_CHUNK"]
+__all__ = ["BlockStreamer", "WholeModel", "Window", "StreamUnsupported", "ConfigMismatchError", "open_streamer",
+           "find_blocks", "match_weights", "skeleton", "available_bytes", "LOGIT_CHUNK"]
 
 
 def skeleton(path: "str | os.PathLike[str]") -> tuple[torch.nn.Module, dict]:
@@ -66,6 +66,64 @@ def _prepare_int8_rest(st: BlockStreamer) -> Any:
     return prepare
 
 
+def available_bytes(device: "str | torch.device" = "cpu") -> int:
+    """Memory a new model may use on ``device`` now (``MemAvailable`` on CPU, free memory on CUDA).
+
+    Example:
+        >>> available_bytes("cpu") > 0
+        True
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _whole(model: torch.nn.Module, get: Any, config: dict, device: "str | torch.device", dtype: torch.dtype | None,
+           why: Exception) -> BlockStreamer:
+    """An architecture without blocks to stream: load it whole when it fits (a :class:`WholeModel`), else say so."""
+    from llmpack.stream.blocks import _set_tensor
+    from llmpack.stream.weights import expected_tensors
+
+    want = expected_tensors(model)
+    stored_as = getattr(get, "stored_as", lambda n: n)
+    sizes: dict[str, int] = {}
+    for name, (shape, dt) in want.items():
+        item = (dtype or dt).itemsize if dt.is_floating_point else dt.itemsize
+        sizes[str(stored_as(name))] = int(torch.Size(shape).numel()) * item
+    need, avail = sum(sizes.values()), available_bytes(device)
+    arch = (config.get("architectures") or [type(model).__name__])[0]
+    if need > 0.8 * avail:
+        raise StreamUnsupported(f"{arch} cannot be run block by block ({why}) and does not fit in memory whole: needs "
+                                f"{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB available; use a machine with more memory")
+    dev = torch.device(device)
+    seen: dict[str, torch.Tensor] = {}
+    for name in want:
+        key = str(stored_as(name))
+        if key not in seen:
+            t = get(name)
+            if t.is_floating_point() and dtype is not None:
+                t = t.to(dtype)
+            seen[key] = t.to(dev)
+        _set_tensor(model, name, seen[key])
+    if config.get("quantization_config"):
+        from llmpack.runtime.modules import prepare_int8, retie_int8_heads
+
+        retie_int8_heads(model)
+        prepare_int8(model)
+    return WholeModel(model)
+
+
 def open_streamer(path: "str | os.PathLike[str]", *, device: "str | torch.device" = "cpu",
                   dtype: torch.dtype | None = torch.float32) -> BlockStreamer:
     """A :class:`BlockStreamer` over a model directory: config checked against the weights, nothing read yet.
@@ -76,8 +134,13 @@ def open_streamer(path: "str | os.PathLike[str]", *, device: "str | torch.device
         dtype: float dtype blocks are materialised in (``None``: as stored). Modules ``llmpack.json`` keeps in
             float32 (FP16 overflow remedies) stay float32.
 
+    Returns:
+        A :class:`BlockStreamer`; for an architecture without a list of identical blocks that fits in memory,
+        a :class:`WholeModel` over the loaded model (the same interface).
+
     Raises:
-        ConfigMismatchError: ``config.json`` does not match the stored tensors. StreamUnsupported: no block list.
+        ConfigMismatchError: ``config.json`` does not match the stored tensors. StreamUnsupported: no block
+            list and the model does not fit in memory whole (names the architecture, needed and available).
     """
     from llmpack.checkpoint.reader import Checkpoint
     from llmpack.constants import MANIFEST_FILE
@@ -86,7 +149,10 @@ def open_streamer(path: "str | os.PathLike[str]", *, device: "str | torch.device
     model, config = skeleton(d)
     ckpt = Checkpoint(d)
     get = match_weights(model, ckpt, config, check_dtypes=bool(config.get("quantization_config")))
-    st = BlockStreamer(model, get, device=device, dtype=dtype)
+    try:
+        st = BlockStreamer(model, get, device=device, dtype=dtype)
+    except StreamUnsupported as e:
+        return _whole(model, get, config, device, dtype, e)
     if config.get("quantization_config"):
         st.on_block.append(_prepare_int8_block)
         st.on_rest.append(_prepare_int8_rest(st))

@@ -124,3 +124,31 @@ def test_cuda_without_cuda_refused(arch_dirs: dict) -> None:
 def test_logit_chunk_bounds_memory() -> None:
     assert logit_chunk(262144) * 262144 <= 1 << 24
     assert 16 <= logit_chunk(10 ** 7) <= 128
+
+
+def test_unstreamable_architecture_runs_whole_when_it_fits(arch_dirs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmpack.stream as S
+    import llmpack.stream.blocks as B
+    from llmpack.config import Recipe
+    from llmpack.quant.budget import plan_int8
+
+    d, model = arch_dirs["qwen2"]
+    batches = [torch.randint(0, V, (1, 24), generator=torch.Generator().manual_seed(4))]
+    streamed = plan_int8(d, None, Recipe(method="int8", max_kl=1e-5), batches=batches)
+
+    def no_blocks(m: torch.nn.Module) -> None:
+        raise StreamUnsupported(f"{type(m).__name__} has no list of identical blocks: it cannot be streamed")
+
+    monkeypatch.setattr(B, "find_blocks", no_blocks)
+    st = open_streamer(d)
+    assert isinstance(st, S.WholeModel)
+    ids = torch.randint(0, V, (1, 30), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(list(st.logits([{"input_ids": ids}], chunk_tokens=8)[0])),
+                                   model(input_ids=ids).logits[0], atol=1e-5, rtol=1e-5)
+    whole = plan_int8(d, None, Recipe(method="int8", max_kl=1e-5), batches=batches)
+    assert (whole.weight_only, whole.keep_float) == (streamed.weight_only, streamed.keep_float)
+    assert whole.summary["planned"]["kl"] == pytest.approx(streamed.summary["planned"]["kl"], rel=1e-4)
+    monkeypatch.setattr(S, "available_bytes", lambda device="cpu": 1000)
+    with pytest.raises(StreamUnsupported, match=r"Qwen2ForCausalLM cannot be run block by block .* GB available"):
+        open_streamer(d)

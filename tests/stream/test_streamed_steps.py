@@ -100,3 +100,57 @@ def r_ids(d: Path, text: str) -> list[int]:
     from transformers import AutoTokenizer
 
     return list(AutoTokenizer.from_pretrained(d)(text)["input_ids"])
+
+
+def test_smollm2_int8_decisions_streamed_equal_in_memory(smollm2_dir: Path) -> None:
+    """The real model: streamed from its directory, the budget search decides what it decides in memory."""
+    from transformers import AutoTokenizer
+
+    from llmpack.measure.text import default_text
+    from llmpack.quant.calibrate import token_batches
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    b = token_batches(tok, default_text("calib"), seq_len=128, max_tokens=256)
+    recipe = Recipe(method="int8", max_ppl_increase=0.5)  # tight: the search runs (sensitivity, bisection)
+    st = plan_int8(smollm2_dir, None, recipe, batches=b)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    mem = plan_int8(model, None, recipe, batches=b)
+    del model
+    assert len([r for r in mem.records if r["kind"] == "step"]) > 1, "the search did not run"
+    assert (st.weight_only, st.keep_float) == (mem.weight_only, mem.keep_float)
+    for a, c in zip([r for r in mem.records if r["kind"] == "layer"], [r for r in st.records if r["kind"] == "layer"]):
+        assert (a["module"], a["int8"], a["reason"]) == (c["module"], c["int8"], c["reason"])
+        for k, v in (a.get("sensitivity") or {}).items():
+            assert c["sensitivity"][k] == pytest.approx(v, rel=1e-3, abs=1e-9)
+    for k, v in mem.smooth_scales.items():
+        torch.testing.assert_close(st.smooth_scales[k], v, rtol=1e-5, atol=0)
+    assert st.summary["planned"]["kl"] == pytest.approx(mem.summary["planned"]["kl"], rel=1e-4)
+
+
+@pytest.mark.parametrize("which", ["smollm2", "minilm"])
+def test_real_fp16_check_is_byte_neutral(which: str, smollm2_dir: Path, minilm_dir: Path, tmp_path: Path) -> None:
+    """The streamed FP16 check runs on the real models and writes exactly the shards an unchecked run writes."""
+    src = smollm2_dir if which == "smollm2" else minilm_dir
+    a = llmpack.quantize(src, "fp16", out=tmp_path / "checked", quiet=True)
+    b = llmpack.quantize(src, "fp16", out=tmp_path / "unchecked", quiet=True, calibrate=False)
+    sha = lambda r: {k: v["sha256"] for k, v in r.files.items() if k.endswith(".safetensors")}  # noqa: E731
+    assert sha(a) and sha(a) == sha(b) and not a.fp32_modules
+
+
+def test_fp16_check_whole_model_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a block list the FP16 check runs the model whole and still finds the overflowing module."""
+    import llmpack.stream.blocks as B
+    from llmpack.errors import Fp16OverflowError, StreamUnsupported
+    from llmpack.testing import tiny_model
+
+    def no_blocks(m: torch.nn.Module) -> None:
+        raise StreamUnsupported("no blocks")
+
+    monkeypatch.setattr(B, "find_blocks", no_blocks)
+    m = tiny_model("llama-untied")
+    with torch.no_grad():
+        m.model.layers[0].mlp.up_proj.weight.mul_(3000.0)
+        m.model.layers[0].mlp.gate_proj.weight.mul_(3000.0)
+    m.save_pretrained(tmp_path / "src")
+    with pytest.raises(Fp16OverflowError, match="model.layers.0.mlp"):
+        llmpack.quantize(tmp_path / "src", "fp16", out=tmp_path / "o", quiet=True)
