@@ -396,6 +396,8 @@ def measure(
         _check_int("batch size", b, 1)
     n_new = _check_int("new_tokens", new_tokens if new_tokens is not None else prof["new_tokens"], 0)
     n_warm = _check_int("warmup", warmup if warmup is not None else prof["warmup"], 0)
+    if not latency and "min_speedup" in gates_v:
+        raise ConfigError("the min_speedup gate needs latency: drop latency=False (--no-latency) or the gate")
     if runs is not None:
         _check_int("runs", runs, 1)
     notes: list[str] = []
@@ -564,6 +566,12 @@ def measure(
         created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     report.gate_results = evaluate_gates(report, gates_v)
+    if not entries:
+        # A speed gate the run could not measure (latency off or the models did not fit) fails: CI must not
+        # read "not applicable" as "fast enough".
+        for g in report.gate_results:
+            if g.name == "min_speedup":
+                g.applicable, g.passed = True, False
     report.duration_s = time.perf_counter() - t_start
     return report
 

@@ -438,6 +438,10 @@ class Report:
                      _fmt_ratio(_ratio(a.run_peak_bytes, b.run_peak_bytes))))
         return rows
 
+    def _no_latency(self) -> str:
+        why = next((n for n in self.notes if n.startswith("latency not measured")), "latency not measured")
+        return why[0].upper() + why[1:] + "."
+
     def _latency_rows(self) -> list[tuple[str, ...]]:
         rows = []
         for e in self.latency:
@@ -492,8 +496,11 @@ class Report:
         lines += ["", "### Size", ""]
         lines += table(("", "baseline", "candidate", "ratio"), self._size_rows())
         lines += ["", "### Latency (p50 / p95, interleaved)", ""]
-        lines += table(("phase", "batch×seq", "baseline", "candidate", "tokens/s", "speedup", "runs"),
-                       self._latency_rows())
+        if self.latency:
+            lines += table(("phase", "batch×seq", "baseline", "candidate", "tokens/s", "speedup", "runs"),
+                           self._latency_rows())
+        else:
+            lines.append(self._no_latency())
         lines += ["", "### Accuracy", ""]
         lines += table(("", "baseline", "candidate", "delta"), self._accuracy_rows())
         if self.gate_results:
@@ -529,7 +536,7 @@ class Report:
             "<h4>Size</h4>", table(("", "baseline", "candidate", "ratio"), self._size_rows()),
             "<h4>Latency (p50 / p95, interleaved)</h4>",
             table(("phase", "batch×seq", "baseline", "candidate", "tokens/s", "speedup", "runs"),
-                  self._latency_rows()),
+                  self._latency_rows()) if self.latency else f"<p>{esc(self._no_latency())}</p>",
             "<h4>Accuracy</h4>", table(("", "baseline", "candidate", "delta"), self._accuracy_rows()),
         ]
         if self.gate_results:

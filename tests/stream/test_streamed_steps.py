@@ -154,3 +154,22 @@ def test_fp16_check_whole_model_fallback(tmp_path: Path, monkeypatch: pytest.Mon
     m.save_pretrained(tmp_path / "src")
     with pytest.raises(Fp16OverflowError, match="model.layers.0.mlp"):
         llmpack.quantize(tmp_path / "src", "fp16", out=tmp_path / "o", quiet=True)
+
+
+def test_measure_models_that_do_not_fit(tok_dirs: dict[str, Path], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two directories larger than memory: accuracy streamed, latency not measured (said why), a speed gate fails."""
+    import llmpack.measure.api as api
+    from llmpack.errors import ConfigError
+
+    base = tok_dirs["llama"]
+    llmpack.quantize(base, "int8", out=tmp_path / "q", quiet=True)
+    monkeypatch.setattr(api, "_resident_bytes", lambda a, b, dev: (40 * 10**9, 20 * 10**9))
+    r = llmpack.measure(base, tmp_path / "q", text="Some words to score here. " * 40, quick=True, quiet=True,
+                        gates={"min_speedup": 1.0, "max_kl": 1.0})
+    assert r.latency == [] and r.accuracy.top1 is not None and r.size_candidate.load_peak_bytes is None
+    assert "latency not measured: needs 40.0 GB, 20.0 GB available" in r.notes[0]
+    assert r.failed_gates == ["min_speedup"]
+    assert "Latency not measured: needs 40.0 GB" in r.to_markdown()
+    with pytest.raises(ConfigError, match="min_speedup gate needs latency"):
+        llmpack.measure(base, tmp_path / "q", quick=True, quiet=True, latency=False, gates={"min_speedup": 1.0})
