@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from llmpack.stream.blocks import LOGIT_CHUNK, BlockStreamer, StreamUnsupported, WholeModel, Window, find_blocks
+from llmpack.stream.blocks import LOGIT_CHUNK, BlockStreamer, StreamUnsupported, Window, find_blocks
+from llmpack.stream.whole import WholeModel
 from llmpack.stream.weights import ConfigMismatchError, match_weights
 
 __all__ = ["BlockStreamer", "WholeModel", "Window", "StreamUnsupported", "ConfigMismatchError", "open_streamer",

@@ -38,7 +38,7 @@ import torch
 
 from llmpack.errors import BadInputError, ConfigMismatchError, StreamUnsupported
 
-__all__ = ["BlockStreamer", "WholeModel", "Window", "find_blocks", "StreamUnsupported", "LOGIT_CHUNK", "free_memory"]
+__all__ = ["BlockStreamer", "Window", "find_blocks", "StreamUnsupported", "LOGIT_CHUNK", "free_memory"]
 
 LOGIT_CHUNK = 128
 """Tokens per logits chunk in :meth:`BlockStreamer.logits` (``chunk × vocab`` float32 at a time)."""
@@ -103,17 +103,13 @@ class Window:
 
     Attributes:
         inputs: the model inputs (``input_ids``, ``attention_mask`` ...), on the compute device.
-        hidden: the hidden states entering the next block (``None`` before :meth:`BlockStreamer.capture`).
+        hidden: the hidden states entering the next block (``None`` before :meth:`BlockStreamer.windows`).
         calls: per block, ``(args, kwargs)`` the model passes it besides the hidden states.
     """
 
     inputs: dict[str, torch.Tensor]
     hidden: torch.Tensor | None = None
     calls: list[tuple[tuple[Any, ...], dict[str, Any], str | int]] = dataclasses.field(default_factory=list)
-
-    def clone(self) -> "Window":
-        """A window with its own hidden states (the per-block calls are shared, read-only)."""
-        return Window(self.inputs, None if self.hidden is None else self.hidden.clone(), self.calls)
 
 
 WeightGetter = Callable[[str], torch.Tensor]
@@ -131,10 +127,6 @@ def _set_tensor(root: torch.nn.Module, name: str, t: torch.Tensor) -> None:
         raise BadInputError(f"{name} is neither a parameter nor a buffer of the model")
 
 
-def _meta_like(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty(t.shape, dtype=t.dtype, device="meta")
-
-
 def _persistent_buffers(module: torch.nn.Module, prefix: str = "") -> list[str]:
     out = []
     for name, mod in module.named_modules():
@@ -145,14 +137,18 @@ def _persistent_buffers(module: torch.nn.Module, prefix: str = "") -> list[str]:
 
 
 class BlockStreamer:
-    """Runs a model block by block (see the module docstring). Build it with :meth:`from_dir` or :meth:`resident`.
+    """Runs a model block by block (see the module docstring). Build it with
+    :func:`llmpack.stream.open_streamer` (a directory) or :meth:`resident` (an in-memory model).
 
     Args:
         model: the model; its block parameters may be on the meta device (streamed) or real (resident).
         weights: full tensor name → tensor for streamed models (``None``: the model is resident).
         device: compute device.
         dtype: dtype float weights are materialised in (``None``: as stored).
-        keep: module names whose weights keep their own dtype (e.g. FP16 overflow remedies in float32).
+
+    Attributes:
+        keep_dtype: module name → dtype its weights are materialised in instead (FP16 overflow remedies
+            kept in float32 also run in float32).
     """
 
     def __init__(self, model: torch.nn.Module, weights: WeightGetter | None = None, *,
@@ -465,75 +461,3 @@ class BlockStreamer:
         self.forward_blocks(ws)
         return [self.tail_logits(w, chunk_tokens=chunk_tokens) for w in ws]
 
-
-class WholeModel(BlockStreamer):
-    """The fallback for a model that cannot be streamed: the resident model is its one "block".
-
-    Same interface as :class:`BlockStreamer` (one block, index 0, named ``""``); ``run`` is the model's own
-    forward and the "hidden states" it keeps are its outputs (logits, or an encoder's last hidden states),
-    so everything built on the streamer (statistics, simulation, the FP16 check, scoring) runs unchanged.
-    Use it only when the model fits in memory (:func:`llmpack.stream.open_streamer` decides).
-
-    Example:
-        >>> m = torch.nn.Sequential(torch.nn.Embedding(10, 4))
-        >>> WholeModel(m).windows([{"input": torch.tensor([[1, 2]])}])[0].calls
-        [((), {}, 'whole')]
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:  # noqa: D107 - documented on the class
-        self.model = model.eval()
-        self.weights = None
-        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.dtype = None
-        self.prefix = ""
-        self.blocks = _OneBlock(model)  # type: ignore[assignment]
-        self.keep_dtype = {}
-        self.on_block, self.on_rest = [], []
-        self._fmt = [("tensor", 1)]
-        self._rest_ready = True
-
-    def block_name(self, i: int) -> str:
-        return ""
-
-    def windows(self, inputs: Sequence[Mapping[str, torch.Tensor]]) -> list[Window]:
-        return [Window({k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inp.items()},
-                       None, [((), {}, "whole")]) for inp in inputs]
-
-    def run(self, blk: torch.nn.Module, i: int, w: Window) -> torch.Tensor:
-        out = self._model_call(w.inputs)
-        for key in ("logits", "last_hidden_state"):
-            t = out.get(key) if isinstance(out, Mapping) else getattr(out, key, None)
-            if isinstance(t, torch.Tensor):
-                return t
-        if isinstance(out, torch.Tensor):
-            return out
-        raise StreamUnsupported(f"{type(self.model).__name__} returns neither logits nor hidden states")
-
-    def tail(self, w: Window, hidden: torch.Tensor | None = None, chunk: tuple[int, int] | None = None) -> Any:
-        h = w.hidden if hidden is None else hidden
-        assert h is not None
-        if chunk is not None:
-            h = h[:, chunk[0]:chunk[1]]
-        head = getattr(self.model, "get_output_embeddings", None)
-        return {"logits": h} if callable(head) and head() is not None else {"last_hidden_state": h}
-
-
-class _OneBlock:
-    """The block list of :class:`WholeModel`: the model itself, once."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self._m = model
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, i: int) -> torch.nn.Module:
-        if i != 0:
-            raise IndexError(i)
-        return self._m
-
-    def modules(self) -> Iterator[torch.nn.Module]:
-        return self._m.modules()
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self._m.parameters()
