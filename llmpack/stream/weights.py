@@ -135,8 +135,8 @@ def match_weights(model: torch.nn.Module, ckpt: Checkpoint, config: Mapping[str,
     where: dict[str, str] = {}
     for name in want:
         cands = [name] + tied.get(name, [])
-        if prefix and name.startswith(prefix + "."):
-            cands.append(name[len(prefix) + 1:])
+        if prefix:  # checkpoints saved from the base model (e.g. GPT-2's "h.0..." for "transformer.h.0...")
+            cands += [c[len(prefix) + 1:] for c in cands if c.startswith(prefix + ".")]
         hit = next((c for c in cands if c in have), None)
         if hit is None:
             hit = next((renamed[c] for c in cands if c in renamed), None)

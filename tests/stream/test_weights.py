@@ -92,3 +92,21 @@ def test_token_ids_beyond_the_vocabulary_are_one_clear_error(tiny_dirs: dict[str
     st = open_streamer(tiny_dirs["llama"])
     with pytest.raises(ConfigMismatchError, match=r"token id 300 .* 256 rows \(config.json vocab_size=256\)"):
         st.windows([{"input_ids": torch.tensor([[1, 300]])}])
+
+
+def test_checkpoint_saved_without_the_base_model_prefix(tmp_path: Path) -> None:
+    """GPT-2 checkpoints on the hub store "h.0..." / "wte.weight" (no "transformer."), the tied head not at all."""
+    import torch
+
+    from llmpack.stream import open_streamer
+    from llmpack.testing import tiny_model
+
+    m = tiny_model("gpt2")
+    m.save_pretrained(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    save_file({k.removeprefix("transformer."): v for k, v in sd.items() if k != "lm_head.weight"},
+              tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    got = next(open_streamer(tmp_path).logits([{"input_ids": ids}])[0])
+    with torch.no_grad():
+        torch.testing.assert_close(got, m(input_ids=ids).logits[0], atol=1e-5, rtol=1e-5)
