@@ -35,13 +35,14 @@ BlockContext = Callable[[int, torch.nn.Module], Any]
 
 
 def logit_chunk(vocab: int) -> int:
-    """Tokens per logits chunk: at most ~16M floats (64 MB) per chunk, between 16 and :data:`LOGIT_CHUNK`.
+    """Tokens per logits chunk: at most ~4M floats (16 MB) per chunk, between 16 and :data:`LOGIT_CHUNK`
+    (scoring holds a few such tensors per model at once: log-probabilities, their exponent, the KL terms).
 
     Example:
         >>> logit_chunk(49152), logit_chunk(262144)
-        (128, 64)
+        (85, 16)
     """
-    return max(16, min(LOGIT_CHUNK, (1 << 24) // max(int(vocab), 1)))
+    return max(16, min(LOGIT_CHUNK, (1 << 22) // max(int(vocab), 1)))
 
 
 @dataclasses.dataclass
@@ -123,8 +124,9 @@ class StreamedEvaluator:
         for a in range(0, n, self.chunk):
             e = min(n, a + self.chunk)
             out = self.st.tail(w, h, (a, e))
-            logits = out["logits"] if isinstance(out, dict) else out.logits
-            yield a, e, logits[0].float()
+            logits = (out["logits"] if isinstance(out, dict) else out.logits)[0].float()
+            del out
+            yield a, e, logits
 
     def score(self, final: Sequence[torch.Tensor]) -> Score:
         """Perplexity terms, KL(float ‖ candidate) and top-1 agreement of candidate final hidden states."""

@@ -42,8 +42,10 @@ def _logprobs(st: BlockStreamer, w: Window, lo: int, hi: int, chunk: int) -> Ite
     for a in range(lo, hi, chunk):
         e = min(hi, a + chunk)
         out = st.tail(w, None, (a, e))
-        logits = out["logits"] if isinstance(out, dict) else out.logits
-        yield a, torch.log_softmax(logits[0].float(), dim=-1)
+        logits = (out["logits"] if isinstance(out, dict) else out.logits)[0].float()
+        del out
+        yield a, torch.log_softmax(logits, dim=-1)
+        del logits
 
 
 def streamed_causal_lm_accuracy(baseline: BlockStreamer, candidate: BlockStreamer, token_ids: torch.Tensor, *,
