@@ -496,7 +496,7 @@ def measure(
                 acc: AccuracyStats = streamed_causal_lm_accuracy(sa, sb, token_ids, window=win, stride=stride,
                                                                  on_step=lambda: bar.update(1))
             del sa, sb
-            from llmpack.stream.blocks import free_memory
+            from llmpack.stream.memory import free_memory
 
             free_memory()
         else:

@@ -22,9 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import os
 import re
 import sys
@@ -33,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from llmpack.stream.memory import free_memory
 
 __all__ = ["disk_usage", "param_bytes", "touch_weights", "PeakMemory", "current_rss", "SizeStats", "dtype_name", "memory_method"]
 
@@ -220,15 +220,6 @@ def _reset_hwm() -> bool:
         return False
 
 
-def _trim() -> None:
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
 def memory_method(device: str | torch.device = "cpu") -> str:
     """The method :class:`PeakMemory` uses on ``device``: ``cuda-max-memory-allocated``, ``rss-hwm-reset``
     or ``rss-sampled`` (see the module docstring).
@@ -267,7 +258,7 @@ class PeakMemory:
         self._sampled_max = 0
 
     def __enter__(self) -> "PeakMemory":
-        _trim()
+        free_memory()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -101,10 +101,9 @@ def calibrate_int8(source: "torch.nn.Module | Source", recipe: Recipe, *, tokeni
     if not calibrate:
         return _no_calibration(recipe, "calibrate=False: plain int8 without smoothing")
     target: "torch.nn.Module | Path"
-    if isinstance(source, torch.nn.Module) or (isinstance(source, Source) and source.kind == "module"
-                                                and source.model is not None and source.checkpoint is None):
-        model = source if isinstance(source, torch.nn.Module) else source.model
-        assert model is not None
+    model = source if isinstance(source, torch.nn.Module) else (
+        source.model if source.kind == "module" and source.checkpoint is None else None)
+    if model is not None:
         if not _is_causal_lm_model(model):
             return _no_calibration(recipe, f"{type(model).__name__} is not a causal LM: plain W8A8 without smoothing")
         if tokenizer is None:
@@ -129,7 +128,7 @@ def calibrate_int8(source: "torch.nn.Module | Source", recipe: Recipe, *, tokeni
     text = calibration_text if calibration_text is not None else default_text("calib")
     d = plan_int8(target, tokenizer, recipe, text, skip=_ignored_modules(names, recipe), progress=say(quiet),
                   device=device)
-    from llmpack.stream.blocks import free_memory
+    from llmpack.stream.memory import free_memory
 
     free_memory()  # the calibration's embeddings, head and windows are gone before the first tensor is written
     return d, budget_summary(d)

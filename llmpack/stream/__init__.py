@@ -3,7 +3,9 @@
 * :mod:`llmpack.stream.blocks` — :class:`BlockStreamer`: skeleton on meta, one block materialised at a
   time, inputs captured from the model's own forward, logits in token chunks.
 * :mod:`llmpack.stream.weights` — the checkpoint matched against the model ``config.json`` describes.
-* :mod:`llmpack.stream.memory` — what a step needs in memory, what the machine has.
+* :mod:`llmpack.stream.memory` — what the machine has, and handing freed memory back between steps.
+* :mod:`llmpack.stream.evaluate` / :mod:`llmpack.stream.measure` — calibration passes and ``measure``'s accuracy.
+* :mod:`llmpack.stream.whole` — the fallback for a model without blocks to stream.
 
 Example:
     >>> import tempfile, pathlib, torch
@@ -25,11 +27,12 @@ from typing import Any
 import torch
 
 from llmpack.stream.blocks import LOGIT_CHUNK, BlockStreamer, StreamUnsupported, Window, find_blocks
+from llmpack.stream.memory import available_bytes, free_memory
 from llmpack.stream.whole import WholeModel
 from llmpack.stream.weights import ConfigMismatchError, match_weights
 
 __all__ = ["BlockStreamer", "WholeModel", "Window", "StreamUnsupported", "ConfigMismatchError", "open_streamer",
-           "find_blocks", "match_weights", "skeleton", "available_bytes", "LOGIT_CHUNK"]
+           "find_blocks", "match_weights", "skeleton", "available_bytes", "free_memory", "LOGIT_CHUNK"]
 
 
 def skeleton(path: "str | os.PathLike[str]") -> tuple[torch.nn.Module, dict]:
@@ -65,29 +68,6 @@ def _prepare_int8_rest(st: BlockStreamer) -> Any:
             if id(m) not in in_blocks and isinstance(m, (Int8Linear, TiedInt8Head)):
                 m.prepare()
     return prepare
-
-
-def available_bytes(device: "str | torch.device" = "cpu") -> int:
-    """Memory a new model may use on ``device`` now (``MemAvailable`` on CPU, free memory on CUDA).
-
-    Example:
-        >>> available_bytes("cpu") > 0
-        True
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return int(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil
-
-    return int(psutil.virtual_memory().available)
 
 
 def _whole(model: torch.nn.Module, get: Any, config: dict, device: "str | torch.device", dtype: torch.dtype | None,

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 
 from llmpack.errors import BadInputError, ConfigMismatchError, StreamUnsupported
+from llmpack.stream.memory import free_memory, trim_heap
 
 __all__ = ["BlockStreamer", "Window", "find_blocks", "StreamUnsupported", "LOGIT_CHUNK", "free_memory"]
 
@@ -65,32 +66,6 @@ def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     if best is None:
         raise StreamUnsupported(f"{type(model).__name__} has no list of identical blocks: it cannot be streamed")
     return best[1], best[2]
-
-
-def _trim() -> None:
-    """Hand freed heap memory back to the OS (glibc keeps freed block-sized chunks otherwise, and RSS grows)."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
-
-
-def free_memory() -> None:
-    """Collect reference cycles and hand freed heap back to the OS (after a streamed step, before the next)."""
-    import gc
-
-    gc.collect()
-    _trim()
 
 
 class _Caught(Exception):
@@ -192,6 +167,17 @@ class BlockStreamer:
                 t = t.to(dt)
         return t.to(self.device) if t.device != self.device else t
 
+    def _weight(self, name: str) -> torch.Tensor:
+        if self.weights is None:
+            raise StreamUnsupported(f"{name}: this streamer holds a resident model and reads no weights")
+        return self.weights(name)
+
+    def _hidden(self, w: Window, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        h = w.hidden if hidden is None else hidden
+        if h is None:
+            raise StreamUnsupported("a window has no hidden states yet: capture it with windows() first")
+        return h
+
     def _dtype_for(self, name: str) -> torch.dtype | None:
         for m, dt in self.keep_dtype.items():
             if name == m or name.startswith(m + "."):
@@ -203,9 +189,8 @@ class BlockStreamer:
         return names + _persistent_buffers(module, prefix)
 
     def _load_into(self, module: torch.nn.Module, prefix: str) -> None:
-        assert self.weights is not None
         for full in self._names(module, prefix):
-            _set_tensor(self.model, full, self._cast(full, self.weights(full)))
+            _set_tensor(self.model, full, self._cast(full, self._weight(full)))
         for name, b in list(module.named_buffers()):  # non-persistent buffers follow the block to the device
             if b.device != self.device and b.device.type != "meta":
                 _set_tensor(self.model, f"{prefix}{name}", b.to(self.device))
@@ -214,7 +199,6 @@ class BlockStreamer:
         """Materialise everything outside the blocks (embeddings, norms, head), once."""
         if self._rest_ready:
             return
-        assert self.weights is not None
         block_ids = {id(p) for p in self.blocks.parameters()}
         stored_as = getattr(self.weights, "stored_as", None)
         seen: dict[Any, torch.nn.Parameter] = {}
@@ -227,7 +211,7 @@ class BlockStreamer:
             if key in seen or id(p) in seen:
                 self._tie(full, seen.get(key, seen.get(id(p))))
                 continue
-            _set_tensor(self.model, full, self._cast(full, self.weights(full)))
+            _set_tensor(self.model, full, self._cast(full, self._weight(full)))
             seen[key] = seen[id(p)] = self.model.get_parameter(full)
         block_mods = {id(m) for m in self.blocks.modules()}
         for mname, mod in self.model.named_modules():
@@ -241,13 +225,13 @@ class BlockStreamer:
                     if t.device != self.device:
                         mod._buffers[b] = t.to(self.device)
                 else:
-                    mod._buffers[b] = self._cast(full, self.weights(full))
+                    mod._buffers[b] = self._cast(full, self._weight(full))
         pre = self.prefix + "."
         self._apply_fp32([k for k in self.keep_dtype if not k.startswith(pre)])
         for fn in self.on_rest:
             fn(self.model)
         self._rest_ready = True
-        _trim()  # the stored-dtype copies read on the way
+        trim_heap()  # the stored-dtype copies read on the way
 
     def _tie(self, name: str, param: torch.nn.Parameter | None) -> None:
         mod_name, _, attr = name.rpartition(".")
@@ -284,7 +268,7 @@ class BlockStreamer:
         finally:
             self.blocks[i] = template
             del blk
-            _trim()
+            trim_heap()
 
     # ------------------------------------------------------------------ stubs
     @contextlib.contextmanager
@@ -393,9 +377,9 @@ class BlockStreamer:
     def run(self, blk: torch.nn.Module, i: int, w: Window) -> torch.Tensor:
         """Run block ``i`` (materialised) on window ``w``'s hidden states; returns the new hidden states."""
         rest, kw, slot = w.calls[i]
-        assert w.hidden is not None
+        h = self._hidden(w)
         with torch.no_grad():
-            out = blk(w.hidden, *rest, **kw) if slot == 0 else blk(**{**kw, "hidden_states": w.hidden})
+            out = blk(h, *rest, **kw) if slot == 0 else blk(**{**kw, "hidden_states": h})
         if isinstance(out, torch.Tensor):
             fmt: tuple[str, int] = ("tensor", 1)
             hidden = out
@@ -426,8 +410,7 @@ class BlockStreamer:
 
     def tail(self, w: Window, hidden: torch.Tensor | None = None, chunk: tuple[int, int] | None = None) -> Any:
         """The model's outputs for window ``w`` given its final hidden states (a token range with ``chunk``)."""
-        h = w.hidden if hidden is None else hidden
-        assert h is not None
+        h = self._hidden(w, hidden)
         inputs = dict(w.inputs)
         if chunk is not None:
             a, b = chunk
@@ -441,23 +424,25 @@ class BlockStreamer:
         with self._stubbed(give):
             return self._model_call(inputs)
 
-    def tail_logits(self, w: Window, hidden: torch.Tensor | None = None,
-                    chunk_tokens: int = LOGIT_CHUNK) -> Iterator[torch.Tensor]:
-        """Float32 logits ``[chunk, vocab]`` of a single-row window, chunk by chunk."""
-        h = w.hidden if hidden is None else hidden
-        assert h is not None
+    def tail_logits(self, w: Window, hidden: torch.Tensor | None = None, chunk_tokens: int = LOGIT_CHUNK,
+                    span: tuple[int, int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, float32 logits [chunk, vocab])`` of a single-row window, chunk by chunk over ``span``
+        (token positions ``[lo, hi)``, default all); each chunk is released before the next is computed."""
+        h = self._hidden(w, hidden)
         if h.shape[0] != 1:
             raise BadInputError("chunked logits need one row per window")
-        n = h.shape[1]
-        for a in range(0, n, chunk_tokens):
-            out = self.tail(w, h, (a, min(n, a + chunk_tokens)))
-            logits = out["logits"] if isinstance(out, Mapping) else out.logits
-            yield logits[0].float()
+        lo, hi = span if span is not None else (0, h.shape[1])
+        for a in range(lo, hi, chunk_tokens):
+            out = self.tail(w, h, (a, min(hi, a + chunk_tokens)))
+            logits = (out["logits"] if isinstance(out, Mapping) else out.logits)[0].float()
+            del out
+            yield a, logits
+            del logits
 
     def logits(self, inputs: Sequence[Mapping[str, torch.Tensor]],
                chunk_tokens: int = LOGIT_CHUNK) -> list[Iterator[torch.Tensor]]:
         """Stream ``inputs`` through the blocks; per window, an iterator of logits chunks (for tests and tools)."""
         ws = self.windows(inputs)
         self.forward_blocks(ws)
-        return [self.tail_logits(w, chunk_tokens=chunk_tokens) for w in ws]
+        return [(lg for _, lg in self.tail_logits(w, chunk_tokens=chunk_tokens)) for w in ws]
 

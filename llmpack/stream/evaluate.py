@@ -120,13 +120,9 @@ class StreamedEvaluator:
         return self.set_reference([w.hidden for w in ws])
 
     def _chunks(self, w: Window, h: torch.Tensor) -> Any:
-        n = h.shape[1] - 1  # the last position predicts nothing we can score
-        for a in range(0, n, self.chunk):
-            e = min(n, a + self.chunk)
-            out = self.st.tail(w, h, (a, e))
-            logits = (out["logits"] if isinstance(out, dict) else out.logits)[0].float()
-            del out
-            yield a, e, logits
+        """``(start, end, logits)`` over the positions that predict a token (all but the last)."""
+        for a, logits in self.st.tail_logits(w, h, self.chunk, span=(0, h.shape[1] - 1)):
+            yield a, a + logits.shape[0], logits
 
     def score(self, final: Sequence[torch.Tensor]) -> Score:
         """Perplexity terms, KL(float ‖ candidate) and top-1 agreement of candidate final hidden states."""

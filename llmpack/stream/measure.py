@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -36,16 +36,6 @@ def _final(st: BlockStreamer, spans: list[torch.Tensor], on_block: Callable[[], 
         if on_block is not None:
             on_block()
     return ws
-
-
-def _logprobs(st: BlockStreamer, w: Window, lo: int, hi: int, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
-    for a in range(lo, hi, chunk):
-        e = min(hi, a + chunk)
-        out = st.tail(w, None, (a, e))
-        logits = (out["logits"] if isinstance(out, dict) else out.logits)[0].float()
-        del out
-        yield a, torch.log_softmax(logits, dim=-1)
-        del logits
 
 
 def streamed_causal_lm_accuracy(baseline: BlockStreamer, candidate: BlockStreamer, token_ids: torch.Tensor, *,
@@ -75,7 +65,10 @@ def streamed_causal_lm_accuracy(baseline: BlockStreamer, candidate: BlockStreame
                 n_pred = min(trg, n - 1)
                 lo, hi = n - n_pred - 1, n - 1  # positions predicting the scored labels
                 x = spans[k][0]
-                for (a, la), (_, lb) in zip(_logprobs(baseline, wa, lo, hi, chunk), _logprobs(candidate, wb, lo, hi, chunk)):
+                for (a, ra), (_, rb) in zip(baseline.tail_logits(wa, None, chunk, (lo, hi)),
+                                            candidate.tail_logits(wb, None, chunk, (lo, hi))):
+                    la, lb = torch.log_softmax(ra, dim=-1), torch.log_softmax(rb, dim=-1)
+                    del ra, rb
                     yield la, lb, x[a + 1:a + 1 + la.shape[0]].to(la.device)
                 wa.hidden = wb.hidden = None
 

@@ -56,8 +56,7 @@ class WholeModel(BlockStreamer):
         raise StreamUnsupported(f"{type(self.model).__name__} returns neither logits nor hidden states")
 
     def tail(self, w: Window, hidden: torch.Tensor | None = None, chunk: tuple[int, int] | None = None) -> Any:
-        h = w.hidden if hidden is None else hidden
-        assert h is not None
+        h = self._hidden(w, hidden)
         if chunk is not None:
             h = h[:, chunk[0]:chunk[1]]
         head = getattr(self.model, "get_output_embeddings", None)
