@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -39,10 +38,11 @@ import torch
 from llmpack.config import Method, Recipe
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.quant import smooth as _smooth
+from llmpack.quant.int8_decisions import Int8Decisions
+from llmpack.quant.sensitivity import layer_sensitivity
 from llmpack.quant.calibrate import (
     EvalResult,
     LayerSim,
-    _sim_forward,
     absmax_hooks,
     linear_layers,
     simulate,
@@ -72,167 +72,6 @@ BISECT_STEPS = 16
 """The bisection over "how many layers get the remedy" stops at 1/16 of the candidates (SmolLM2: 13 of 210)."""
 
 _MODES = ("w8a8", "w8a16", "float")
-MANIFEST_KEY = "int8_budget"
-"""Key of the search record in ``llmpack.json`` ``"extra"``."""
-
-
-@dataclasses.dataclass
-class Int8Decisions:
-    """The outcome of the INT8 accuracy search, ready to apply while streaming or in memory.
-
-    Attributes:
-        method: ``"int8"`` (W8A8) or ``"int8-weight-only"``.
-        alpha: SmoothQuant alpha per group kind (empty: no smoothing).
-        groups: the smoothing groups that have a scale (``prev`` name → group).
-        smooth_scales: ``prev`` name → producer-side scale ``s`` (float32).
-        weight_only: linear layers stored W8A16 inside a W8A8 model.
-        keep_float: linear layers kept in float.
-        records: one JSON-ready record per linear layer, plus the search steps.
-        summary: float vs planned accuracy on the calibration text, the budget and the int8 share.
-        params: linear layer name → parameter count (for :meth:`int8_share`).
-        has_bias: producer module → whether it has a bias (``None``: assume it may).
-
-    Example:
-        >>> d = Int8Decisions(method="int8")
-        >>> d.layer_mode("model.layers.0.mlp.down_proj")
-        'w8a8'
-    """
-
-    method: str = "int8"
-    alpha: dict[str, float] = dataclasses.field(default_factory=dict)
-    groups: dict[str, _smooth.SmoothGroup] = dataclasses.field(default_factory=dict)
-    smooth_scales: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-    weight_only: set[str] = dataclasses.field(default_factory=set)
-    keep_float: set[str] = dataclasses.field(default_factory=set)
-    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
-    params: dict[str, int] = dataclasses.field(default_factory=dict)
-    has_bias: dict[str, bool] | None = None
-
-    # ------------------------------------------------------------------ queries
-    def layer_mode(self, name: str) -> str:
-        """``"w8a8"``, ``"w8a16"`` or ``"float"`` for one linear layer."""
-        if name in self.keep_float:
-            return "float"
-        if name in self.weight_only or self.method == Method.INT8_WEIGHT_ONLY.value:
-            return "w8a16"
-        return "w8a8"
-
-    def int8_share(self) -> float:
-        """Share of linear-layer parameters (output head excluded) stored in int8 (W8A8 or W8A16)."""
-        total = sum(self.params.values())
-        if not total:
-            return 0.0
-        return sum(n for k, n in self.params.items() if k not in self.keep_float) / total
-
-    def tensor_ops(self) -> dict[str, list[_smooth.ScaleOp]]:
-        """Tensor name → smoothing folds to apply to it before quantization."""
-        return _smooth.tensor_ops(self.groups.values(), self.smooth_scales, self.has_bias)
-
-    def transform(self, name: str, tensor: torch.Tensor, _ops: dict | None = None) -> torch.Tensor:
-        """Fold the smoothing scales into one streamed source tensor (identity for untouched tensors).
-
-        Call it on every ``(name, tensor)`` read from the source checkpoint, *before* the int8 / cast
-        action; the result has the same dtype and shape.
-
-        Example:
-            >>> Int8Decisions().transform("x.weight", torch.ones(2)).tolist()
-            [1.0, 1.0]
-        """
-        ops = (_ops if _ops is not None else self._ops_cache()).get(name)
-        if not ops:
-            return tensor
-        return _smooth.apply_ops(tensor, ops, self.smooth_scales, self.groups)
-
-    def _ops_cache(self) -> dict[str, list[_smooth.ScaleOp]]:
-        key = (id(self.smooth_scales), len(self.smooth_scales), len(self.groups))
-        cache = getattr(self, "_cached_ops", None)
-        if cache is None or cache[0] != key:
-            cache = (key, self.tensor_ops())
-            object.__setattr__(self, "_cached_ops", cache)
-        return cache[1]
-
-    def smoothed_tensors(self) -> frozenset[str]:
-        """Names of the source tensors :meth:`transform` changes."""
-        return frozenset(self._ops_cache())
-
-    def fold_into(self, model: torch.nn.Module) -> None:
-        """Fold the smoothing scales into an in-memory float model, in place (exact in float)."""
-        _smooth.fold(model, self.groups.values(), self.smooth_scales)
-
-    # ------------------------------------------------------------------ records
-    def manifest_decisions(self) -> dict[str, dict[str, Any]]:
-        """Per-module records for ``llmpack.json`` ``"decisions"`` (keys are module names).
-
-        Example:
-            >>> Int8Decisions(method="int8", keep_float={"fc"}, params={"fc": 4}).manifest_decisions()["fc"]["int8"]
-            'float'
-        """
-        out: dict[str, dict[str, Any]] = {}
-        for r in self.records:
-            if r.get("kind") == "layer":
-                rec = {k: v for k, v in r.items() if k not in ("kind", "module")}
-                out[r["module"]] = rec
-        for name in self.params:
-            out.setdefault(name, {"int8": self.layer_mode(name), "reason": "default"})
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (scales summarised, not stored: they are folded into the weights).
-
-        Example:
-            >>> d = Int8Decisions(method="int8", weight_only={"a"}, params={"a": 8, "b": 8})
-            >>> Int8Decisions.from_dict(d.to_dict()).weight_only
-            {'a'}
-        """
-        return {
-            "method": self.method,
-            "alpha": dict(self.alpha),
-            "smoothed": {
-                p: {"kind": g.kind, "targets": list(g.targets),
-                    "scale_max": round(float(self.smooth_scales[p].max()), 6) if p in self.smooth_scales else None,
-                    "scale_min": round(float(self.smooth_scales[p].min()), 6) if p in self.smooth_scales else None}
-                for p, g in sorted(self.groups.items())
-            },
-            "weight_only": sorted(self.weight_only),
-            "keep_float": sorted(self.keep_float),
-            "int8_share": round(self.int8_share(), 6),
-            "params": dict(sorted(self.params.items())),
-            "summary": self.summary,
-            "records": self.records,
-        }
-
-    def annotate_manifest(self, manifest: Any) -> None:
-        """Record these decisions in a :class:`~llmpack.checkpoint.manifest.Manifest` before it is written:
-        one record per linear layer in ``decisions`` (keyed by module name, next to the per-tensor
-        records) and the whole search under ``extra["int8_budget"]``."""
-        for name, rec in self.manifest_decisions().items():
-            manifest.decisions.setdefault(name, {}).update(rec)
-        manifest.extra[MANIFEST_KEY] = self.to_dict()
-
-    @classmethod
-    def from_manifest(cls, manifest: Any) -> "Int8Decisions | None":
-        """The decisions recorded by :meth:`annotate_manifest` (``None`` when the model had no search).
-
-        Example:
-            >>> from llmpack.checkpoint.manifest import read_manifest
-            >>> Int8Decisions.from_manifest(read_manifest("smollm2-int8")).keep_float   # doctest: +SKIP
-            set()
-        """
-        rec = (getattr(manifest, "extra", None) or {}).get(MANIFEST_KEY)
-        return None if rec is None else cls.from_dict(rec)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Int8Decisions":
-        """Rebuild the decisions recorded by :meth:`to_dict` (without scale vectors)."""
-        try:
-            return cls(method=str(d["method"]), alpha=dict(d.get("alpha", {})), weight_only=set(d.get("weight_only", ())),
-                       keep_float=set(d.get("keep_float", ())), records=list(d.get("records", ())),
-                       summary=dict(d.get("summary", {})), params={k: int(v) for k, v in d.get("params", {}).items()})
-        except (KeyError, TypeError, ValueError) as e:
-            raise BadInputError(f"llmpack.json int8 budget record is malformed ({e}): re-run quantize") from e
-
-
 # ---------------------------------------------------------------------- helpers
 def _budget_ok(r: EvalResult, recipe: Recipe, margin: float) -> bool:
     ok = True
@@ -264,46 +103,6 @@ def _sim_plan(lins: Iterable[str], modes: Mapping[str, str], target_scale: Mappi
             continue  # float layers run untouched (smoothing is exact in float)
         plan[n] = LayerSim(mode, s if mode == "w8a8" else None)
     return plan
-
-
-class _LocalErrors:
-    """Forward hooks accumulating each layer's relative output error ``|y_q - y|² / |y|²`` quantized alone,
-    on float inputs; used one block at a time (``hooks(model, names)``) by the streamed float pass."""
-
-    def __init__(self, target_scale: Mapping[str, torch.Tensor], modes: Sequence[str]) -> None:
-        self.target_scale = target_scale
-        self.modes = list(modes)
-        self.num: dict[str, dict[str, float]] = {}
-        self.den: dict[str, float] = {}
-
-    def hooks(self, model: torch.nn.Module, names: Iterable[str]) -> Any:
-        import contextlib
-
-        @contextlib.contextmanager
-        def ctx() -> Any:
-            handles = []
-            for n in names:
-                mod = model.get_submodule(n)
-                self.num.setdefault(n, {m: 0.0 for m in self.modes})
-                self.den.setdefault(n, 0.0)
-                sims = {m: _sim_forward(mod, LayerSim(m, self.target_scale.get(n) if m == "w8a8" else None))
-                        for m in self.modes}
-
-                def hook(_m: torch.nn.Module, args: tuple, out: torch.Tensor, n: str = n, sims: dict = sims) -> None:
-                    y = out.float()
-                    self.den[n] += float(y.pow(2).sum())
-                    for m, f in sims.items():
-                        self.num[n][m] += float((f(args[0]).float() - y).pow(2).sum())
-                handles.append(mod.register_forward_hook(hook))
-            try:
-                yield
-            finally:
-                for h in handles:
-                    h.remove()
-        return ctx()
-
-    def result(self) -> dict[str, dict[str, float]]:
-        return {n: {m: self.num[n][m] / max(self.den[n], 1e-30) for m in self.modes} for n in self.num}
 
 
 def _bisect(n: int, ok: Callable[[int], bool], tol: int = 1) -> int:
@@ -468,7 +267,7 @@ def plan_int8(
         sens: dict[str, dict[str, float]] = {}
         if has_budget and not _budget_ok(result, recipe, margin):
             say("measuring per-layer sensitivity")
-            sens = _sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip)
+            sens = layer_sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip)
             for lvl in range(1, len(ladder)):
                 cur, nxt = ladder[lvl - 1], ladder[lvl]
                 order = sorted((n for n in lins if modes[n] == cur), key=lambda n: -sens[n][cur])
@@ -547,32 +346,6 @@ def _is_head(model: torch.nn.Module, name: str, mod: torch.nn.Module) -> bool:
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     out = mod.weight.shape[1] if type(mod).__name__ == "Conv1D" else mod.weight.shape[0]
     return isinstance(vocab, int) and out == vocab
-
-
-def _sensitivity(ev: Any, per_block: Mapping[int, list[str]], lins: Sequence[str],
-                 target_scale: Mapping[str, torch.Tensor], ladder: Sequence[str], how: str,
-                 skip: set[str]) -> dict[str, dict[str, float]]:
-    from llmpack.stream.evaluate import Stream
-
-    quant_modes = [m for m in ladder if m != "float"]
-    model = ev.st.model
-    if how == "local":
-        acc = _LocalErrors(target_scale, quant_modes)
-        ev.run([Stream(ev.fresh(), lambda i, _b: acc.hooks(model, [n for n in per_block.get(i, []) if n not in skip]))])
-        out = acc.result()
-    else:
-        out = {}
-        for n in lins:
-            out[n] = {}
-            if n in skip:
-                continue
-            for m in quant_modes:
-                plan = {n: LayerSim(m, target_scale.get(n) if m == "w8a8" else None)}
-                out[n][m] = ev.candidate(lambda i, _b, plan=plan: simulate(model, {
-                    k: v for k, v in plan.items() if k in per_block.get(i, [])})).kl
-    for n in skip:
-        out.get(n, {}).clear()
-    return {n: {**{m: 0.0 for m in quant_modes}, **out.get(n, {})} for n in lins}
 
 
 def _block_index(st: Any, names: Iterable[str]) -> dict[str, int]:
