@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from packtools import free_port, need, sha256_file
+from packtools import free_port, need
 
 
 def _write_model(d: Path) -> Path:
@@ -31,19 +29,10 @@ def _write_model(d: Path) -> Path:
 
     tiny_model("llama").save_pretrained(d, max_shard_size="100KB")
     (d / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}}}))
-    files = {}
-    for p in sorted(d.iterdir()):
-        files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    try:
-        from llmpack.checkpoint.manifest import Manifest, write_manifest
+    from llmpack.checkpoint.manifest import Manifest, write_manifest
 
-        write_manifest(d, Manifest(source={"kind": "test", "path": "tiny", "fingerprint": "x"},
-                                   recipe={"method": "bf16"}, llmpack_version="0.1.0"))
-    except Exception:  # the core manifest API changed: write the documented JSON directly
-        (d / "llmpack.json").write_text(json.dumps({
-            "format_version": 1, "llmpack_version": "0.1.0", "created_by": "llmpack",
-            "source": {"kind": "test", "path": "tiny", "fingerprint": "x"}, "recipe": {"method": "bf16"},
-            "decisions": {}, "files": files, "extra": {}}, indent=2, sort_keys=True))
+    write_manifest(d, Manifest(source={"kind": "test", "path": "tiny", "fingerprint": "x"},
+                               recipe={"method": "bf16"}, llmpack_version="0.1.0"))
     return d
 
 
