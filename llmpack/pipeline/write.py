@@ -152,7 +152,7 @@ def check_against_config(src: Source) -> None:
     from llmpack.stream import match_weights, skeleton
 
     try:
-        model, config = skeleton(src.checkpoint.dir)
+        model, config = skeleton(src.checkpoint.dir, src.checkpoint)
     except Exception:  # noqa: BLE001 - an architecture this transformers cannot build is converted tensor by tensor
         return
     match_weights(model, src.checkpoint, config)

@@ -35,9 +35,10 @@ __all__ = ["BlockStreamer", "WholeModel", "Window", "StreamUnsupported", "Config
            "find_blocks", "match_weights", "skeleton", "available_bytes", "free_memory", "LOGIT_CHUNK"]
 
 
-def skeleton(path: "str | os.PathLike[str]") -> tuple[torch.nn.Module, dict]:
+def skeleton(path: "str | os.PathLike[str]", ckpt: Any = None) -> tuple[torch.nn.Module, dict]:
     """The model a directory's ``config.json`` describes, parameters on meta (int8 layers swapped in when
-    the config has a ``quantization_config``), and the config."""
+    the config has a ``quantization_config``; ``ckpt``: the directory's already opened
+    :class:`~llmpack.checkpoint.reader.Checkpoint`), and the config."""
     from llmpack.checkpoint.reader import Checkpoint
     from llmpack.runtime.load import build_meta_model, read_config
 
@@ -48,7 +49,7 @@ def skeleton(path: "str | os.PathLike[str]") -> tuple[torch.nn.Module, dict]:
     if qcfg:
         from llmpack.runtime.modules import swap_quantized_modules
 
-        swap_quantized_modules(model, qcfg, list(Checkpoint(d)))
+        swap_quantized_modules(model, qcfg, list(ckpt if ckpt is not None else Checkpoint(d)))
     return model, config
 
 
@@ -127,8 +128,8 @@ def open_streamer(path: "str | os.PathLike[str]", *, device: "str | torch.device
     from llmpack.constants import MANIFEST_FILE
 
     d = Path(path)
-    model, config = skeleton(d)
     ckpt = Checkpoint(d)
+    model, config = skeleton(d, ckpt)
     get = match_weights(model, ckpt, config, check_dtypes=bool(config.get("quantization_config")))
     try:
         st = BlockStreamer(model, get, device=device, dtype=dtype)
