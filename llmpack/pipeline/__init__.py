@@ -107,7 +107,7 @@ def quantize(
             scales, ``max_ppl_increase`` / ``max_kl`` search; see ``docs/accuracy-budget.md``), on
             calibration text (default on; int8 without it is plain W8A8, and a budget is refused).
         compile: in-memory only: ``result.model`` is ``torch.compile``d (int8 kernels prepared first,
-            see ``llmpack.runtime.modules.compile_int8``); the uncompiled model is ``result.model._orig_mod``.
+            see ``llmpack.runtime.prepare.compile_int8``); the uncompiled model is ``result.model._orig_mod``.
         tokenizer: int8 with a model source: its tokenizer, needed to calibrate (directories load their own).
         calibration_text: int8: calibration text (default ``llmpack.measure.text.default_text("calib")``).
         device: where the FP16 check and the int8 calibration run a directory's blocks, one at a time
@@ -139,7 +139,7 @@ def quantize(
             res = quantize_in_memory(source, rec, t0, tokenizer=tokenizer, calibration_text=calibration_text,
                                       calibrate=calibrate, quiet=quiet)
             if res.model is not None:
-                from llmpack.runtime.modules import compile_int8, prepare_int8
+                from llmpack.runtime.prepare import compile_int8, prepare_int8
 
                 # Kernel caches built now, so a plain torch.compile(model) traces without graph breaks.
                 res.model = compile_int8(res.model) if compile else prepare_int8(res.model)

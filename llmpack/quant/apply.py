@@ -1,6 +1,6 @@
 """In-memory int8 conversion: ``quantize_module(model, recipe)`` returns a model whose Linear /
-Conv1D layers are :class:`~llmpack.runtime.modules.Int8Linear` (and embeddings
-:class:`~llmpack.runtime.modules.Int8Embedding` with ``quantize_embeddings``), without writing files.
+Conv1D layers are :class:`~llmpack.runtime.linear.Int8Linear` (and embeddings
+:class:`~llmpack.runtime.embedding.Int8Embedding` with ``quantize_embeddings``), without writing files.
 
 It plans with the same :func:`llmpack.plan.plan` and quantizes with the same action functions as
 the streaming pipeline, so ``llmpack.quantize(model, method="int8")`` and
@@ -26,7 +26,9 @@ from llmpack.config import Recipe
 from llmpack.errors import ConfigError
 from llmpack.quant.floats import float_dtype
 from llmpack.quant.registry import get_action
-from llmpack.runtime.modules import Int8Embedding, Int8Linear, TiedInt8Head, _set_module, is_conv1d
+from llmpack.runtime.embedding import Int8Embedding, TiedInt8Head
+from llmpack.runtime.linear import Int8Linear, is_conv1d
+from llmpack.runtime.swap import set_module as _set_module
 
 __all__ = ["quantize_module"]
 

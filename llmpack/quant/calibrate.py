@@ -206,30 +206,23 @@ def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
 
 
 def act_grid(device: "torch.device | str" = "cpu") -> tuple[float, float, float, bool]:
-    """``(divisor, lo, hi, centred)`` of the dynamic activation grid ``Int8Linear`` uses on ``device``.
+    """``(divisor, lo, hi, centred)`` of the dynamic activation grid ``Int8Linear`` runs on ``device``.
 
-    CPUs without VNNI run the AVX2 ``u8 x s8`` kernels with 7-bit activations centred on each token
-    (``(x - c) / (h / 64)`` in ``[-64, 64]``, ``c`` and ``h`` the token's mid-range and half-range; 127
-    and 8 bits with ``LLMPACK_AVX2_ACT_BITS=8`` on the native kernels; the default ``auto`` is simulated
-    as 7 bits everywhere, an upper bound on its error);
-    everything else uses compressed-tensors' 8-bit grid (``absmax / 127.5``, ``[-128, 127]``, not centred).
-    The simulator follows the kernel so the budget measures what will run here.
+    Every default kernel computes the file's compressed-tensors grid (``absmax / 127.5``, ``[-128, 127]``, not
+    centred), so decisions made at quantize time hold wherever the file runs. Only where the user opted into a
+    7-bit kernel (``LLMPACK_INT8_KERNEL=avx2-7bit`` / ``onednn-7bit``) is the CPU grid 129 levels centred on each
+    token (``(x - c) / (h / 64)`` in ``[-64, 64]``), and the simulator follows it, so the budget measures what
+    will run.
 
     Example:
         >>> act_grid("cuda")
         (127.5, -128.0, 127.0, False)
     """
     if torch.device(device).type == "cpu":
-        try:
-            from llmpack.runtime.modules import _native_ops, avx2_act_bits, cpu_int8_kernel
+        from llmpack.runtime.kernels import cpu_kernel, is_exact
 
-            if cpu_int8_kernel() == "onednn":
-                # auto: 7 bits assumed for every layer, an upper bound on the error (the runtime gives
-                # MLP outputs 8 bits, see act_bits_for)
-                q = 127.0 if avx2_act_bits() == 8 and _native_ops() is not None else 64.0
-                return q, -q, q, True
-        except ImportError:  # runtime not built: assume the 8-bit grid
-            pass
+        if not is_exact(cpu_kernel()):
+            return 64.0, -64.0, 64.0, True
     return ACT_DIVISOR, -QMAX - 1, QMAX, False
 
 

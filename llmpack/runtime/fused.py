@@ -1,5 +1,5 @@
 """One-op equivalents of float modules of transformers models, swapped in by
-:func:`llmpack.runtime.modules.prepare_int8` (so by ``llmpack.load`` and the in-memory ``llmpack.quantize``
+:func:`llmpack.runtime.prepare.prepare_int8` (so by ``llmpack.load`` and the in-memory ``llmpack.quantize``
 of int8 models).
 
 Once the linear layers are int8, the float parts of a small model are a third of an eager forward:
@@ -11,7 +11,7 @@ Once the linear layers are int8, the float parts of a small model are a third of
   evaluates it as the equal ``x / (1 + exp(-2u))``, without PyTorch's slow vectorised tanh (128 x 3072:
   315 vs 789 us; error vs float64 5e-7, PyTorch's 4e-7, and none of tanh's cancellation for negative x).
 * ``LlamaRMSNorm`` and its copies (Mistral, Mixtral, Qwen2, Qwen3) take six tensor operations; on the AVX2
-  int8 kernel, llmpack's native ``rms_norm`` (:mod:`llmpack.runtime.native`) does one read and one write
+  int8 kernel, llmpack's native ``rms_norm`` (:mod:`llmpack.runtime.kernels.native`) does one read and one write
   per token (SmolLM2, 128 tokens: 21 vs 106 us per norm; results within ~1 float32 ulp, the sum of squares
   in another order). Elsewhere, and under ``torch.compile`` (which fuses the operations itself), the
   module computes transformers' formula as it is. (``F.rms_norm`` was tried first: on CPU PyTorch
@@ -46,6 +46,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from llmpack.runtime import kernels
 
 __all__ = ["TanhGELU", "FusedRMSNorm", "FusedSwiGLU", "FewTokenLinear", "WIDE_OUT", "fuse_float_modules"]
 
@@ -169,10 +171,8 @@ def _native_for(x: torch.Tensor, *weights: torch.Tensor) -> Any | None:
 
 
 def _native_float_ops() -> Any | None:
-    """The native ops when the AVX2 int8 kernel runs here (the extension is built for it anyway)."""
-    from llmpack.runtime.modules import _native_ops, cpu_int8_kernel
-
-    return _native_ops() if cpu_int8_kernel() == "onednn" else None
+    """The native ops when llmpack's AVX2 int8 kernels run here (the extension is built for them anyway)."""
+    return kernels.native_ops() if kernels.is_native(kernels.cpu_kernel()) else None
 
 
 def _same_outputs(old: nn.Module, new: nn.Module, width: int, like: torch.Tensor | None = None) -> bool:

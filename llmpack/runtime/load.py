@@ -174,7 +174,7 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
             int8 tensors and modules kept in float32 by ``fp16_overflow="keep"`` are never cast).
         lazy: keep CPU tensors backed by the file mmap (pages read on first use); ``False`` copies them.
         compile: return ``torch.compile(model)`` (int8 kernels prepared first, see
-            ``llmpack.runtime.modules.compile_int8``); the first call compiles (tens of seconds on CPU).
+            ``llmpack.runtime.prepare.compile_int8``); the first call compiles (tens of seconds on CPU).
 
     Returns:
         The model in eval mode. Its outputs equal ``AutoModel*.from_pretrained(path)`` on the same dir.
@@ -212,9 +212,9 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
     qcfg = config.get("quantization_config")
     if qcfg:
         try:
-            from llmpack.runtime.modules import swap_quantized_modules
+            from llmpack.runtime.swap import swap_quantized_modules
         except ModuleNotFoundError as e:
-            if e.name != "llmpack.runtime.modules":
+            if e.name != "llmpack.runtime.swap":
                 raise
             raise ConfigError(f"{d} is quantized ({qcfg.get('quant_method')}) but this llmpack build has no int8 runtime") from None
         swap_quantized_modules(model, qcfg, keys)
@@ -261,7 +261,7 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
         apply_fp32_modules(model, fp32)
     model.eval()
     if qcfg or compile:
-        from llmpack.runtime.modules import compile_int8, prepare_int8
+        from llmpack.runtime.prepare import compile_int8, prepare_int8
 
         # Kernel caches built now, so a plain torch.compile(model) traces without graph breaks.
         return compile_int8(model) if compile else prepare_int8(model)

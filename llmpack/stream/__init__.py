@@ -47,21 +47,23 @@ def skeleton(path: "str | os.PathLike[str]", ckpt: Any = None) -> tuple[torch.nn
     model = build_meta_model(config)
     qcfg = config.get("quantization_config")
     if qcfg:
-        from llmpack.runtime.modules import swap_quantized_modules
+        from llmpack.runtime.swap import swap_quantized_modules
 
         swap_quantized_modules(model, qcfg, list(ckpt if ckpt is not None else Checkpoint(d)))
     return model, config
 
 
 def _prepare_int8_block(block: torch.nn.Module) -> None:
-    from llmpack.runtime.modules import prepare_int8
+    from llmpack.runtime.prepare import prepare_int8
 
     prepare_int8(block)  # the same kernels, sibling groups and float swaps llmpack.load gives the whole model
 
 
 def _prepare_int8_rest(st: BlockStreamer) -> Any:
     def prepare(model: torch.nn.Module) -> None:
-        from llmpack.runtime.modules import Int8Linear, TiedInt8Head, retie_int8_heads
+        from llmpack.runtime.embedding import TiedInt8Head
+        from llmpack.runtime.linear import Int8Linear
+        from llmpack.runtime.swap import retie_int8_heads
 
         retie_int8_heads(model)
         in_blocks = {id(m) for m in st.blocks.modules()}
@@ -99,7 +101,8 @@ def _whole(model: torch.nn.Module, get: Any, config: dict, device: "str | torch.
             seen[key] = t.to(dev)
         _set_tensor(model, name, seen[key])
     if config.get("quantization_config"):
-        from llmpack.runtime.modules import prepare_int8, retie_int8_heads
+        from llmpack.runtime.prepare import prepare_int8
+        from llmpack.runtime.swap import retie_int8_heads
 
         retie_int8_heads(model)
         prepare_int8(model)

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmpack.runtime import fused, native
+from llmpack.runtime import fused
+from llmpack.runtime.kernels import native
 from llmpack.runtime.fused import FewTokenLinear, FusedRMSNorm, FusedSwiGLU, TanhGELU, fuse_float_modules
 from llmpack.testing import tiny_model
 
@@ -17,6 +18,13 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return model(input_ids=ids, use_cache=False).logits
 
+
+
+@pytest.fixture(autouse=True)
+def _native_kernels(force) -> None:
+    """The swaps call llmpack's native float ops where its AVX2 int8 kernels run: force them (a VNNI machine
+    would pick int_mm and the PyTorch formulas)."""
+    force("avx2")
 
 def test_gpt2_gelu_swapped_same_logits() -> None:
     model = tiny_model("gpt2")

@@ -1,20 +1,23 @@
-// llmpack's native int8 kernels for AVX2 CPUs without VNNI (built on first use by llmpack.runtime.native).
+// llmpack's native int8 kernels for AVX2 CPUs without VNNI (built on first use by llmpack.runtime.kernels.native).
 //
 // PyTorch has no per-token dynamic int8 linear for these CPUs: its oneDNN and FBGEMM int8 matmuls take
 // one activation scale per tensor and cost ~50-100 us per call whatever the size. These kernels do the
 // whole layer in one call: per-token quantization, an integer matmul, and the float epilogue.
 //
-// Arithmetic (the same as llmpack.runtime.modules' PyTorch path, see docs/int8-format.md):
-//   activations: per token, centred on c = (max + min) / 2 with half-range h = (max - min) / 2:
-//     q = round_half_even((x - c) * 64 / h) in [-64, 64], stored as u = q + 64 (uint8), so the 129 levels
-//     span the token's own [min, max] (one-sided inputs such as GELU outputs get twice the resolution of
-//     a grid symmetric around zero);
-//   weights: int8 [N, K] with one float scale per output channel;
-//   acc[m, n] = sum_k u[m, k] * w[n, k] (exact int32), minus corr[n] = 64 * sum_k w[n, k] (exact), so
-//   y[m, n] = (float(acc - corr) * (h[m] / 64) + c[m] * sum_k w[n, k]) * w_scale[n] (+ bias[n]).
-// AVX2's u8 x s8 multiply (vpmaddubsw) adds two products in int16: 2 * 128 * 128 fits, hence 7-bit tokens.
-// With act_bits = 8, tokens are int8 q = round_half_even((x - c) * 127 / h) and the matmul multiplies |w| by
-// q with w's sign moved onto it (tile<MR, true>); acc is then sum_k q * w itself (no zero point to remove).
+// Arithmetic (see docs/int8-format.md; llmpack.runtime.kernels.reference computes the same in PyTorch):
+//   weights: int8 [N, K] in [-127, 127] with one float scale per output channel;
+//   act_bits = 8 (the default, the file's compressed-tensors semantics): per token, s = max(amax, eps) / 127.5,
+//     q = clamp(round_half_even(x / s), -128, 127); acc[m, n] = sum_k q[m, k] * w[n, k] exactly in int32,
+//     y[m, n] = float(acc) * s[m] * w_scale[n] (+ bias[n]) -- the reference up to float rounding.
+//     AVX2's only int8 multiply (vpmaddubsw) takes one unsigned operand and adds two products in int16, so
+//     it multiplies |q| (u8, <= 128) by w with q's sign moved onto it (vpsignb; |w| <= 127 so the negation
+//     is exact): pair sums <= 2 * 128 * 127 fit int16.
+//   act_bits = 7 (opt-in, less exact): per token, centred on c = (max + min) / 2 with half-range
+//     h = (max - min) / 2: q = round_half_even((x - c) * 64 / h) in [-64, 64], stored as u = q + 64 (uint8);
+//     acc = sum_k u * w minus corr[n] = 64 * sum_k w[n, k], so
+//     y = (float(acc - corr) * (h / 64) + c * sum_k w[n, k]) * w_scale[n] (+ bias[n]). One instruction less
+//     per multiply, but 129 levels instead of 256, and no level at zero: tokens with a massive outlier
+//     lose their small values (measured in docs/int8-format.md).
 //
 // Weight layout ("panels"): columns in groups of 16, K in groups of 4 (both zero-padded); for panel p and
 // group g, 64 bytes: columns 0-7 then 8-15, each column's 4 weights of that group. One 4-byte group of a
@@ -34,7 +37,7 @@
 namespace {
 
 constexpr float kEps = 1e-12f;  // llmpack.quant.int8.SCALE_EPS
-constexpr float kQmax = 64.0f;  // llmpack.runtime.modules._ONEDNN_QMAX
+constexpr float kQmax = 64.0f;  // llmpack.runtime.kernels.reference.QMAX7
 constexpr int64_t kNr = 16;     // columns per panel
 constexpr int64_t kMr = 4;      // tokens per register tile
 constexpr int64_t kMb = 256;    // tokens per block (keeps a block of activations in L2)
@@ -73,21 +76,12 @@ void row_minmax(const float* x, int64_t k, float* lo, float* hi) {
   *hi = has_nan ? q : b;
 }
 
-// max |x| over a row; NaN propagates (as torch.amax does: std::max keeps a NaN first argument).
-float row_absmax(const float* x, int64_t k) {
-  float lo, hi;
-  row_minmax(x, k, &lo, &hi);
-  return std::max(-lo, hi);
-}
-
-// 7-bit: out[i] = round_half_even((x[i] - c) * inv) + 64 for i < k (|(x - c) * inv| <= 64 by
-// construction), 64 up to kp. 8-bit (S8): the int8 round_half_even((x[i] - c) * inv) (|.| <= 127), 0 up to kp.
-template <bool S8>
-void row_q(const float* x, float c, float inv, uint8_t* out, int64_t k, int64_t kp) {
+// Centred 7-bit tokens: out[i] = round_half_even((x[i] - c) * inv) + 64 for i < k (|(x - c) * inv| <= 64 by
+// construction), 64 up to kp.
+void row_q7(const float* x, float c, float inv, uint8_t* out, int64_t k, int64_t kp) {
   const __m256 vinv = _mm256_set1_ps(inv);
   const __m256 vc = _mm256_set1_ps(c);
-  const int zero = S8 ? 0 : 64;
-  const __m256i off = _mm256_set1_epi32(zero);
+  const __m256i off = _mm256_set1_epi32(64);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo the per-lane packs
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
@@ -98,93 +92,92 @@ void row_q(const float* x, float c, float inv, uint8_t* out, int64_t k, int64_t 
       q[j] = _mm256_add_epi32(_mm256_cvtps_epi32(v), off);
     }
     const __m256i lo = _mm256_packs_epi32(q[0], q[1]), hi = _mm256_packs_epi32(q[2], q[3]);
-    const __m256i c = S8 ? _mm256_packs_epi16(lo, hi) : _mm256_packus_epi16(lo, hi);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permutevar8x32_epi32(c, order));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permutevar8x32_epi32(_mm256_packus_epi16(lo, hi), order));
   }
-  for (; i < k; ++i) out[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint((x[i] - c) * inv)) + zero);
-  for (; i < kp; ++i) out[i] = static_cast<uint8_t>(zero);
+  for (; i < k; ++i) out[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint((x[i] - c) * inv)) + 64);
+  for (; i < kp; ++i) out[i] = 64;
 }
 
-// Per-token quantization of x [m, k] into u [m, kp], token scales h / qmax and centres c (see the top);
-// qmax = 64 (7-bit, u8 with zero point 64) or 127 (8-bit, s8).
-void quantize_tokens(const float* x, int64_t m, int64_t k, int64_t kp, uint8_t* u, float* scale, float* centre,
-                     bool s8) {
-  const float qmax = s8 ? 127.0f : kQmax;
+// The file's 8-bit tokens: q[i] = clamp(round_half_even(x[i] / s), -128, 127) (a true division, as the
+// reference computes it) as int8 in sq and |q[i]| as uint8 in aq, both zero up to kp. A NaN quotient becomes
+// -128 (the token's scale is NaN then, so its outputs are NaN, as the reference's).
+void row_q8(const float* x, float s, int8_t* sq, uint8_t* aq, int64_t k, int64_t kp) {
+  const __m256 vs = _mm256_set1_ps(s);
+  const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    __m256i q[4];
+    for (int j = 0; j < 4; ++j) {
+      __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i + 8 * j), vs),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);  // (max/min with NaN first return the second: NaN -> -128)
+      q[j] = _mm256_cvtps_epi32(v);
+    }
+    const __m256i a = _mm256_packs_epi32(q[0], q[1]), b = _mm256_packs_epi32(q[2], q[3]);
+    const __m256i v8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sq + i), v8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(aq + i), _mm256_abs_epi8(v8));  // |-128| = 0x80 = 128 as u8
+  }
+  for (; i < k; ++i) {
+    const float v = std::nearbyint(x[i] / s);
+    const int q = std::isnan(v) ? -128 : static_cast<int>(std::min(std::max(v, -128.0f), 127.0f));
+    sq[i] = static_cast<int8_t>(q);
+    aq[i] = static_cast<uint8_t>(q < 0 ? -q : q);
+  }
+  for (; i < kp; ++i) sq[i] = 0, aq[i] = 0;
+}
+
+// Per-token quantization of x [m, k] (see the top). 8-bit: sq, aq [m, kp] and scales s; 7-bit: u = aq [m, kp],
+// scales h / 64 and centres c.
+void quantize_tokens(const float* x, int64_t m, int64_t k, int64_t kp, int8_t* sq, uint8_t* aq, float* scale,
+                     float* centre, bool s8) {
   at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       float lo, hi;
       row_minmax(x + r * k, k, &lo, &hi);
-      const float c = (hi + lo) * 0.5f;
-      const float h = std::max((hi - lo) * 0.5f, kEps);  // std::max(NaN, eps) keeps NaN
-      if (s8) row_q<true>(x + r * k, c, (1.0f / h) * qmax, u + r * kp, k, kp);
-      else row_q<false>(x + r * k, c, (1.0f / h) * qmax, u + r * kp, k, kp);
-      scale[r] = h / qmax;
-      centre[r] = c;
-    }
-  });
-}
-
-// Two 7-bit terms per token, x ~ q1 * s1 + q2 * s2 (q2 quantizes q1's rounding error): rows 0..m-1 of u
-// hold q1 + 64, rows m..2m-1 hold q2 + 64; q in [-64, 63]. The weight-only path (error <= amax / 8192).
-void quantize_two_terms(const float* x, int64_t m, int64_t k, int64_t kp, uint8_t* u, float* scale) {
-  at::parallel_for(0, m, std::max<int64_t>(1, 4096 / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
-    std::vector<float> rest(k);
-    for (int64_t r = b; r < e; ++r) {
-      const float* xr = x + r * k;
-      const float s1 = std::max(row_absmax(xr, k), kEps) / kQmax;
-      uint8_t* u1 = u + r * kp;
-      for (int64_t i = 0; i < k; ++i) {
-        const float q = std::min(std::max(std::nearbyint(xr[i] / s1), -kQmax), kQmax - 1.0f);
-        u1[i] = static_cast<uint8_t>(static_cast<int>(q) + 64);
-        rest[i] = xr[i] - q * s1;
+      if (s8) {
+        const float s = std::max(std::max(-lo, hi), kEps) / 127.5f;  // std::max(NaN, eps) keeps NaN
+        row_q8(x + r * k, s, sq + r * kp, aq + r * kp, k, kp);
+        scale[r] = s;
+      } else {
+        const float c = (hi + lo) * 0.5f;
+        const float h = std::max((hi - lo) * 0.5f, kEps);
+        row_q7(x + r * k, c, (1.0f / h) * kQmax, aq + r * kp, k, kp);
+        scale[r] = h / kQmax;
+        centre[r] = c;
       }
-      const float s2 = std::max(row_absmax(rest.data(), k), kEps) / kQmax;
-      uint8_t* u2 = u + (m + r) * kp;
-      for (int64_t i = 0; i < k; ++i) {
-        const float q = std::min(std::max(std::nearbyint(rest[i] / s2), -kQmax), kQmax - 1.0f);
-        u2[i] = static_cast<uint8_t>(static_cast<int>(q) + 64);
-      }
-      for (int64_t i = k; i < kp; ++i) u1[i] = u2[i] = 64;
-      scale[r] = s1;
-      scale[m + r] = s2;
     }
   });
 }
 
 // ----------------------------------------------------------------------------------- matmul
 // acc[MR tokens][16 columns] = sum_k a[r, k] * w[c, k] over a panel, exact in int32.
-// 7-bit tokens (S8 = false): u8 tokens in [0, 128] times the int8 weights, vpmaddubsw + vpmaddwd.
-// 8-bit tokens (S8 = true, int8 q in [-127, 127]): vpmaddubsw needs one unsigned operand, so it multiplies
-// |w| (u8, <= 128) by q with w's sign moved onto it (vpsignb); pair sums <= 2 * 128 * 127 fit int16. One
-// more instruction per multiply (measured 20-45 % slower, most for long K). GCC spills one accumulator
-// here; a 3-token tile without spills was slower in the model (measured), so both widths keep MR tokens.
+// 8-bit tokens (S8): |q| (u8 in aq) times w with q's sign (vpsignb with sq), vpmaddubsw + vpmaddwd.
+// 7-bit tokens: u8 tokens in [0, 128] (aq) times the int8 weights, vpmaddubsw + vpmaddwd.
+// GCC spills one accumulator with S8; a 3-token tile without spills was slower in the model (measured).
 template <int MR, bool S8>
-inline void tile(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, int32_t* out) {
+inline void tile(const uint8_t* aq, const int8_t* sq, int64_t lda, const int8_t* panel, int64_t k4, int32_t* out) {
   __m256i acc[MR][2];
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t g = 0; g < k4; ++g) {
-    if constexpr (S8) {
-      for (int h = 0; h < 2; ++h) {
-        const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64 + 32 * h));
-        const __m256i wabs = _mm256_abs_epi8(w);
-        for (int r = 0; r < MR; ++r) {
-          int32_t four;
-          std::memcpy(&four, a + r * lda + g * 4, 4);
-          const __m256i av = _mm256_sign_epi8(_mm256_set1_epi32(four), w);
-          acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, av), ones));
-        }
+    const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64));
+    const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64 + 32));
+    for (int r = 0; r < MR; ++r) {
+      int32_t four;
+      std::memcpy(&four, aq + r * lda + g * 4, 4);
+      const __m256i av = _mm256_set1_epi32(four);
+      __m256i w0 = b0, w1 = b1;
+      if constexpr (S8) {
+        int32_t sign;
+        std::memcpy(&sign, sq + r * lda + g * 4, 4);
+        const __m256i sv = _mm256_set1_epi32(sign);
+        w0 = _mm256_sign_epi8(b0, sv);
+        w1 = _mm256_sign_epi8(b1, sv);
       }
-    } else {
-      const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64));
-      const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + g * 64 + 32));
-      for (int r = 0; r < MR; ++r) {
-        int32_t four;
-        std::memcpy(&four, a + r * lda + g * 4, 4);
-        const __m256i av = _mm256_set1_epi32(four);
-        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones));
-        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones));
-      }
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones));
     }
   }
   for (int r = 0; r < MR; ++r) {
@@ -198,18 +191,18 @@ struct Epilogue {
   const float* w_scale;    // [n]
   const float* bias;       // [n] or nullptr
   const float* tok_scale;   // [rows]
-  const float* tok_centre;  // [rows] or nullptr (tokens centred on zero)
+  const float* tok_centre;  // [rows] or nullptr (8-bit tokens)
   bool s8 = false;          // 8-bit tokens: acc is sum_k q * w itself (no zero point to remove)
 };
 
 // y[r, c0 + j] = float(acc - corr) * w_scale * tok_scale[r] (+ tok_centre[r] * corr / 64 * w_scale) (+ bias),
 // for an MR x 16 tile (nc <= 16 columns).
 template <int MR>
-inline void tile_out(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, const Epilogue& ep,
-                     int64_t r0, int64_t c0, int64_t nc, float* y, int64_t ldy) {
+inline void tile_out(const uint8_t* aq, const int8_t* sq, int64_t lda, const int8_t* panel, int64_t k4,
+                     const Epilogue& ep, int64_t r0, int64_t c0, int64_t nc, float* y, int64_t ldy) {
   alignas(32) int32_t acc[MR * kNr];
-  if (ep.s8) tile<MR, true>(a + r0 * lda, lda, panel, k4, acc);
-  else tile<MR, false>(a + r0 * lda, lda, panel, k4, acc);
+  if (ep.s8) tile<MR, true>(aq + r0 * lda, sq + r0 * lda, lda, panel, k4, acc);
+  else tile<MR, false>(aq + r0 * lda, nullptr, lda, panel, k4, acc);
   if (nc == kNr) {
     for (int h = 0; h < 2; ++h) {
       const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.corr + c0 + 8 * h));
@@ -241,9 +234,9 @@ inline void tile_out(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t
   }
 }
 
-// y [rows, n] from quantized tokens u [rows, kp] and a packed weight.
-void matmul(const uint8_t* u, int64_t rows, int64_t kp, const int8_t* packed, int64_t n, const Epilogue& ep,
-            float* y) {
+// y [rows, n] from quantized tokens (aq, and sq for 8-bit, [rows, kp]) and a packed weight.
+void matmul(const uint8_t* aq, const int8_t* sq, int64_t rows, int64_t kp, const int8_t* packed, int64_t n,
+            const Epilogue& ep, float* y) {
   const int64_t k4 = kp / 4, panels = (n + kNr - 1) / kNr;
   // Threads split the panels (each streams its share of the weight once per token block); small work
   // stays on one thread.
@@ -255,8 +248,8 @@ void matmul(const uint8_t* u, int64_t rows, int64_t kp, const int8_t* packed, in
         const int8_t* panel = packed + p * k4 * 64;
         const int64_t c0 = p * kNr, nc = std::min(kNr, n - c0);
         int64_t r = b;
-        for (; r + kMr <= e; r += kMr) tile_out<kMr>(u, kp, panel, k4, ep, r, c0, nc, y, n);
-        for (; r < e; ++r) tile_out<1>(u, kp, panel, k4, ep, r, c0, nc, y, n);
+        for (; r + kMr <= e; r += kMr) tile_out<kMr>(aq, sq, kp, panel, k4, ep, r, c0, nc, y, n);
+        for (; r < e; ++r) tile_out<1>(aq, sq, kp, panel, k4, ep, r, c0, nc, y, n);
       }
     }
   });
@@ -333,48 +326,25 @@ std::vector<at::Tensor> w8a8(const at::Tensor& x, at::TensorList packed, at::Ten
               "llmpack_avx2::w8a8: one packed weight, corr, scale and bias per layer");
   const int64_t m = x.size(0), k = x.size(1), kp = round_up4(k);
   for (size_t l = 0; l < layers; ++l) check_layer(packed[l], corr[l], w_scale[l], bias.get(l), kp);
-  at::Tensor u = at::empty({m, kp}, x.options().dtype(at::kByte));
+  at::Tensor aq = at::empty({m, kp}, x.options().dtype(at::kByte));
+  at::Tensor sq = at::empty({s8 ? m : 0, kp}, x.options().dtype(at::kChar));
   at::Tensor tok = at::empty({2, m}, x.options());  // scales, centres
   float* scale = tok.data_ptr<float>();
-  quantize_tokens(x.data_ptr<float>(), m, k, kp, u.data_ptr<uint8_t>(), scale, scale + m, s8);
+  quantize_tokens(x.data_ptr<float>(), m, k, kp, s8 ? sq.data_ptr<int8_t>() : nullptr, aq.data_ptr<uint8_t>(), scale,
+                  scale + m, s8);
   std::vector<at::Tensor> outs;
   outs.reserve(layers);
   for (size_t l = 0; l < layers; ++l) {
     const int64_t n = corr[l].size(0);
     at::Tensor y = at::empty({m, n}, x.options());
     const std::optional<at::Tensor> b = bias.get(l);
-    const Epilogue ep{corr[l].data_ptr<int32_t>(), w_scale[l].data_ptr<float>(), bias_ptr(b), scale, scale + m, s8};
-    matmul(u.data_ptr<uint8_t>(), m, kp, packed[l].data_ptr<int8_t>(), n, ep, y.data_ptr<float>());
+    const Epilogue ep{corr[l].data_ptr<int32_t>(), w_scale[l].data_ptr<float>(), bias_ptr(b), scale,
+                      s8 ? nullptr : scale + m, s8};
+    matmul(aq.data_ptr<uint8_t>(), s8 ? sq.data_ptr<int8_t>() : nullptr, m, kp, packed[l].data_ptr<int8_t>(), n, ep,
+           y.data_ptr<float>());
     outs.push_back(std::move(y));
   }
   return outs;
-}
-
-// Weight-only int8 (float activations, as two 7-bit terms through one pass over the weight).
-at::Tensor w8a16(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& corr, const at::Tensor& w_scale,
-                 const std::optional<at::Tensor>& bias) {
-  check_input(x);
-  const int64_t m = x.size(0), k = x.size(1), kp = round_up4(k), n = corr.size(0);
-  check_layer(packed, corr, w_scale, bias, kp);
-  at::Tensor u = at::empty({2 * m, kp}, x.options().dtype(at::kByte));
-  at::Tensor tok = at::empty({2 * m}, x.options());
-  quantize_two_terms(x.data_ptr<float>(), m, k, kp, u.data_ptr<uint8_t>(), tok.data_ptr<float>());
-  at::Tensor y2 = at::empty({2 * m, n}, x.options());
-  const Epilogue ep{corr.data_ptr<int32_t>(), w_scale.data_ptr<float>(), nullptr, tok.data_ptr<float>(), nullptr};
-  matmul(u.data_ptr<uint8_t>(), 2 * m, kp, packed.data_ptr<int8_t>(), n, ep, y2.data_ptr<float>());
-  at::Tensor y = at::empty({m, n}, x.options());
-  const float* t = y2.data_ptr<float>();
-  const float* bp = bias_ptr(bias);
-  float* out = y.data_ptr<float>();
-  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      for (int64_t j = 0; j < n; ++j) {
-        const float v = t[r * n + j] + t[(m + r) * n + j];
-        out[r * n + j] = bp ? v + bp[j] : v;
-      }
-    }
-  });
-  return y;
 }
 
 // ----------------------------------------------------------------------------------- float helpers
@@ -487,28 +457,60 @@ at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
   return y;
 }
 
-// y = x W^T for a few tokens and a wide float32 weight (an output head: 49152 x 576 in SmolLM2). The
-// BLAS call PyTorch makes reads the weight at about half the memory bandwidth for one token; this reads
-// each weight row once, for every token at a time (M <= 8 accumulators in registers).
-template <int M>
-void gemv_rows(const float* x, int64_t k, const float* w, int64_t r0, int64_t r1, float* y, int64_t n) {
+// Eight weights of row wr from i as float32: the float32 weight itself, or int8 converted exactly.
+inline __m256 load8(const float* wr, int64_t i) { return _mm256_loadu_ps(wr + i); }
+inline __m256 load8(const int8_t* wr, int64_t i) {
+  int64_t eight;
+  std::memcpy(&eight, wr + i, 8);
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(eight)));
+}
+
+// y = x W^T (* row_scale) for a few tokens: each weight row is read once for every token (M <= 8 accumulators
+// in registers), float32 products and sums. Float32 W: an output head (49152 x 576 in SmolLM2), where the BLAS
+// call PyTorch makes reads the weight at about half the memory bandwidth for one token. Int8 W with a scale
+// per row: weight-only int8 layers and tied int8 heads on decode steps, the float result with int8 weights
+// read as they are (converting the whole weight to float per call would cost more than the product).
+template <int M, class W>
+void gemv_rows(const float* x, int64_t k, const W* w, const float* row_scale, const float* bias, int64_t r0,
+               int64_t r1, float* y, int64_t n) {
   const int64_t k8 = k / 8 * 8;
   for (int64_t r = r0; r < r1; ++r) {
-    const float* wr = w + r * k;
+    const W* wr = w + r * k;
     __m256 acc[M];
     for (int t = 0; t < M; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < k8; i += 8) {
-      const __m256 wv = _mm256_loadu_ps(wr + i);
+      const __m256 wv = load8(wr, i);
       for (int t = 0; t < M; ++t) acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_loadu_ps(x + t * k + i), wv));
     }
     for (int t = 0; t < M; ++t) {
       alignas(32) float buf[8];
       _mm256_store_ps(buf, acc[t]);
       float v = ((buf[0] + buf[4]) + (buf[1] + buf[5])) + ((buf[2] + buf[6]) + (buf[3] + buf[7]));
-      for (int64_t i = k8; i < k; ++i) v += x[t * k + i] * wr[i];
-      y[t * n + r] = v;
+      for (int64_t i = k8; i < k; ++i) v += x[t * k + i] * static_cast<float>(wr[i]);
+      if (row_scale) v *= row_scale[r];
+      y[t * n + r] = bias ? v + bias[r] : v;
     }
   }
+}
+
+template <class W>
+void gemv(const at::Tensor& x, const W* w, const float* row_scale, const float* bias, int64_t n, at::Tensor& y) {
+  const int64_t m = x.size(0), k = x.size(1);
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, (sizeof(W) == 1 ? 131072 : 32768) / std::max<int64_t>(k, 1));
+  at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
+    switch (m) {
+      case 1: gemv_rows<1>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+      case 2: gemv_rows<2>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+      case 3: gemv_rows<3>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+      case 4: gemv_rows<4>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+      case 5: gemv_rows<5>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+      case 6: gemv_rows<6>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+      case 7: gemv_rows<7>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+      default: gemv_rows<8>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+    }
+  });
 }
 
 at::Tensor few_token_linear(const at::Tensor& x, const at::Tensor& weight) {
@@ -516,24 +518,29 @@ at::Tensor few_token_linear(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.is_contiguous() &&
                   weight.device().is_cpu() && weight.size(1) == x.size(1),
               "llmpack_avx2::few_token_linear: weight must be a contiguous float32 CPU matrix [out, in]");
-  const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
-  TORCH_CHECK(m >= 1 && m <= 8, "llmpack_avx2::few_token_linear: 1 to 8 tokens");
-  at::Tensor y = at::empty({m, n}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
-    switch (m) {
-      case 1: gemv_rows<1>(xp, k, wp, r0, r1, yp, n); break;
-      case 2: gemv_rows<2>(xp, k, wp, r0, r1, yp, n); break;
-      case 3: gemv_rows<3>(xp, k, wp, r0, r1, yp, n); break;
-      case 4: gemv_rows<4>(xp, k, wp, r0, r1, yp, n); break;
-      case 5: gemv_rows<5>(xp, k, wp, r0, r1, yp, n); break;
-      case 6: gemv_rows<6>(xp, k, wp, r0, r1, yp, n); break;
-      case 7: gemv_rows<7>(xp, k, wp, r0, r1, yp, n); break;
-      default: gemv_rows<8>(xp, k, wp, r0, r1, yp, n); break;
-    }
-  });
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 8, "llmpack_avx2::few_token_linear: 1 to 8 tokens");
+  at::Tensor y = at::empty({x.size(0), weight.size(0)}, x.options());
+  gemv(x, weight.data_ptr<float>(), nullptr, nullptr, weight.size(0), y);
+  return y;
+}
+
+// Weight-only int8 for 1 to 8 tokens: y = x (W * w_scale)^T (+ bias) with float activations.
+at::Tensor w8a16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& w_scale,
+                 const std::optional<at::Tensor>& bias) {
+  check_float(x, "w8a16", 2);
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
+                  weight.device().is_cpu() && weight.size(1) == x.size(1),
+              "llmpack_avx2::w8a16: weight must be a contiguous int8 CPU matrix [out, in] of the input size");
+  const int64_t n = weight.size(0);
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.is_contiguous() && w_scale.numel() == n,
+              "llmpack_avx2::w8a16: w_scale must be a contiguous float32 vector of the output size");
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == n,
+                "llmpack_avx2::w8a16: bias must be a contiguous float32 vector of the output size");
+  }
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 8, "llmpack_avx2::w8a16: 1 to 8 tokens");
+  at::Tensor y = at::empty({x.size(0), n}, x.options());
+  gemv(x, weight.data_ptr<int8_t>(), w_scale.data_ptr<float>(), bias_ptr(bias), n, y);
   return y;
 }
 
@@ -541,8 +548,8 @@ at::Tensor few_token_linear(const at::Tensor& x, const at::Tensor& weight) {
 
 TORCH_LIBRARY(llmpack_avx2, m) {
   m.def("pack(Tensor weight) -> (Tensor, Tensor)");
-  m.def("w8a8(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias, int act_bits=7) -> Tensor[]");
-  m.def("w8a16(Tensor x, Tensor packed, Tensor corr, Tensor w_scale, Tensor? bias) -> Tensor");
+  m.def("w8a8(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias, int act_bits=8) -> Tensor[]");
+  m.def("w8a16(Tensor x, Tensor weight, Tensor w_scale, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("few_token_linear(Tensor x, Tensor weight) -> Tensor");
   m.def("gelu_tanh(Tensor x) -> Tensor");

@@ -1,16 +1,16 @@
-"""llmpack's native int8 helpers for AVX2 CPUs, compiled on first use.
+"""llmpack's native int8 kernels for AVX2 CPUs, compiled on first use.
 
-PyTorch has no per-token dynamic int8 linear for CPUs without VNNI, so :mod:`llmpack.runtime.modules`
-composes one from a dozen tensor operations around oneDNN's matmul; at a few hundred layers per forward
-their Python-level overhead is a tenth of the run time. ``_native/int8_avx2.cpp`` does the same work
-(bit for bit) in one call per input. It is built with :func:`torch.utils.cpp_extension.load` (needs a
-C++ compiler and ``ninja``, both checked) the first time an AVX2 int8 model runs on a machine, about
-30 s, and cached under ``$LLMPACK_CACHE/native`` (default ``~/.cache/llmpack/native``) per PyTorch
-version. Where it cannot be built, a warning says why and the Python path runs (same results, slower).
-``LLMPACK_NATIVE=0`` turns it off.
+PyTorch has no exact per-token dynamic int8 linear for CPUs without VNNI (``torch._int_mm`` is a reference
+loop there; oneDNN's and FBGEMM's ``u8 x s8`` kernels saturate 8-bit tokens). ``_native/int8_avx2.cpp`` does
+the layer in one call: per-token quantization with the file's compressed-tensors arithmetic, an exact integer
+matmul and the float epilogue (see the file's header). It is built with :func:`torch.utils.cpp_extension.load`
+(needs a C++ compiler and ``ninja``, both checked) the first time an AVX2 int8 model runs on a machine, about
+30 s, and cached under ``$LLMPACK_CACHE/native`` (default ``~/.cache/llmpack/native``) per PyTorch version.
+Where it cannot be built, a warning says why and the exact PyTorch reference runs (same results, slower).
+``LLMPACK_INT8_KERNEL=dequant`` (or ``int_mm``) never builds it.
 
 Example:
-    >>> from llmpack.runtime.native import native_status
+    >>> from llmpack.runtime.kernels.native import native_status
     >>> isinstance(native_status(), str)
     True
 """
@@ -30,12 +30,9 @@ from typing import Any
 
 import torch
 
-from llmpack.constants import ENV_CACHE
+from llmpack.runtime.options import cache_root, kernel_option
 
-__all__ = ["ENV_NATIVE", "avx2_ops", "mark_unusable", "native_status"]
-
-ENV_NATIVE = "LLMPACK_NATIVE"
-"""Set to ``0`` to never build or use the native kernels."""
+__all__ = ["avx2_ops", "checked_ops", "pack", "mark_unusable", "native_status"]
 
 _SOURCE = Path(__file__).with_name("_native") / "int8_avx2.cpp"
 _CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-std=c++17"]
@@ -46,11 +43,12 @@ _state: dict[str, Any] = {}
 
 
 def _disabled() -> bool:
-    return os.environ.get(ENV_NATIVE, "").strip().lower() in ("0", "false", "no", "off")
+    """The user forced a kernel that is not llmpack's native one."""
+    return kernel_option() in ("dequant", "int_mm", "onednn-7bit")
 
 
 def _build_dir() -> Path:
-    root = os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache", "llmpack")
+    root = cache_root()
     tag = re.sub(r"[^A-Za-z0-9]+", "_", f"torch{torch.__version__}_py{sys.version_info[0]}{sys.version_info[1]}")
     return Path(root) / "native" / tag
 
@@ -101,13 +99,12 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("llmpack_avx2::w8a8")
     def _w8a8(x: torch.Tensor, packed: list[torch.Tensor], corr: list[torch.Tensor], w_scale: list[torch.Tensor],
-              bias: list[torch.Tensor | None], act_bits: int = 7) -> list[torch.Tensor]:
+              bias: list[torch.Tensor | None], act_bits: int = 8) -> list[torch.Tensor]:
         return [x.new_empty((x.shape[0], c.shape[0])) for c in corr]
 
     @torch.library.register_fake("llmpack_avx2::w8a16")
-    def _w8a16(x: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, w_scale: torch.Tensor,
-               bias: torch.Tensor | None) -> torch.Tensor:
-        return x.new_empty((x.shape[0], corr.shape[0]))
+    def _w8a16(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return x.new_empty((x.shape[0], weight.shape[0]))
 
     @torch.library.register_fake("llmpack_avx2::rms_norm")
     def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -142,7 +139,7 @@ def avx2_ops() -> Any | None:
             return _state["ops"]
         ops, status = None, "ok"
         if _disabled():
-            status = f"off ({ENV_NATIVE}=0)"
+            status = f"off (LLMPACK_INT8_KERNEL={kernel_option()})"
         elif torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
             status = f"not built: the CPU lacks AVX2 ({torch.backends.cpu.get_cpu_capability()})"
         else:
@@ -152,11 +149,58 @@ def avx2_ops() -> Any | None:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 status = f"not built: {first}"
                 warnings.warn(f"llmpack: the native int8 kernels could not be built ({first}); int8 layers run "
-                              f"the slower PyTorch path with the same results. Install a C++ compiler and "
-                              f"ninja, or set {ENV_NATIVE}=0 to silence this.", RuntimeWarning, stacklevel=2)
+                              f"the slower PyTorch reference with the same results. Install a C++ compiler "
+                              f"and ninja, or set LLMPACK_INT8_KERNEL=dequant to silence this.", RuntimeWarning, stacklevel=2)
         _state["status"] = status
         _state["ops"] = ops
         return ops
+
+
+def pack(ops: Any, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(panels, ``64 * row sums`` as int32) of an int8 ``[out, in]`` weight for the native W8A8 kernel; the
+    panels take the weight's size again.
+
+    Example:
+        >>> ops = checked_ops()
+        >>> ops is None or pack(ops, torch.ones(3, 5, dtype=torch.int8))[1].tolist() == [320, 320, 320]
+        True
+    """
+    return ops.pack(weight)
+
+
+def checked_ops() -> Any | None:
+    """:func:`avx2_ops`, once checked against the exact result here (both token widths, and the weight-only
+    product); ``None`` where they are off, cannot be built, or are wrong (then :func:`native_status` says so).
+
+    Example:
+        >>> checked_ops() is None or native_status() == "ok"
+        True
+    """
+    if "checked" in _state:
+        return _state["checked"]
+    ops = avx2_ops()
+    if ops is not None and not _self_check(ops):
+        mark_unusable("not used: wrong results on this machine")
+        warnings.warn("llmpack: the native int8 kernels give wrong results on this machine; using the PyTorch "
+                      "reference.", RuntimeWarning, stacklevel=2)
+        ops = None
+    _state["checked"] = ops
+    return ops
+
+
+def _self_check(ops: Any) -> bool:
+    from llmpack.runtime.kernels import reference
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(-127, 128, (37, 45), dtype=torch.int8, generator=g)
+    scale = torch.rand(37, generator=g) / 50 + 1e-3
+    bias = torch.randn(37, generator=g)
+    x = torch.randn(7, 45, generator=g) * 3
+    panels, corr = pack(ops, w)
+    ok = all(torch.allclose(ops.w8a8(x, [panels], [corr], [scale], [bias], bits)[0].double(),
+                            reference.w8a8_exact(x, w, scale, bias, bits), rtol=1e-5, atol=1e-5) for bits in (7, 8))
+    exact16 = x[:5].double() @ (w.double() * scale.double().reshape(-1, 1)).t() + bias.double()
+    return ok and torch.allclose(ops.w8a16(x[:5].contiguous(), w, scale, bias).double(), exact16, rtol=1e-5, atol=1e-5)
 
 
 def mark_unusable(reason: str) -> None:

@@ -1,0 +1,148 @@
+"""The int8 kernels behind every int8 module: one entry per product over a typed packed weight.
+
+* :func:`w8a8` -- ``x W^T + b`` with per-token int8 activations, for one or several layers reading the same
+  input (q/k/v, gate/up: quantized once);
+* :func:`w8a16` -- weight-only int8 with float activations;
+* :class:`PackedWeight` -- an int8 ``[out, in]`` weight, its float32 scales and bias, and the packed copies
+  the kernels build on first use.
+
+Which kernel runs is :mod:`~llmpack.runtime.kernels.select`'s choice (CPU flags, ``LLMPACK_INT8_KERNEL``);
+:mod:`~llmpack.runtime.kernels.native` (llmpack's AVX2 kernels), :mod:`~llmpack.runtime.kernels.reference`
+(compressed-tensors' arithmetic, ``torch._int_mm``) and :mod:`~llmpack.runtime.kernels.onednn` (the opt-in 7-bit
+oneDNN / FBGEMM path) implement them.
+
+Example:
+    >>> import torch
+    >>> w = torch.randint(-127, 128, (16, 32), dtype=torch.int8)
+    >>> p = PackedWeight(w, torch.full((16,), 0.01), None)
+    >>> x = torch.randn(3, 32)
+    >>> y = w8a8(x, [p], "dequant")[0]
+    >>> torch.allclose(y, w8a8(x, [p], cpu_kernel())[0], atol=1e-4)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from llmpack.runtime.kernels import reference
+from llmpack.runtime.kernels.select import cpu_kernel, is_exact, is_native, kernel_for, use
+
+__all__ = ["PackedWeight", "w8a8", "w8a16", "FEW_TOKENS", "cpu_kernel", "kernel_for", "is_native", "is_exact",
+           "use", "native_ops"]
+
+FEW_TOKENS = 8
+"""Weight-only layers on the native kernels read the int8 weight as it is for 1 to this many tokens (decode);
+longer inputs convert it to float once per call and run one float matmul."""
+
+
+def native_ops() -> Any | None:
+    """llmpack's checked native ops, or ``None`` (see :func:`llmpack.runtime.kernels.native.checked_ops`)."""
+    from llmpack.runtime.kernels import native
+
+    return native.checked_ops()
+
+
+class PackedWeight:
+    """One int8 layer: weight ``[out, in]`` (int8), float32 ``scale`` ``[out]`` and ``bias``, plus the copies
+    the kernels read, built on first use (:meth:`native`, :meth:`onednn`).
+
+    Example:
+        >>> p = PackedWeight(torch.ones(4, 8, dtype=torch.int8), torch.ones(4), None)
+        >>> p.out_features, p.in_features
+        (4, 8)
+    """
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight = weight.detach()
+        self.scale = scale.detach().reshape(-1).float().contiguous()
+        self.scale_row = self.scale.reshape(1, -1)
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
+        self._native: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._full_range: bool | None = None
+        self._onednn: Any = None
+
+    def full_range(self) -> bool:
+        """The weight holds -128 (files from other tools): the native 8-bit kernel moves the token's sign onto
+        the weight, exact only for ``|w| <= 127``, so such layers run the reference instead."""
+        if self._full_range is None:
+            self._full_range = bool(self.weight.min() == -128)
+        return self._full_range
+
+    def native(self, ops: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The native W8A8 kernel's panels and zero-point correction."""
+        if self._native is None:
+            from llmpack.runtime.kernels import native
+
+            self._native = native.pack(ops, self.weight)
+        return self._native
+
+    def onednn(self) -> Any:
+        """oneDNN's packed copy (the opt-in ``onednn-7bit`` kernel)."""
+        if self._onednn is None:
+            from llmpack.runtime.kernels.onednn import OneDnnWeight
+
+            self._onednn = OneDnnWeight(self.weight, self.scale)
+        return self._onednn
+
+    def prepare(self, kernel: str) -> None:
+        """Build what ``kernel`` reads now (before ``torch.compile`` traces, or to pay packing up front)."""
+        if self.weight.device.type != "cpu":
+            return
+        if is_native(kernel):
+            ops = native_ops()
+            if ops is not None and not (kernel == "avx2" and self.full_range()):
+                self.native(ops)
+        elif kernel == "onednn-7bit":
+            from llmpack.runtime.kernels.onednn import fbgemm_available
+
+            self.onednn()
+            if fbgemm_available():
+                self.onednn().fbgemm()
+
+
+def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str) -> list[torch.Tensor]:
+    """``[x2 W^T + b for each layer]`` in float32, tokens quantized per token on ``kernel``.
+
+    Args:
+        x2: ``[tokens, in]`` activations (any float dtype).
+        packs: the layers reading ``x2`` (same ``in``).
+        kernel: a kernel name (:func:`kernel_for`).
+    """
+    xf = x2.float()
+    if is_native(kernel) and xf.device.type == "cpu":
+        ops = native_ops()
+        if ops is not None:
+            bits = 8 if kernel == "avx2" else 7
+            fast = [p for p in packs if not (bits == 8 and p.full_range())]
+            if len(fast) == len(packs):
+                xc = xf.contiguous()
+                natives = [p.native(ops) for p in packs]
+                return list(ops.w8a8(xc, [n[0] for n in natives], [n[1] for n in natives], [p.scale for p in packs],
+                                     [p.bias for p in packs], bits))
+            return [w8a8(xf, [p], "dequant" if p.full_range() else kernel)[0] for p in packs]
+        kernel = "dequant" if kernel == "avx2" else "onednn-7bit"
+    if kernel == "onednn-7bit" and xf.device.type == "cpu":
+        from llmpack.runtime.kernels.onednn import onednn_available, w8a8_7bit
+
+        if onednn_available():
+            return w8a8_7bit(xf, [p.onednn() for p in packs], [p.bias for p in packs])
+        kernel = "dequant"
+    if kernel == "int_mm":
+        return [reference.int_mm_w8a8(xf, p.weight, p.scale_row, p.bias) for p in packs]
+    return [reference.dequant_w8a8(xf, p.weight, p.scale_row, p.bias) for p in packs]
+
+
+def w8a16(x2: torch.Tensor, pack: PackedWeight, kernel: str) -> torch.Tensor:
+    """``x2 (W * s)^T + b`` with float activations, in ``x2``'s dtype: the native kernel reads the int8 weight as
+    it is for 1 to :data:`FEW_TOKENS` float32 CPU tokens; otherwise one conversion of ``W`` and a float matmul.
+    """
+    tokens = x2.shape[0]
+    if is_native(kernel) and x2.device.type == "cpu" and 1 <= tokens <= FEW_TOKENS and x2.dtype == torch.float32:
+        ops = native_ops()
+        if ops is not None and pack.weight.is_contiguous():
+            return ops.w8a16(x2.contiguous(), pack.weight, pack.scale, pack.bias)
+    return reference.w8a16_float(x2, pack.weight, pack.scale_row, pack.bias)

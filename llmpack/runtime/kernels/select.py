@@ -1,0 +1,131 @@
+"""Which int8 kernel runs: chosen once per process from the CPU's flags and ``LLMPACK_INT8_KERNEL``.
+
+The ladder for ``auto`` (every rung computes the file's semantics up to float rounding):
+
+1. CPUs with VNNI or AMX int8 instructions, and non-x86 CPUs: ``int_mm`` (``torch._int_mm``, exact int32 sums);
+2. AVX2 CPUs without them: ``avx2``, llmpack's native kernels (:mod:`~llmpack.runtime.kernels.native`), when they
+   build and pass their self-check here;
+3. otherwise ``dequant``, the reference arithmetic (:mod:`~llmpack.runtime.kernels.reference`).
+
+CUDA tensors run ``int_mm`` where ``in`` and ``out`` are multiples of 8, else ``dequant``. The opt-in
+``avx2-7bit`` / ``onednn-7bit`` kernels trade exactness for speed (see ``docs/int8-format.md``).
+:func:`use` switches kernels for a block of code (``measure --runtime reference`` runs ``dequant``).
+
+Example:
+    >>> cpu_kernel() in ("avx2", "int_mm", "dequant", "avx2-7bit", "onednn-7bit")
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator
+
+from llmpack.runtime.options import APPROXIMATE, kernel_option
+
+__all__ = ["cpu_kernel", "kernel_for", "is_native", "is_exact", "use", "reset", "cpu_flags"]
+
+_override: list[str] = []
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.lru_cache(maxsize=None)
+def _chosen() -> str:
+    forced = kernel_option()
+    if forced == "avx2-7bit":
+        from llmpack.runtime.kernels import native, onednn
+
+        if native.checked_ops() is not None:
+            return forced
+        return "onednn-7bit" if onednn.onednn_available() else "dequant"
+    if forced == "onednn-7bit":
+        from llmpack.runtime.kernels import onednn
+
+        return forced if onednn.onednn_available() else "dequant"
+    if forced != "auto":
+        return forced
+    flags = cpu_flags()
+    if flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512vnni"} or not flags:
+        return "int_mm"  # (non-x86, e.g. ARM: _int_mm has optimized paths there too)
+    from llmpack.runtime.kernels import native
+
+    return "avx2" if native.checked_ops() is not None else "dequant"
+
+
+def cpu_kernel() -> str:
+    """The kernel W8A8 layers run on this CPU (see the module's ladder).
+
+    Raises:
+        ConfigError: ``LLMPACK_INT8_KERNEL`` names no kernel.
+
+    Example:
+        >>> with use("dequant"):
+        ...     cpu_kernel()
+        'dequant'
+    """
+    return _override[-1] if _override else _chosen()
+
+
+def kernel_for(device_type: str, in_features: int, out_features: int) -> str:
+    """The kernel for a layer of this shape on a ``"cpu"`` / ``"cuda"`` input.
+
+    Example:
+        >>> kernel_for("cuda", 12, 16)
+        'dequant'
+    """
+    if device_type == "cpu":
+        return cpu_kernel()
+    if _override and _override[-1] == "dequant":
+        return "dequant"
+    if device_type == "cuda" and in_features % 8 == 0 and out_features % 8 == 0:
+        return "int_mm"
+    return "dequant"
+
+
+def is_native(kernel: str) -> bool:
+    """``kernel`` runs llmpack's native AVX2 ops (so do the float swaps of :mod:`llmpack.runtime.fused`)."""
+    return kernel in ("avx2", "avx2-7bit")
+
+
+def is_exact(kernel: str) -> bool:
+    """``kernel`` computes the file's semantics up to float rounding.
+
+    Example:
+        >>> is_exact("avx2"), is_exact("avx2-7bit")
+        (True, False)
+    """
+    return kernel not in APPROXIMATE
+
+
+@contextlib.contextmanager
+def use(kernel: str) -> Iterator[None]:
+    """Run CPU int8 layers (and, for ``dequant``, CUDA ones) on ``kernel`` inside the block. Layers prepared
+    for another kernel re-pack on first use.
+
+    Example:
+        >>> with use("dequant"):
+        ...     kernel_for("cpu", 8, 8)
+        'dequant'
+    """
+    _override.append(kernel)
+    try:
+        yield
+    finally:
+        _override.pop()
+
+
+def reset() -> None:
+    """Forget the cached choice (after ``LLMPACK_INT8_KERNEL`` changed; tests)."""
+    _chosen.cache_clear()

@@ -1,0 +1,203 @@
+""":class:`Int8Linear`: a linear layer with int8 per-output-channel weights, W8A8 or W8A16.
+
+State-dict layout (compressed-tensors ``int-quantized``, see ``docs/int8-format.md``): ``P.weight`` int8
+``[out, in]`` and ``P.weight_scale`` ``[out, 1]`` in the model's float dtype, plus ``P.bias`` when the layer has
+one. GPT-2 ``Conv1D`` layers are stored in the same ``[out, in]`` layout (transposed once at quantization time),
+so one module serves both. The products run on :mod:`llmpack.runtime.kernels`.
+
+Example:
+    >>> import torch
+    >>> q = Int8Linear.from_float(torch.nn.Linear(64, 32))
+    >>> q(torch.randn(2, 5, 64)).shape
+    torch.Size([2, 5, 32])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmpack.errors import BadInputError
+from llmpack.quant.int8 import int8_per_channel
+from llmpack.runtime import kernels
+
+__all__ = ["Int8Linear", "is_conv1d"]
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' ``Conv1D`` (GPT-2 style, weight stored ``[in, out]``).
+
+    Example:
+        >>> is_conv1d(torch.nn.Linear(2, 2))
+        False
+    """
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 per-output-channel weights; W8A8 (dynamic per-token int8 activations)
+    or W8A16 (``act_quant=False``: weights int8, activations stay float).
+
+    Computes ``y = x W^T + b`` like ``nn.Linear`` (and like GPT-2's ``Conv1D`` when it replaces one:
+    ``conv1d_layout=True`` only records that origin; the stored weight is ``[out, in]`` either way).
+
+    Args:
+        in_features: input size.
+        out_features: output size.
+        bias: whether the layer has a bias.
+        act_quant: quantize activations per token (W8A8); ``False`` keeps them float (W8A16).
+        conv1d_layout: the layer replaced a ``Conv1D`` (for :meth:`to_float` and reporting).
+        dtype: float dtype of ``weight_scale`` and ``bias``.
+        device: where to allocate (``"meta"`` while loading).
+
+    Example:
+        >>> m = Int8Linear(8, 4, bias=True)
+        >>> m.weight.dtype, tuple(m.weight_scale.shape)
+        (torch.int8, (4, 1))
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        act_quant: bool = True,
+        conv1d_layout: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.act_quant = bool(act_quant)
+        self.conv1d_layout = bool(conv1d_layout)
+        self.weight = nn.Parameter(
+            torch.zeros(out_features, in_features, dtype=torch.int8, device=device), requires_grad=False
+        )
+        self.weight_scale = nn.Parameter(torch.ones(out_features, 1, dtype=dtype, device=device), requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self._packed: kernels.PackedWeight | None = None
+        self._packed_key: tuple[Any, ...] | None = None
+        self._kernel: str | None = None  # chosen by prepare() (read as is under torch.compile)
+        self._group: Any = None  # a SiblingGroup (llmpack.runtime.siblings), set by prepare_int8
+
+    @classmethod
+    def from_float(
+        cls, module: nn.Module, *, act_quant: bool = True, name: str = "weight", scale_dtype: torch.dtype | None = None
+    ) -> "Int8Linear":
+        """Quantize an ``nn.Linear`` or ``Conv1D`` (per output channel, symmetric).
+
+        Raises:
+            NonFiniteWeightError: the weight holds NaN/Inf (``name`` is used in the message).
+
+        Example:
+            >>> Int8Linear.from_float(torch.nn.Linear(4, 2), act_quant=False).act_quant
+            False
+        """
+        w = module.weight.detach()
+        conv = is_conv1d(module)
+        if conv:
+            w = w.t()  # Conv1D stores [in, out]; quantize per output channel in [out, in]
+        elif not isinstance(module, nn.Linear):
+            raise BadInputError(f"{name}: cannot quantize a {type(module).__name__} as Int8Linear (Linear/Conv1D only)")
+        sdt = scale_dtype or w.dtype
+        q, scale = int8_per_channel(w, 0, scale_dtype=sdt, name=name)
+        bias = getattr(module, "bias", None)
+        out = cls(
+            q.shape[1], q.shape[0], bias is not None, act_quant=act_quant, conv1d_layout=conv, dtype=sdt, device="meta"
+        )
+        out.weight = nn.Parameter(q.contiguous(), requires_grad=False)
+        out.weight_scale = nn.Parameter(scale.contiguous(), requires_grad=False)
+        if bias is not None:
+            out.bias = nn.Parameter(bias.detach().to(sdt).clone(), requires_grad=False)
+        return out
+
+    def to_float(self) -> nn.Module:
+        """The dequantized float layer (``nn.Linear``, or ``Conv1D`` when it replaced one).
+
+        Example:
+            >>> type(Int8Linear.from_float(torch.nn.Linear(4, 2)).to_float()).__name__
+            'Linear'
+        """
+        w = self.weight.float() * self.weight_scale.float()
+        dt = self.weight_scale.dtype
+        if self.conv1d_layout:
+            from transformers.pytorch_utils import Conv1D
+
+            m: nn.Module = Conv1D(self.out_features, self.in_features)
+            m.weight = nn.Parameter(w.t().contiguous().to(dt))
+            if self.bias is not None:
+                m.bias = nn.Parameter(self.bias.detach().clone())
+            return m
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, dtype=dt)
+        lin.weight = nn.Parameter(w.to(dt))
+        if self.bias is not None:
+            lin.bias = nn.Parameter(self.bias.detach().clone())
+        return lin
+
+    def extra_repr(self) -> str:
+        mode = "w8a8" if self.act_quant else "w8a16"
+        extra = ", from_conv1d=True" if self.conv1d_layout else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {mode}{extra}"
+
+    # ------------------------------------------------------------------ kernels
+    def weights_key(self) -> tuple[Any, ...]:
+        """Identity of the current weight/scale/bias tensors (changes when they are reassigned or edited)."""
+        params = self._parameters  # (not self.weight: nn.Module.__getattr__ is slow on a per-call path)
+        w, s, b = params["weight"], params["weight_scale"], params["bias"]
+        # Inference tensors (made under torch.inference_mode) have no version counter.
+        return (w.data_ptr(), s.data_ptr(), w.device, s.dtype,
+                None if w.is_inference() else w._version, None if s.is_inference() else s._version,
+                None if b is None else b.data_ptr())
+
+    def packed(self) -> kernels.PackedWeight:
+        """The :class:`~llmpack.runtime.kernels.PackedWeight` of the current tensors (rebuilt when they change)."""
+        if torch.compiler.is_compiling() and self._packed is not None:
+            return self._packed  # built by prepare(); the version checks would break the graph
+        key = self.weights_key()
+        if key != self._packed_key or self._packed is None:
+            self._packed = kernels.PackedWeight(self.weight, self.weight_scale, self.bias)
+            self._packed_key = key
+        return self._packed
+
+    def kernel(self, device_type: str) -> str:
+        """The kernel this layer runs on a ``device_type`` input."""
+        if torch.compiler.is_compiling() and self._kernel is not None:
+            return self._kernel
+        return kernels.kernel_for(device_type, self.in_features, self.out_features)
+
+    def prepare(self) -> "Int8Linear":
+        """Choose the kernel and build what it reads now instead of on the first forward (:func:`prepare_int8`
+        and ``torch.compile`` need it).
+
+        Example:
+            >>> Int8Linear.from_float(torch.nn.Linear(8, 4)).prepare().out_features
+            4
+        """
+        self._kernel = self.kernel(self.weight.device.type)
+        if self.act_quant:
+            self.packed().prepare(self._kernel)
+        else:
+            self.packed()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y = x W^T + b`` with int8 weights (and int8 per-token activations when ``act_quant``)."""
+        if self._group is not None and not torch.compiler.is_compiling():
+            y = self._group.output(self, x)
+            if y is not None:
+                return y
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        kernel = self.kernel(x2.device.type)
+        if self.act_quant:
+            y = kernels.w8a8(x2, [self.packed()], kernel)[0].to(x.dtype)
+        else:
+            y = kernels.w8a16(x2, self.packed(), kernel)
+        return y.reshape(*shape[:-1], self.out_features)

@@ -1,0 +1,62 @@
+"""llmpack.runtime.kernels.select: the kernel ladder by CPU flags and the one option."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmpack.errors import ConfigError
+from llmpack.runtime.kernels import native, onednn, select
+from llmpack.runtime.options import ENV_KERNEL
+
+
+@pytest.mark.parametrize("flags, built, want", [
+    ({"avx2", "avx512_vnni"}, True, "int_mm"),   # VNNI: torch._int_mm is exact and fast
+    ({"avx2", "amx_int8"}, True, "int_mm"),
+    ({"avx2", "avx_vnni"}, True, "int_mm"),
+    (set(), True, "int_mm"),                     # non-x86 (no /proc/cpuinfo flags line): _int_mm too
+    ({"avx2", "fma"}, True, "avx2"),             # AVX2 only: llmpack's exact native kernels
+    ({"avx2", "fma"}, False, "dequant"),         # ... and where they cannot be built, the reference
+])
+def test_auto_ladder(flags: set, built: bool, want: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_KERNEL, raising=False)
+    monkeypatch.setattr(select, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(native, "checked_ops", lambda: object() if built else None)
+    select.reset()
+    assert select.cpu_kernel() == want
+    assert select.is_exact(want)
+
+
+@pytest.mark.parametrize("forced, built, has_onednn, want", [
+    ("avx2-7bit", True, True, "avx2-7bit"),
+    ("avx2-7bit", False, True, "onednn-7bit"),
+    ("avx2-7bit", False, False, "dequant"),
+    ("onednn-7bit", False, True, "onednn-7bit"),
+    ("onednn-7bit", False, False, "dequant"),
+    ("dequant", True, True, "dequant"),
+    ("int_mm", True, True, "int_mm"),
+    ("avx2", True, True, "avx2"),
+])
+def test_forced_kernels(forced: str, built: bool, has_onednn: bool, want: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_KERNEL, forced.upper())  # case-insensitive
+    monkeypatch.setattr(native, "checked_ops", lambda: object() if built else None)
+    monkeypatch.setattr(onednn, "onednn_available", lambda: has_onednn)
+    select.reset()
+    assert select.cpu_kernel() == want
+    assert select.is_exact(want) == (want not in ("avx2-7bit", "onednn-7bit"))
+
+
+def test_bad_option_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_KERNEL, "fast")
+    select.reset()
+    with pytest.raises(ConfigError, match=r"LLMPACK_INT8_KERNEL='fast' is not a kernel: choose one of auto, avx2"):
+        select.cpu_kernel()
+
+
+def test_cuda_and_the_reference_override() -> None:
+    assert select.kernel_for("cuda", 64, 32) == "int_mm"
+    assert select.kernel_for("cuda", 60, 32) == "dequant"  # _int_mm wants multiples of 8
+    with select.use("dequant"):
+        assert select.kernel_for("cuda", 64, 32) == "dequant" and select.cpu_kernel() == "dequant"
+        with select.use("avx2"):
+            assert select.cpu_kernel() == "avx2"
+        assert select.cpu_kernel() == "dequant"
