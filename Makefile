@@ -60,6 +60,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/stream_memory.py
 	$(BIN)/python benchmarks/pack_throughput.py
 	$(BIN)/python benchmarks/int8_cpu.py
+	$(BIN)/python benchmarks/decode_cpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,8 +7,10 @@ Candidates (same inputs, same threads, timed round-robin so machine drift cancel
 * ``llmpack``         ``llmpack.quantize(model, method="int8", tokenizer=tok)`` (W8A8, ``Int8Linear``; with the
                       tokenizer of a real model, the defaults calibrate and smooth), eager;
 * ``llmpack+compile`` the same under ``torch.compile``;
-* ``llmpack+a7``      ``llmpack`` with 7-bit tokens on every layer (``Int8Linear.act_bits = 7``; the default gives
-                      the MLP output projections 8 bits on AVX2 CPUs without VNNI, see ``docs/int8-format.md``), eager;
+* ``llmpack+avx2``    ``llmpack`` on llmpack's native AVX2 kernel (``LLMPACK_INT8_KERNEL=avx2``: what AVX2-only CPUs
+                      run by default; a VNNI machine's default is ``int_mm``), eager;
+* ``llmpack+7bit``    ``llmpack`` on the opt-in, less exact 7-bit centred tokens (``LLMPACK_INT8_KERNEL=avx2-7bit``,
+                      see ``docs/int8-format.md``), eager;
 * ``llmpack+qemb``    ``llmpack`` with ``quantize_embeddings=True``: embeddings int8 and, for tied models, the
                       output head reads that int8 table (torch.ao quantizes the head too), eager;
 * ``torch.ao``        ``torch.ao.quantization.quantize_dynamic`` (GPT-2 ``Conv1D`` converted to ``nn.Linear`` first);
@@ -51,8 +53,8 @@ from typing import Any, Callable
 import torch
 
 SLOW_S = 5.0  # a candidate whose prefill takes longer is warmed up and timed once (reported as n=1)
-CANDIDATES = ("fp32", "bf16", "llmpack", "llmpack+compile", "llmpack+a7", "llmpack+qemb", "torch.ao", "quanto", "torchao",
-              "onnxruntime")
+CANDIDATES = ("fp32", "bf16", "llmpack", "llmpack+compile", "llmpack+avx2", "llmpack+7bit", "llmpack+qemb", "torch.ao",
+              "quanto", "torchao", "onnxruntime")
 
 
 @dataclasses.dataclass
@@ -84,13 +86,22 @@ def _param_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def _logits_fn(model: torch.nn.Module, keep: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``input ids -> logits``; ``keep=1``: the last position only (a prefill step of ``generate``)."""
+def _logits_fn(model: torch.nn.Module, keep: int = 0, kernel: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``input ids -> logits``; ``keep=1``: the last position only (a prefill step of ``generate``); ``kernel``:
+    llmpack's int8 kernel forced for the call."""
+    import contextlib
+
     def fn(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        ctx = contextlib.nullcontext()
+        if kernel is not None:
+            from llmpack.runtime import kernels
+
+            ctx = kernels.use(kernel)
+        with torch.inference_mode(), ctx:
             out = model(input_ids=x, use_cache=False, logits_to_keep=keep)
         return (out.logits if hasattr(out, "logits") else out[0]).float()
     fn.model = model  # type: ignore[attr-defined]
+    fn.kernel = kernel  # type: ignore[attr-defined]
     return fn
 
 
@@ -149,19 +160,15 @@ def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.T
         elif name == "bf16":
             m = copy.deepcopy(model).to(torch.bfloat16)
             c.fn, c.size, c.saves = _logits_fn(m), _param_bytes(m), "yes"
-        elif name in ("llmpack", "llmpack+compile", "llmpack+a7", "llmpack+qemb"):
+        elif name in ("llmpack", "llmpack+compile", "llmpack+avx2", "llmpack+7bit", "llmpack+qemb"):
             import llmpack
 
             compiled, qemb = name == "llmpack+compile", name == "llmpack+qemb"
+            kernel = {"llmpack+avx2": "avx2", "llmpack+7bit": "avx2-7bit"}.get(name)
             q = llmpack.quantize(model, method="int8", tokenizer=tok, quiet=True, compile=compiled,
                                  quantize_embeddings=qemb).model
-            if name == "llmpack+a7":
-                from llmpack.runtime.modules import iter_int8_linears
-
-                for _, lin in iter_int8_linears(q):
-                    lin.act_bits = 7
-            c.fn, c.size = _logits_fn(q), _param_bytes(q)
-            if name == "llmpack+a7":
+            c.fn, c.size = _logits_fn(q, kernel=kernel), _param_bytes(q)
+            if kernel is not None:
                 c.saves = "yes (the llmpack files; a runtime setting)"
             else:
                 c.saves = "yes (as llmpack)" if compiled else _llmpack_roundtrip(model, probe, c.fn(probe), tok, qemb)
@@ -215,7 +222,7 @@ def build(name: str, model: torch.nn.Module, calib: torch.Tensor, probe: torch.T
 
 def _prefill_of(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The last-position variant of a ``_logits_fn`` (same model)."""
-    return _logits_fn(fn.model, keep=1)  # type: ignore[attr-defined]
+    return _logits_fn(fn.model, keep=1, kernel=getattr(fn, "kernel", None))  # type: ignore[attr-defined]
 
 
 def _qbytes(model: torch.nn.Module) -> int | None:

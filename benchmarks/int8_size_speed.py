@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     import llmpack
-    from llmpack.runtime.modules import cpu_int8_kernel
+    from llmpack.runtime.kernels import cpu_kernel as cpu_int8_kernel
 
     results: dict[str, Any] = {"threads": args.threads, "kernel": cpu_int8_kernel(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="llmpack-int8-bench-") as t:

@@ -23,6 +23,7 @@ from llmpack.constants import ENV_CACHE
 __all__ = [
     "tiny_config",
     "tiny_model",
+    "arch_configs",
     "TINY_KINDS",
     "cache_dir",
     "smollm2_gguf_path",
@@ -77,6 +78,41 @@ def tiny_model(kind: str = "llama", seed: int = 0, **overrides: Any) -> torch.nn
     else:
         model = AutoModelForCausalLM.from_config(cfg)
     return model.eval()
+
+
+def arch_configs(vocab: int = 300) -> dict[str, Any]:
+    """Tiny configs of the decoder architectures every architecture-specific path is tested on (Llama tied and
+    untied, Mistral with a sliding window, Qwen2/3, Gemma 1/2/3 with their (1 + w) norms, GELU-gated MLPs,
+    scaled embeddings and Gemma 2's soft-capped logits, Phi-3, Phi, StableLM, GPT-2, GPT-NeoX, OPT, Falcon).
+
+    Example:
+        >>> sorted(arch_configs())[:3]
+        ['falcon', 'gemma', 'gemma2']
+    """
+    import transformers as T
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return {
+        "llama": T.LlamaConfig(**common, tie_word_embeddings=False),
+        "llama-tied": T.LlamaConfig(**common, tie_word_embeddings=True),
+        "mistral": T.MistralConfig(**common, sliding_window=8),
+        "qwen2": T.Qwen2Config(**common),
+        "qwen3": T.Qwen3Config(**common, head_dim=16),
+        "gemma": T.GemmaConfig(**common, head_dim=16),
+        "gemma2": T.Gemma2Config(**common, head_dim=16, sliding_window=8),  # soft-capped logits, sliding layers
+        "gemma3": T.Gemma3TextConfig(**common, head_dim=16, sliding_window=8),
+        "phi3": T.Phi3Config(**common, pad_token_id=0),
+        "phi": T.PhiConfig(**common),
+        "stablelm": T.StableLmConfig(**common),
+        "gpt2": T.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=3, n_head=4, n_positions=256),
+        "gpt-neox": T.GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                    num_attention_heads=4, max_position_embeddings=256),
+        "opt": T.OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4,
+                           max_position_embeddings=256, word_embed_proj_dim=64),
+        "falcon": T.FalconConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                 new_decoder_architecture=False),  # blocks return tuples
+    }
 
 
 def cache_dir() -> Path:

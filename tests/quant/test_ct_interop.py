@@ -12,7 +12,9 @@ import torch
 import llmpack
 from llmpack.errors import ConfigError
 from llmpack.quant.ct_config import build_quantization_config, parse_quantization_config, scheme_for
-from llmpack.runtime import modules as M
+from llmpack.runtime.kernels import select
+from llmpack.runtime.linear import Int8Linear
+from llmpack.runtime.options import ENV_KERNEL
 
 ct = pytest.importorskip("compressed_tensors")
 
@@ -86,8 +88,8 @@ def test_llmpack_loads_checkpoint_written_by_compressed_tensors(tmp_path: Path) 
     ck = llmpack.open(d)
     assert ck["model.layers.0.mlp.up_proj.weight"].dtype == torch.int8
     model = llmpack.load(d)
-    assert isinstance(model.model.layers[0].mlp.up_proj, M.Int8Linear)
-    assert not isinstance(model.lm_head, M.Int8Linear)
+    assert isinstance(model.model.layers[0].mlp.up_proj, Int8Linear)
+    assert not isinstance(model.lm_head, Int8Linear)
     ref = tiny_model("llama-untied")
     ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -107,24 +109,19 @@ def _hf_vs_llmpack(d: Path, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def test_transformers_loads_llmpack_output_tiny(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from llmpack.testing import tiny_model
 
-    monkeypatch.setenv(M.ENV_KERNEL, "int_mm")  # the exact 8-bit kernel (AVX2's fast one uses 7-bit activations)
-    M.cpu_int8_kernel.cache_clear()
     d = tmp_path / "q"
     llmpack.quantize(tiny_model("llama"), method, out=d, quiet=True)
     ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(0))
     a, b = _hf_vs_llmpack(d, ids)
-    M.cpu_int8_kernel.cache_clear()
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
 def _quantize_smollm2(src: Path, method: str, d: Path, ntok: int, monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
-    """Quantize SmolLM2 into ``d`` with the exact 8-bit kernel selected; ``ntok`` eval-text token ids."""
+    """Quantize SmolLM2 into ``d`` (the default kernel computes the file's semantics); ``ntok`` eval-text ids."""
     from transformers import AutoTokenizer
 
     from llmpack.measure.text import default_text
 
-    monkeypatch.setenv(M.ENV_KERNEL, "int_mm")  # AVX2's fast kernel uses 7-bit activations
-    M.cpu_int8_kernel.cache_clear()
     llmpack.quantize(src, method, out=d, quiet=True)
     tok = AutoTokenizer.from_pretrained(d)
     return tok(default_text("eval", nbytes=2000), return_tensors="pt").input_ids[:, :ntok]
@@ -136,7 +133,6 @@ def test_transformers_loads_llmpack_smollm2(smollm2_dir: Path, tmp_path: Path, m
     d = tmp_path / "s"
     ids = _quantize_smollm2(smollm2_dir, "int8-weight-only", d, 192, monkeypatch)
     a, b = _hf_vs_llmpack(d, ids)
-    M.cpu_int8_kernel.cache_clear()
     agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     assert agree >= 0.99, agree
     assert os.path.getsize(d / "model.safetensors") < 0.5 * os.path.getsize(smollm2_dir / "model.safetensors")
@@ -173,10 +169,10 @@ def test_transformers_runs_llmpack_w8a8_smollm2_layer_for_layer(
         b = ours(ids).logits
         assert len(inputs) == 210
         worst = min(float(sqnr_db(hf.get_submodule(n)(x), ours.get_submodule(n)(x))) for n, x in inputs.items())
-        monkeypatch.setenv(M.ENV_KERNEL, "dequant")
-        M.cpu_int8_kernel.cache_clear()
+        monkeypatch.setenv(ENV_KERNEL, "dequant")
+        select.reset()
         c = llmpack.load(d)(ids).logits
-    M.cpu_int8_kernel.cache_clear()
+    select.reset()
     assert worst > 100, worst  # float rounding only: identical quantization of weights and activations
     agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     assert agree >= 0.85, agree

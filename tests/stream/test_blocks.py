@@ -14,30 +14,9 @@ V = 300
 
 
 def _configs() -> dict[str, object]:
-    import transformers as T
+    from llmpack.testing import arch_configs
 
-    common = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=256)
-    return {
-        "llama": T.LlamaConfig(**common, tie_word_embeddings=False),
-        "llama-tied": T.LlamaConfig(**common, tie_word_embeddings=True),
-        "mistral": T.MistralConfig(**common, sliding_window=8),
-        "qwen2": T.Qwen2Config(**common),
-        "qwen3": T.Qwen3Config(**common, head_dim=16),
-        "gemma": T.GemmaConfig(**common, head_dim=16),
-        "gemma2": T.Gemma2Config(**common, head_dim=16, sliding_window=8),  # soft-capped logits, sliding layers
-        "gemma3": T.Gemma3TextConfig(**common, head_dim=16, sliding_window=8),
-        "phi3": T.Phi3Config(**common, pad_token_id=0),
-        "phi": T.PhiConfig(**common),
-        "stablelm": T.StableLmConfig(**common),
-        "gpt2": T.GPT2Config(vocab_size=V, n_embd=64, n_layer=3, n_head=4, n_positions=256),
-        "gpt-neox": T.GPTNeoXConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                    num_attention_heads=4, max_position_embeddings=256),
-        "opt": T.OPTConfig(vocab_size=V, hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4,
-                           max_position_embeddings=256, word_embed_proj_dim=64),
-        "falcon": T.FalconConfig(vocab_size=V, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                 new_decoder_architecture=False),  # blocks return tuples
-    }
+    return arch_configs(V)
 
 
 ARCHS = sorted(_configs())

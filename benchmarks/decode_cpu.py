@@ -1,0 +1,173 @@
+"""Prefill and decode on CPU: llmpack's int8 runtime against llama.cpp (the runtime CPU users pick), side by side.
+
+SmolLM2-135M (the real model that installs offline), same machine, same threads, timed round-robin:
+
+* ``llama.cpp Q8_0`` / ``llama.cpp F16``: ``llama-cpp-python`` (the ``bench`` extra) on GGUF files made from the
+  shipped GGUF with its own ``llama_model_quantize``;
+* ``fp32``: transformers eager, float32;
+* ``llmpack int8``: ``llmpack.quantize(model, "int8", tokenizer=tok)`` on the default kernel (``auto``);
+* ``llmpack int8 avx2``: the same with ``LLMPACK_INT8_KERNEL=avx2`` forced (what AVX2-only CPUs run; on a VNNI
+  machine ``auto`` picks ``int_mm``).
+
+Prefill: one forward pass over a 128-token prompt (the last position's logits, as in ``generate``). Decode: per
+token, after that prompt, one forward pass of one new token per sequence with the KV cache (batch 1 and, for the
+torch candidates, batch 8; llama-cpp-python's high-level API decodes one sequence). Figures are medians.
+
+Usage:
+    python benchmarks/decode_cpu.py [--threads 2] [--prompt 128] [--steps 32] [--runs 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def _gguf(kind: str, out_dir: str) -> str:
+    """SmolLM2 as GGUF ``kind`` (``Q8_0`` or ``F16``), made with llama.cpp's own quantizer from the shipped file."""
+    import llama_cpp
+
+    from llmpack.testing import smollm2_gguf_path
+
+    src = str(smollm2_gguf_path())
+    out = os.path.join(out_dir, f"smollm2-{kind}.gguf")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "F16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16}[kind]
+    params.allow_requantize = True  # the shipped file is Q4_1; the HF model llmpack reads is dequantized from it too
+    params.nthread = torch.get_num_threads()
+    rc = llama_cpp.llama_model_quantize(src.encode(), out.encode(), params)
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize returned {rc}")
+    return out
+
+
+def _llama_cpp(path: str, prompt: list[int], threads: int) -> tuple[Callable[[], float], Callable[[], float]]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, n_ctx=len(prompt) + 256, n_threads=threads, n_threads_batch=threads,
+                n_batch=len(prompt), verbose=False)
+
+    def prefill() -> float:
+        llm.reset()
+        llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+        t = time.perf_counter()
+        llm.eval(prompt)
+        return time.perf_counter() - t
+
+    def decode(steps: int = 16) -> float:
+        prefill()
+        tok = prompt[-1]
+        t = time.perf_counter()
+        for _ in range(steps):
+            llm.eval([tok])
+        return (time.perf_counter() - t) / steps
+
+    return prefill, decode
+
+
+def _torch(model: torch.nn.Module, ids: torch.Tensor) -> tuple[Callable[[], float], Callable[[], float]]:
+    def prefill() -> float:
+        with torch.inference_mode():
+            t = time.perf_counter()
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            return time.perf_counter() - t
+
+    def decode(steps: int = 16) -> float:
+        with torch.inference_mode():
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            nxt = out.logits[:, -1:].argmax(-1)
+            t = time.perf_counter()
+            for _ in range(steps):
+                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                nxt = out.logits[:, -1:].argmax(-1)
+            return (time.perf_counter() - t) / steps
+
+    return prefill, decode
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    os.environ.setdefault("LLMPACK_PROGRESS", "0")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import llmpack
+    from llmpack.measure.text import default_text
+    from llmpack.runtime import kernels
+    from llmpack.testing import smollm2_dir
+
+    d = smollm2_dir()
+    tok = AutoTokenizer.from_pretrained(d)
+    fp32 = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    ids = tok(default_text("eval", 8192), return_tensors="pt", add_special_tokens=False).input_ids[:, :a.prompt]
+    q = llmpack.quantize(copy.deepcopy(fp32), "int8", tokenizer=tok, quiet=True).model
+    cands: dict[str, dict[int, tuple[Callable, Callable]]] = {}
+    errors: dict[str, str] = {}
+    tmp = tempfile.mkdtemp(prefix="llmpack-decode-")
+    for kind in ("Q8_0", "F16"):
+        try:
+            cands[f"llama.cpp {kind}"] = {1: _llama_cpp(_gguf(kind, tmp), ids[0].tolist(), a.threads)}
+        except Exception as e:  # noqa: BLE001 -- a peer that does not install is reported, never dropped
+            errors[f"llama.cpp {kind}"] = f"{type(e).__name__}: {e}"[:200]
+    batches = {1: ids, 8: ids.repeat(8, 1)}
+    cands["fp32"] = {b: _torch(fp32, x) for b, x in batches.items()}
+    cands["llmpack int8"] = {b: _torch(q, x) for b, x in batches.items()}
+
+    def forced(fn: Callable[..., float]) -> Callable[..., float]:
+        def run(*args: Any) -> float:
+            with kernels.use("avx2"):
+                return fn(*args)
+        return run
+
+    if kernels.native_ops() is not None:
+        cands["llmpack int8 avx2"] = {b: tuple(forced(f) for f in _torch(q, x)) for b, x in batches.items()}  # type: ignore[misc]
+    times: dict[tuple[str, int, str], list[float]] = {}
+    for name, per_b in cands.items():  # warm up (first calls pack weights, build the native kernels)
+        for b, (pf, dc) in per_b.items():
+            pf(), dc(2)
+    for _ in range(a.runs):
+        for name, per_b in cands.items():
+            for b, (pf, dc) in per_b.items():
+                times.setdefault((name, b, "prefill"), []).append(pf())
+                times.setdefault((name, b, "decode"), []).append(dc(a.steps))
+    rows = []
+    ref = {(b, s): statistics.median(times[("llama.cpp Q8_0", 1, s)]) for b in (1,) for s in ("prefill", "decode")
+           if ("llama.cpp Q8_0", 1, s) in times}
+    print(f"SmolLM2-135M, {a.threads} threads, {a.prompt}-token prompt, kernel auto = {kernels.cpu_kernel()}")
+    print("| candidate | batch | prefill ms | decode ms/token | decode vs llama.cpp Q8_0 b1 |")
+    print("|---|---|---|---|---|")
+    for name, per_b in cands.items():
+        for b in per_b:
+            pf = 1000 * statistics.median(times[(name, b, "prefill")])
+            dc = 1000 * statistics.median(times[(name, b, "decode")])
+            vs = f"{dc / 1000 / ref[(1, 'decode')]:.2f}x" if (1, "decode") in ref else "-"
+            rows.append({"candidate": name, "batch": b, "prefill_ms": round(pf, 1), "decode_ms": round(dc, 2)})
+            print(f"| {name} | {b} | {pf:.1f} | {dc:.2f} | {vs} |")
+    for name, err in errors.items():
+        print(f"| {name} | - | failed: {err} | | |")
+    if a.json:
+        a.json.write_text(json.dumps({"threads": a.threads, "prompt": a.prompt, "kernel": kernels.cpu_kernel(),
+                                      "rows": rows, "errors": errors}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
