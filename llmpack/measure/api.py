@@ -219,7 +219,8 @@ def measure(
         for side in (a, b):
             st = SizeStats()
             if not resident:
-                assert side.path is not None
+                if side.path is None:  # (streamed implies two model directories)
+                    raise BadInputError(f"the {side.role} model must be a model directory to be measured block by block")
                 st.files = disk_usage(side.path)
                 st.disk_bytes = sum(st.files.values())
                 st.weight_file_bytes = sum(v for k, v in st.files.items() if k.endswith(".safetensors"))

@@ -28,7 +28,7 @@ from llmpack.quant.floats import float_dtype
 from llmpack.quant.registry import get_action
 from llmpack.runtime.embedding import Int8Embedding, TiedInt8Head
 from llmpack.runtime.linear import Int8Linear, is_conv1d
-from llmpack.runtime.swap import set_module as _set_module
+from llmpack.runtime.swap import set_module
 
 __all__ = ["quantize_module"]
 
@@ -102,7 +102,7 @@ def quantize_module(
                         new.bias = nn.Parameter(b.clone(), requires_grad=False)
                 new.weight = nn.Parameter(q, requires_grad=False)
                 new.weight_scale = nn.Parameter(scale, requires_grad=False)
-                _set_module(target, d.module, new)
+                set_module(target, d.module, new)
             elif d.action == "cast":
                 owner, attr = _owner(target, d.name)
                 cur = getattr(owner, attr)
@@ -132,7 +132,7 @@ def _retie(model: nn.Module, dropped: dict[str, str], embeddings: list[str]) -> 
         if kmod in embeddings and dattr == "weight":
             emb = model.get_submodule(kmod)
             if isinstance(emb, Int8Embedding):
-                _set_module(model, dmod, TiedInt8Head(emb))
+                set_module(model, dmod, TiedInt8Head(emb))
             continue
         try:
             owner = model.get_submodule(dmod) if dmod else model

@@ -95,6 +95,7 @@ class TiedInt8Head(nn.Module):
         self.out_features = embedding.num_embeddings
         self._packed: kernels.PackedWeight | None = None
         self._packed_key: tuple[Any, ...] | None = None
+        self._kernel: str | None = None  # chosen by prepare() (read as is under torch.compile)
 
     def packed(self) -> kernels.PackedWeight:
         """The table as a :class:`~llmpack.runtime.kernels.PackedWeight` (rebuilt when it changes)."""
@@ -116,11 +117,15 @@ class TiedInt8Head(nn.Module):
             10
         """
         self.packed()
+        self._kernel = kernels.kernel_for(self._embedding.weight.device.type, self.in_features, self.out_features)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from the shared int8 table."""
         x2 = x.reshape(-1, self.in_features)
-        kernel = kernels.kernel_for(x2.device.type, self.in_features, self.out_features)
+        if torch.compiler.is_compiling() and self._kernel is not None:
+            kernel = self._kernel
+        else:
+            kernel = kernels.kernel_for(x2.device.type, self.in_features, self.out_features)
         y = kernels.w8a16(x2, self.packed(), kernel)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)

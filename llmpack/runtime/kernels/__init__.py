@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from llmpack.runtime.kernels import reference
+from llmpack.runtime.kernels import native, reference
 from llmpack.runtime.kernels.select import cpu_kernel, is_exact, is_native, kernel_for, use
 
 __all__ = ["PackedWeight", "w8a8", "w8a16", "FEW_TOKENS", "cpu_kernel", "kernel_for", "is_native", "is_exact",
@@ -40,8 +40,6 @@ longer inputs convert it to float once per call and run one float matmul."""
 
 def native_ops() -> Any | None:
     """llmpack's checked native ops, or ``None`` (see :func:`llmpack.runtime.kernels.native.checked_ops`)."""
-    from llmpack.runtime.kernels import native
-
     return native.checked_ops()
 
 
@@ -75,8 +73,6 @@ class PackedWeight:
     def native(self, ops: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The native W8A8 kernel's panels and zero-point correction."""
         if self._native is None:
-            from llmpack.runtime.kernels import native
-
             self._native = native.pack(ops, self.weight)
         return self._native
 
@@ -117,13 +113,11 @@ def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str) -> list[t
         ops = native_ops()
         if ops is not None:
             bits = 8 if kernel == "avx2" else 7
-            fast = [p for p in packs if not (bits == 8 and p.full_range())]
-            if len(fast) == len(packs):
-                xc = xf.contiguous()
-                natives = [p.native(ops) for p in packs]
-                return list(ops.w8a8(xc, [n[0] for n in natives], [n[1] for n in natives], [p.scale for p in packs],
-                                     [p.bias for p in packs], bits))
-            return [w8a8(xf, [p], "dequant" if p.full_range() else kernel)[0] for p in packs]
+            if bits == 8 and any(p.full_range() for p in packs):  # (files from other tools only)
+                return [w8a8(xf, [p], "dequant" if p.full_range() else kernel)[0] for p in packs]
+            natives = [p.native(ops) for p in packs]
+            return list(ops.w8a8(xf.contiguous(), [n[0] for n in natives], [n[1] for n in natives],
+                                 [p.scale for p in packs], [p.bias for p in packs], bits))
         kernel = "dequant" if kernel == "avx2" else "onednn-7bit"
     if kernel == "onednn-7bit" and xf.device.type == "cpu":
         from llmpack.runtime.kernels.onednn import onednn_available, w8a8_7bit

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from llmpack.quant.int8 import SCALE_EPS, midrange
 from llmpack.runtime.kernels.reference import QMAX7, centred_q
 
 __all__ = ["FBGEMM_MAX_TOKENS", "onednn_available", "fbgemm_available", "OneDnnWeight", "w8a8_7bit"]
@@ -112,17 +113,18 @@ class OneDnnWeight:
 
 def w8a8_7bit(xf: torch.Tensor, weights: list[OneDnnWeight], biases: list[torch.Tensor | None]) -> list[torch.Tensor]:
     """Every layer's ``x W^T + b`` with 7-bit centred tokens, the input quantized once (float32 ``xf``)."""
-    q, scale, centre = centred_q(xf)
     if xf.shape[0] <= FBGEMM_MAX_TOKENS and fbgemm_available():
         # FBGEMM's per-tensor activation range is made every token's own by normalising each token first.
-        centre_f, half = centre, scale * QMAX7
-        xn = xf.sub(centre_f).div_(half)
+        centre, half = midrange(xf, 1)
+        half = half.clamp_min_(SCALE_EPS)
+        xn = xf.sub(centre).div_(half)
         outs = []
         for w, b in zip(weights, biases):
             y = torch.ops.quantized.linear_dynamic(xn, w.fbgemm(), True).mul_(half)
-            y.addr_(centre_f.reshape(-1), w.wsum)
+            y.addr_(centre.reshape(-1), w.wsum)
             outs.append(y if b is None else y.add_(b))
         return outs
+    q, scale, centre = centred_q(xf)
     # float -> int8 is vectorised on CPU (float -> uint8 is not); the bytes viewed as uint8 plus 64 are q + 64.
     xu8 = q.to(torch.int8).view(torch.uint8).add_(QMAX7)
     c = centre.reshape(-1)
