@@ -7,7 +7,9 @@ SmolLM2-135M (the real model that installs offline), same machine, same threads,
 * ``fp32``: transformers eager, float32;
 * ``llmpack int8``: ``llmpack.quantize(model, "int8", tokenizer=tok)`` on the default kernel (``auto``);
 * ``llmpack int8 avx2``: the same with ``LLMPACK_INT8_KERNEL=avx2`` forced (what AVX2-only CPUs run; on a VNNI
-  machine ``auto`` picks ``int_mm``).
+  machine ``auto`` picks ``int_mm``, and llmpack's native kernel for decode steps where it measures faster);
+* ``llmpack int8+emb``: ``quantize_embeddings=True`` as well (the tied head reads the int8 table, as llama.cpp's
+  Q8_0 file does).
 
 Prefill: one forward pass over a 128-token prompt (the last position's logits, as in ``generate``). Decode: per
 token, after that prompt, one forward pass of one new token per sequence with the KV cache (batch 1 and, for the
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     ids = tok(default_text("eval", 8192), return_tensors="pt", add_special_tokens=False).input_ids[:, :a.prompt]
     q = llmpack.quantize(copy.deepcopy(fp32), "int8", tokenizer=tok, quiet=True).model
+    qe = llmpack.quantize(copy.deepcopy(fp32), "int8", tokenizer=tok, quiet=True, quantize_embeddings=True).model
     cands: dict[str, dict[int, tuple[Callable, Callable]]] = {}
     errors: dict[str, str] = {}
     tmp = tempfile.mkdtemp(prefix="llmpack-decode-")
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = {1: ids, 8: ids.repeat(8, 1)}
     cands["fp32"] = {b: _torch(fp32, x) for b, x in batches.items()}
     cands["llmpack int8"] = {b: _torch(q, x) for b, x in batches.items()}
+    cands["llmpack int8+emb"] = {b: _torch(qe, x) for b, x in batches.items()}
 
     def forced(fn: Callable[..., float]) -> Callable[..., float]:
         def run(*args: Any) -> float:

@@ -126,6 +126,6 @@ class TiedInt8Head(nn.Module):
         if torch.compiler.is_compiling() and self._kernel is not None:
             kernel = self._kernel
         else:
-            kernel = kernels.kernel_for(x2.device.type, self.in_features, self.out_features)
+            kernel = kernels.kernel_for(x2.device.type, self.in_features, self.out_features, x2.shape[0])
         y = kernels.w8a16(x2, self.packed(), kernel)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)

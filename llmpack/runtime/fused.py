@@ -172,7 +172,7 @@ def _native_for(x: torch.Tensor, *weights: torch.Tensor) -> Any | None:
 
 def _native_float_ops() -> Any | None:
     """The native ops when llmpack's AVX2 int8 kernels run here (the extension is built for them anyway)."""
-    return kernels.native_ops() if kernels.is_native(kernels.cpu_kernel()) else None
+    return kernels.native_ops() if kernels.native_float_ops_on() else None
 
 
 def _same_outputs(old: nn.Module, new: nn.Module, width: int, like: torch.Tensor | None = None) -> bool:

@@ -166,11 +166,11 @@ class Int8Linear(nn.Module):
             self._packed_key = key
         return self._packed
 
-    def kernel(self, device_type: str) -> str:
-        """The kernel this layer runs on a ``device_type`` input."""
+    def kernel(self, device_type: str, tokens: int | None = None) -> str:
+        """The kernel this layer runs on a ``device_type`` input of ``tokens`` tokens."""
         if torch.compiler.is_compiling() and self._kernel is not None:
             return self._kernel
-        return kernels.kernel_for(device_type, self.in_features, self.out_features)
+        return kernels.kernel_for(device_type, self.in_features, self.out_features, tokens)
 
     def prepare(self) -> "Int8Linear":
         """Choose the kernel and build what it reads now instead of on the first forward (:func:`prepare_int8`
@@ -181,10 +181,12 @@ class Int8Linear(nn.Module):
             4
         """
         self._kernel = self.kernel(self.weight.device.type)
+        packed = self.packed()
         if self.act_quant:
-            self.packed().prepare(self._kernel)
-        else:
-            self.packed()
+            packed.prepare(self._kernel)
+            few = self.kernel(self.weight.device.type, 1)
+            if few != self._kernel:
+                packed.prepare(few)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,7 +197,7 @@ class Int8Linear(nn.Module):
                 return y
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        kernel = self.kernel(x2.device.type)
+        kernel = self.kernel(x2.device.type, x2.shape[0])
         if self.act_quant:
             y = kernels.w8a8(x2, [self.packed()], kernel)[0].to(x.dtype)
         else:

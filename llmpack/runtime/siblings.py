@@ -70,8 +70,9 @@ class SiblingGroup:
             if any(m.weights_key() != k for m, k in zip(self.members, self.keys)):
                 self.dissolve()
                 return None
-            kernel = member.kernel("cpu")
-            outs = kernels.w8a8(x.reshape(-1, x.shape[-1]), [m.packed() for m in self.members], kernel)
+            x2 = x.reshape(-1, x.shape[-1])
+            kernel = member.kernel("cpu", x2.shape[0])
+            outs = kernels.w8a8(x2, [m.packed() for m in self.members], kernel)
             state = (x, version, outs, set(self._index))
             self._state = state
         state[3].discard(me)
@@ -82,10 +83,10 @@ class SiblingGroup:
 
 def group_siblings(model: nn.Module) -> int:
     """Form a :class:`SiblingGroup` for every :data:`SIBLING_GROUPS` set of CPU W8A8 layers with one input
-    size, where the kernel quantizes once for several layers (llmpack's native and the 7-bit oneDNN kernels);
-    returns how many.
+    size, where the kernel quantizes once for several layers (llmpack's native and the 7-bit oneDNN kernels,
+    also where the native kernel serves only decode steps); returns how many.
     """
-    if kernels.cpu_kernel() not in ("avx2", "avx2-7bit", "onednn-7bit"):
+    if kernels.cpu_kernel() not in ("avx2", "avx2-7bit", "onednn-7bit") and not kernels.native_float_ops_on():
         return 0
     count = 0
     for parent in model.modules():

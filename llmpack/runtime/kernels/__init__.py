@@ -28,14 +28,11 @@ from typing import Any, Sequence
 import torch
 
 from llmpack.runtime.kernels import native, reference
-from llmpack.runtime.kernels.select import cpu_kernel, is_exact, is_native, kernel_for, use
+from llmpack.runtime.kernels.select import FEW_TOKENS, cpu_kernel, is_exact, is_native, kernel_for, native_float_ops_on, use
 
 __all__ = ["PackedWeight", "w8a8", "w8a16", "FEW_TOKENS", "cpu_kernel", "kernel_for", "is_native", "is_exact",
-           "use", "native_ops"]
+           "use", "native_ops", "native_float_ops_on"]
 
-FEW_TOKENS = 8
-"""Weight-only layers on the native kernels read the int8 weight as it is for 1 to this many tokens (decode);
-longer inputs convert it to float once per call and run one float matmul."""
 
 
 def native_ops() -> Any | None:
@@ -132,7 +129,8 @@ def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str) -> list[t
 
 def w8a16(x2: torch.Tensor, pack: PackedWeight, kernel: str) -> torch.Tensor:
     """``x2 (W * s)^T + b`` with float activations, in ``x2``'s dtype: the native kernel reads the int8 weight as
-    it is for 1 to :data:`FEW_TOKENS` float32 CPU tokens; otherwise one conversion of ``W`` and a float matmul.
+    it is for 1 to :data:`FEW_TOKENS` float32 CPU tokens (decode); otherwise one conversion of ``W`` and a float
+    matmul.
     """
     tokens = x2.shape[0]
     if is_native(kernel) and x2.device.type == "cpu" and 1 <= tokens <= FEW_TOKENS and x2.dtype == torch.float32:

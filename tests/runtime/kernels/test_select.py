@@ -60,3 +60,29 @@ def test_cuda_and_the_reference_override() -> None:
         with select.use("avx2"):
             assert select.cpu_kernel() == "avx2"
         assert select.cpu_kernel() == "dequant"
+
+
+def test_decode_steps_take_the_native_kernel_where_it_measures_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the int_mm rung, inputs of at most FEW_TOKENS tokens run the native kernel when few_token_kernel()
+    measured it faster (both exact); longer inputs, forced kernels and use() blocks are left alone."""
+    monkeypatch.delenv(ENV_KERNEL, raising=False)
+    monkeypatch.setattr(select, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    select.reset()
+    monkeypatch.setattr(select, "few_token_kernel", lambda: "avx2")
+    assert select.kernel_for("cpu", 64, 64, tokens=1) == "avx2"
+    assert select.kernel_for("cpu", 64, 64, tokens=select.FEW_TOKENS + 1) == "int_mm"
+    assert select.kernel_for("cpu", 64, 64) == "int_mm"
+    assert select.native_float_ops_on()
+    with select.use("int_mm"):
+        assert select.kernel_for("cpu", 64, 64, tokens=1) == "int_mm" and not select.native_float_ops_on()
+
+
+def test_few_token_kernel_only_on_the_int_mm_rung(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_KERNEL, "int_mm")
+    select.reset()
+    assert select.few_token_kernel() is None
+    monkeypatch.delenv(ENV_KERNEL)
+    monkeypatch.setattr(select, "cpu_flags", lambda: {"avx2", "fma"})  # AVX2 only: avx2 already
+    monkeypatch.setattr(native, "checked_ops", lambda: object())
+    select.reset()
+    assert select.cpu_kernel() == "avx2" and select.few_token_kernel() is None
