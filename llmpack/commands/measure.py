@@ -52,6 +52,9 @@ def add_measure_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a short measurement (under a minute for a small model)")
     p.add_argument("--no-latency", action="store_true",
                    help="size and accuracy only: directories are never loaded whole (accuracy runs block by block)")
+    p.add_argument("--runtime", choices=("default", "reference"), default="default",
+                   help="int8 kernels: what llmpack.load runs here (default), or compressed-tensors' reference "
+                        "arithmetic (what transformers and vLLM compute); the report names the one used")
     p.add_argument("--json", metavar="F", default=None, help="write the report as JSON")
     p.add_argument("--markdown", metavar="F", default=None, help="write the report as Markdown")
     p.add_argument("--html", metavar="F", default=None, help="write the report as HTML")
@@ -130,5 +133,6 @@ def run(args: argparse.Namespace) -> int:
         gates=gates_from_args(args),
         quiet=args.quiet or args.format == "json",
         latency=not args.no_latency,
+        runtime=args.runtime,
     )
     return finish(report, args)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import math
@@ -131,6 +132,7 @@ def measure(
     window: int | None = None,
     stride: int | None = None,
     latency: bool = True,
+    runtime: str = "default",
 ) -> Report:
     """Measure a candidate model against its baseline: size, latency and accuracy, and check gates.
 
@@ -155,6 +157,9 @@ def measure(
         latency: time the models (needs both resident). ``False``, or two directories that do not fit in
             memory together, measure size and accuracy only: causal-LM directories are then never loaded
             whole (accuracy runs block by block, :mod:`llmpack.stream`), and the report says why.
+        runtime: int8 models' kernels: ``"default"`` (what ``llmpack.load`` runs here) or ``"reference"``
+            (compressed-tensors' arithmetic, op for op: what transformers + compressed-tensors compute). The
+            report's ``settings["int8_runtime"]`` and a note name the kernel that produced every figure.
 
     Returns:
         A :class:`~llmpack.measure.report.Report`; ``report.passed`` / ``report.failed_gates`` tell the gates.
@@ -170,6 +175,57 @@ def measure(
         >>> r.accuracy.top1
         1.0
     """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    from llmpack.runtime import kernels
+
+    with kernels.use("dequant") if runtime == "reference" else contextlib.nullcontext():
+        report = _measure(baseline, candidate, text=text, device=device, batch_sizes=batch_sizes, seq_len=seq_len,
+                          new_tokens=new_tokens, warmup=warmup, runs=runs, quick=quick, gates=gates,
+                          tokenizer=tokenizer, quiet=quiet, window=window, stride=stride, latency=latency)
+        if any((side.method or "").startswith("int8") or side.dtype == "int8"
+               for side in (report.baseline, report.candidate)):
+            report.settings["int8_runtime"] = describe_runtime(report.environment.get("device", "cpu"))
+            report.notes.append(f"int8 layers ran {report.settings['int8_runtime']}")
+    return report
+
+
+RUNTIMES = ("default", "reference")
+"""Values of :func:`measure`'s ``runtime`` (``--runtime``)."""
+
+
+def describe_runtime(device: str = "cpu") -> str:
+    """The int8 kernel in effect, in words (what ``measure`` records).
+
+    Example:
+        >>> from llmpack.runtime import kernels
+        >>> with kernels.use("dequant"):
+        ...     describe_runtime()
+        "dequant (compressed-tensors' arithmetic op for op, as transformers + compressed-tensors run it)"
+    """
+    from llmpack.runtime import kernels
+
+    words = {
+        "dequant": "compressed-tensors' arithmetic op for op, as transformers + compressed-tensors run it",
+        "int_mm": "torch._int_mm, the file's semantics up to float rounding",
+        "avx2": "llmpack's native AVX2 kernel, the file's semantics up to float rounding",
+        "avx2-7bit": "llmpack's native AVX2 kernel with opt-in 7-bit centred tokens (not the file's semantics)",
+        "onednn-7bit": "oneDNN / FBGEMM with opt-in 7-bit centred tokens (not the file's semantics)",
+    }
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    k = kernels.kernel_for(dev, 8, 8)
+    out = f"{k} ({words[k]})"
+    few = kernels.kernel_for(dev, 8, 8, tokens=1)
+    if few != k:
+        out += f"; decode steps {few} ({words[few]})"
+    return out
+
+
+def _measure(
+    baseline: Any, candidate: Any, *, text: Any, device: Any, batch_sizes: Sequence[int] | None, seq_len: int,
+    new_tokens: int | None, warmup: int | None, runs: int | None, quick: bool, gates: Mapping[str, float] | None,
+    tokenizer: Any, quiet: bool, window: int | None, stride: int | None, latency: bool,
+) -> Report:
     from llmpack._output import progress
 
     t_start = time.perf_counter()
@@ -403,7 +459,7 @@ def measure_after_quantize(source: Any, out_dir: str | os.PathLike[str], args: A
     """Measure a freshly quantized ``out_dir`` against its ``source`` (what ``quantize --measure`` runs).
 
     Reads optional attributes of the quantize command's ``args``: ``device``, ``text``, ``quick``, ``quiet``,
-    ``batch_sizes`` (list or ``"1,8"``), ``seq_len`` and the gate options of :func:`gates_from_args`
+    ``runtime``, ``batch_sizes`` (list or ``"1,8"``), ``seq_len`` and the gate options of :func:`gates_from_args`
     (``--max-ppl-increase`` doubles as the gate on the evaluation text). Keyword ``overrides`` win.
 
     Example:
@@ -411,7 +467,7 @@ def measure_after_quantize(source: Any, out_dir: str | os.PathLike[str], args: A
     """
     kw: dict[str, Any] = {}
     if args is not None:
-        for name in ("device", "text", "quick", "quiet", "seq_len"):
+        for name in ("device", "text", "quick", "quiet", "seq_len", "runtime"):
             v = getattr(args, name, None)
             if v is not None:
                 kw[name] = v

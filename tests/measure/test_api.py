@@ -212,3 +212,32 @@ def test_minilm_encoder_sanity(minilm_dir: Path) -> None:
     a = r.accuracy
     assert a.paraphrase_sim_baseline > a.unrelated_sim_baseline + 0.3
     assert a.cosine_mean > 0.99 and r.passed
+
+
+def test_runtime_reference_is_named_and_runs_the_reference(tok_dirs: dict[str, Path], tmp_path: Path,
+                                                           fast: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--runtime reference: the int8 candidate runs compressed-tensors' arithmetic (the dequant kernel), and the
+    report says which kernel produced the figures; the default names the kernel llmpack.load runs here."""
+    import llmpack
+    from llmpack.runtime import kernels
+
+    q = tmp_path / "q"
+    llmpack.quantize(tok_dirs["llama"], "int8", out=q, quiet=True)
+    seen: list[str] = []
+    real = kernels.w8a8
+
+    def spy(x2, packs, kernel):  # noqa: ANN001, ANN202
+        seen.append(kernel)
+        return real(x2, packs, kernel)
+
+    monkeypatch.setattr(kernels, "w8a8", spy)
+    ref = measure(tok_dirs["llama"], q, runtime="reference", **fast)
+    assert set(seen) == {"dequant"}
+    seen.clear()
+    default = measure(tok_dirs["llama"], q, **fast)
+    assert seen and "dequant" not in seen
+    assert ref.settings["int8_runtime"].startswith("dequant (compressed-tensors' arithmetic")
+    assert any(n.startswith("int8 layers ran dequant") for n in ref.notes)
+    assert default.settings["int8_runtime"].split()[0] == kernels.cpu_kernel()
+    with pytest.raises(ConfigError, match="runtime 'fast'"):
+        measure(tok_dirs["llama"], q, runtime="fast", **fast)
