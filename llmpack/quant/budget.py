@@ -276,6 +276,7 @@ def plan_int8(
                     m = dict(modes)
                     for n in order[:k]:
                         m[n] = nxt
+                    m = fuse_siblings(m)
                     return m, measure(m, f"{k} most sensitive {cur} layers -> {nxt}")
 
                 cache: dict[int, tuple[dict[str, str], EvalResult]] = {}
@@ -291,6 +292,7 @@ def plan_int8(
                     modes, result = cache[k] if k in cache else trial(k)
                     for n in order[:k]:
                         reasons[n] = f"{cur} over budget (sensitivity rank {order.index(n) + 1})"
+                    _sibling_reasons(modes, reasons, nxt)
                     break
                 modes, result = cache[len(order)]
                 for n in order:
@@ -332,6 +334,41 @@ def plan_int8(
         )
     finally:
         model.train(was_training)
+
+
+_RANK = {"w8a8": 0, "w8a16": 1, "float": 2}
+
+
+def fuse_siblings(modes: Mapping[str, str]) -> dict[str, str]:
+    """``modes`` with every set of shared-input siblings (q/k/v, gate/up, ...:
+    :data:`llmpack.runtime.siblings.SIBLING_GROUPS`) raised to its most conservative member's mode: vLLM fuses
+    them into one layer and refuses fused shards of mixed precision.
+
+    Example:
+        >>> fuse_siblings({"a.q_proj": "w8a8", "a.k_proj": "w8a16", "a.v_proj": "w8a8", "a.o_proj": "w8a8"})
+        {'a.q_proj': 'w8a16', 'a.k_proj': 'w8a16', 'a.v_proj': 'w8a16', 'a.o_proj': 'w8a8'}
+    """
+    from llmpack.runtime.siblings import SIBLING_GROUPS
+
+    out = dict(modes)
+    parents: dict[str, set[str]] = {}
+    for n in modes:
+        parent, _, leaf = n.rpartition(".")
+        parents.setdefault(parent, set()).add(leaf)
+    for parent, leaves in parents.items():
+        for names in SIBLING_GROUPS:
+            members = [f"{parent}.{x}" if parent else x for x in names if x in leaves]
+            if len(members) > 1:
+                top = max((out[m] for m in members), key=_RANK.__getitem__)
+                out.update({m: top for m in members})
+    return out
+
+
+def _sibling_reasons(modes: Mapping[str, str], reasons: dict[str, str], mode: str) -> None:
+    """Reasons for the layers :func:`fuse_siblings` moved along with a sibling."""
+    for n, m in modes.items():
+        if m == mode and reasons.get(n) == "default":
+            reasons[n] = f"{mode} with its fused siblings (vLLM refuses mixed-precision q/k/v and gate/up)"
 
 
 def _share(params: Mapping[str, int], modes: Mapping[str, str]) -> float:

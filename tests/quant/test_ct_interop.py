@@ -3,7 +3,9 @@ output, and llmpack loads a checkpoint written by the compressed-tensors library
 
 from __future__ import annotations
 
+import copy
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,72 @@ def test_transformers_runs_llmpack_w8a8_smollm2_layer_for_layer(
     agree_ref = (a.argmax(-1) == c.argmax(-1)).float().mean().item()
     assert agree_ref >= 0.99, agree_ref
     torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "gpt-neox", "opt"])
+def test_transformers_applies_the_scheme_llmpack_wrote(arch: str, tmp_path: Path) -> None:
+    """A file with W8A8 and W8A16 groups (as a budget writes them, by exact-name targets): the scheme transformers
+    + compressed-tensors attaches to every layer is the one llmpack wrote (every target matches with the
+    library's own matcher, no "Could not match" warning) and the one llmpack.load runs."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from llmpack.quant.ct_config import build_quantization_config
+    from llmpack.runtime.linear import Int8Linear as Lin
+    from llmpack.testing import arch_configs
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(arch_configs(300)[arch]).eval()
+    d = tmp_path / "q"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no calibration: the file layout is what is tested
+        llmpack.quantize(model, "int8", out=d, quiet=True)
+    cfg = json.loads((d / "config.json").read_text())
+    ours = llmpack.load(d)
+    int8 = sorted(n for n, m in ours.named_modules() if isinstance(m, Lin))
+    weight_only = int8[::2]  # every other layer W8A16
+    cfg["quantization_config"] = build_quantization_config("int8", ignore=cfg["quantization_config"]["ignore"],
+                                                           weight_only_modules=weight_only)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hf = AutoModelForCausalLM.from_pretrained(d)
+    assert not [w for w in caught if "Could not match" in str(w.message)]
+    ours = llmpack.load(d)
+    for name in int8:
+        scheme = getattr(hf.get_submodule(name), "quantization_scheme", None)
+        got = "float" if scheme is None else ("w8a8" if scheme.input_activations is not None else "w8a16")
+        want = "w8a16" if name in weight_only else "w8a8"
+        assert got == want, (name, got, want)
+        assert ours.get_submodule(name).act_quant == (want == "w8a8")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma", "gpt-neox", "opt"])
+def test_budget_keeps_fused_siblings_in_one_scheme(arch: str) -> None:
+    """vLLM fuses q/k/v and gate/up into one layer and refuses mixed-precision shards: a budget that moves one
+    of them to W8A16 or float moves its siblings too (and the plan it measured is that one)."""
+    from llmpack.quant.budget import plan_int8
+    from llmpack.runtime.siblings import SIBLING_GROUPS
+    from llmpack.testing import arch_configs
+
+    torch.manual_seed(0)
+    model = _causal_lm(arch_configs(300)[arch])
+    with torch.no_grad():
+        model.get_input_embeddings().weight[:, 5] *= 40.0
+    batches = [torch.randint(1, 250, (1, 96), generator=torch.Generator().manual_seed(0))]
+    naive = plan_int8(model, None, llmpack.Recipe(method="int8", smooth=0.0), batches=batches)
+    d = plan_int8(model, None, llmpack.Recipe(method="int8", max_kl=naive.summary["planned"]["kl"] / 4),
+                  batches=batches)
+    modes = {n: d.layer_mode(n) for n in d.params}
+    assert len(set(modes.values())) > 1 or set(modes.values()) == {"float"}
+    for parent in {n.rpartition(".")[0] for n in modes}:
+        for names in SIBLING_GROUPS:
+            got = {modes[f"{parent}.{x}"] for x in names if f"{parent}.{x}" in modes}
+            assert len(got) <= 1, (parent, names, got)
+
+
+def _causal_lm(cfg: object) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(cfg).eval()
