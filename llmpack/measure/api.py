@@ -208,6 +208,7 @@ def describe_runtime(device: str = "cpu") -> str:
     words = {
         "dequant": "compressed-tensors' arithmetic op for op, as transformers + compressed-tensors run it",
         "int_mm": "torch._int_mm, the file's semantics up to float rounding",
+        "vnni": "llmpack's native AVX512-VNNI kernel, the file's semantics up to float rounding",
         "avx2": "llmpack's native AVX2 kernel, the file's semantics up to float rounding",
         "avx2-7bit": "llmpack's native AVX2 kernel with opt-in 7-bit centred tokens (not the file's semantics)",
         "onednn-7bit": "oneDNN / FBGEMM with opt-in 7-bit centred tokens (not the file's semantics)",

@@ -3,8 +3,8 @@
 * ``LLMPACK_INT8_KERNEL`` (:data:`ENV_KERNEL`): which int8 kernel runs W8A8 layers (see
   :mod:`llmpack.runtime.kernels`). ``auto`` (the default) picks, by CPU flags, the fastest kernel that computes
   the file's compressed-tensors semantics up to float rounding; ``avx2-7bit`` and ``onednn-7bit`` are the
-  faster, less exact opt-in modes (7-bit centred tokens); ``avx2``, ``int_mm`` and ``dequant`` force one exact
-  kernel.
+  faster, less exact opt-in modes (7-bit centred tokens); ``vnni``, ``avx2``, ``int_mm`` and ``dequant`` force
+  one exact kernel.
 * ``LLMPACK_CACHE`` (:data:`llmpack.constants.ENV_CACHE`): where the native kernels are built.
 
 Example:
@@ -22,7 +22,7 @@ from llmpack.errors import ConfigError
 __all__ = ["ENV_KERNEL", "KERNEL_CHOICES", "APPROXIMATE", "kernel_option", "cache_root"]
 
 ENV_KERNEL = "LLMPACK_INT8_KERNEL"
-KERNEL_CHOICES = ("auto", "avx2", "int_mm", "dequant", "avx2-7bit", "onednn-7bit")
+KERNEL_CHOICES = ("auto", "vnni", "avx2", "int_mm", "dequant", "avx2-7bit", "onednn-7bit")
 """Values of ``LLMPACK_INT8_KERNEL``."""
 APPROXIMATE = frozenset({"avx2-7bit", "onednn-7bit"})
 """Kernels that do not compute the file's semantics (7-bit centred tokens): opt-in only."""

@@ -86,7 +86,7 @@ def group_siblings(model: nn.Module) -> int:
     size, where the kernel quantizes once for several layers (llmpack's native and the 7-bit oneDNN kernels,
     also where the native kernel serves only decode steps); returns how many.
     """
-    if kernels.cpu_kernel() not in ("avx2", "avx2-7bit", "onednn-7bit") and not kernels.native_float_ops_on():
+    if kernels.cpu_kernel() not in ("vnni", "avx2", "avx2-7bit", "onednn-7bit") and not kernels.native_float_ops_on():
         return 0
     count = 0
     for parent in model.modules():

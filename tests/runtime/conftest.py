@@ -11,7 +11,7 @@ from llmpack.runtime.kernels import native, select
 from llmpack.runtime.options import ENV_KERNEL
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
-ALL_KERNELS = ("avx2", "int_mm", "dequant", "avx2-7bit", "onednn-7bit")
+ALL_KERNELS = ("avx2", "int_mm", "dequant", "avx2-7bit", "onednn-7bit") + (("vnni",) if native.has_vnni() else ())
 
 
 def force_kernel(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -48,6 +48,6 @@ def ops() -> object:
 def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every CPU kernel in turn (forced as a user would, with ``LLMPACK_INT8_KERNEL``)."""
     force_kernel(monkeypatch, request.param)
-    if request.param.startswith("avx2") and native.checked_ops() is None:
+    if request.param.startswith(("avx2", "vnni")) and native.checked_ops() is None:
         pytest.fail(f"native kernels unavailable: {native.native_status()}")
     return request.param

@@ -18,6 +18,7 @@ import torch
 
 import llmpack
 from llmpack.runtime import kernels
+from llmpack.runtime.kernels import native
 from llmpack.runtime.linear import Int8Linear
 from llmpack.runtime.prepare import prepare_int8
 
@@ -59,6 +60,8 @@ def _exact_kernels() -> list[str]:
     out = ["int_mm"]
     if kernels.native_ops() is not None:
         out.insert(0, "avx2")
+        if native.has_vnni():
+            out.insert(0, "vnni")
     return out
 
 

@@ -87,7 +87,7 @@ class PackedWeight:
             return
         if is_native(kernel):
             ops = native_ops()
-            if ops is not None and not (kernel == "avx2" and self.full_range()):
+            if ops is not None and (kernel != "avx2" or not self.full_range()):
                 self.native(ops)
         elif kernel == "onednn-7bit":
             from llmpack.runtime.kernels.onednn import fbgemm_available
@@ -106,6 +106,13 @@ def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str) -> list[t
         kernel: a kernel name (:func:`kernel_for`).
     """
     xf = x2.float()
+    if kernel == "vnni" and xf.device.type == "cpu":
+        ops = native_ops()
+        if ops is not None and native.has_vnni():
+            natives = [p.native(ops) for p in packs]
+            return list(ops.w8a8_vnni(xf.contiguous(), [n[0] for n in natives], [n[1] for n in natives],
+                                      [p.scale for p in packs], [p.bias for p in packs]))
+        kernel = "dequant"
     if is_native(kernel) and xf.device.type == "cpu":
         ops = native_ops()
         if ops is not None:

@@ -32,7 +32,7 @@ import torch
 
 from llmpack.runtime.options import cache_root, kernel_option
 
-__all__ = ["avx2_ops", "checked_ops", "pack", "mark_unusable", "native_status"]
+__all__ = ["avx2_ops", "checked_ops", "pack", "has_vnni", "mark_unusable", "native_status"]
 
 _SOURCE = Path(__file__).with_name("_native") / "int8_avx2.cpp"
 _CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-std=c++17"]
@@ -40,11 +40,12 @@ _CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-std=c++1
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+_flags: dict[str, bool] = {}
 
 
 def _disabled() -> bool:
     """The user forced a kernel that is not llmpack's native one."""
-    return kernel_option() in ("dequant", "int_mm", "onednn-7bit")
+    return kernel_option() in ("dequant", "int_mm", "onednn-7bit")  # (vnni, avx2, avx2-7bit and auto use them)
 
 
 def _build_dir() -> Path:
@@ -100,6 +101,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("llmpack_avx2::w8a8")
     def _w8a8(x: torch.Tensor, packed: list[torch.Tensor], corr: list[torch.Tensor], w_scale: list[torch.Tensor],
               bias: list[torch.Tensor | None], act_bits: int = 8) -> list[torch.Tensor]:
+        return [x.new_empty((x.shape[0], c.shape[0])) for c in corr]
+
+    @torch.library.register_fake("llmpack_avx2::w8a8_vnni")
+    def _w8a8_vnni(x: torch.Tensor, packed: list[torch.Tensor], corr: list[torch.Tensor], w_scale: list[torch.Tensor],
+                   bias: list[torch.Tensor | None]) -> list[torch.Tensor]:
         return [x.new_empty((x.shape[0], c.shape[0])) for c in corr]
 
     @torch.library.register_fake("llmpack_avx2::w8a16")
@@ -199,8 +205,22 @@ def _self_check(ops: Any) -> bool:
     panels, corr = pack(ops, w)
     ok = all(torch.allclose(ops.w8a8(x, [panels], [corr], [scale], [bias], bits)[0].double(),
                             reference.w8a8_exact(x, w, scale, bias, bits), rtol=1e-5, atol=1e-5) for bits in (7, 8))
+    if ok and has_vnni():
+        ok = torch.allclose(ops.w8a8_vnni(x, [panels], [corr], [scale], [bias])[0].double(),
+                            reference.w8a8_exact(x, w, scale, bias, 8), rtol=1e-5, atol=1e-5)
     exact16 = x[:5].double() @ (w.double() * scale.double().reshape(-1, 1)).t() + bias.double()
     return ok and torch.allclose(ops.w8a16(x[:5].contiguous(), w, scale, bias).double(), exact16, rtol=1e-5, atol=1e-5)
+
+
+def has_vnni() -> bool:
+    """The CPU runs the AVX512-VNNI kernel (``avx512_vnni`` and ``avx512bw`` flags; read once, a plain dict
+    lookup afterwards, so torch.compile traces through it)."""
+    if "vnni" not in _flags:
+        from llmpack.runtime.kernels.select import cpu_flags
+
+        flags = cpu_flags()
+        _flags["vnni"] = {"avx512_vnni", "avx512bw"} <= flags or {"avx512vnni", "avx512bw"} <= flags
+    return _flags["vnni"]
 
 
 def mark_unusable(reason: str) -> None:

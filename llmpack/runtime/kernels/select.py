@@ -2,19 +2,21 @@
 
 The ladder for ``auto`` (every rung computes the file's semantics up to float rounding):
 
-1. CPUs with VNNI or AMX int8 instructions, and non-x86 CPUs: ``int_mm`` (``torch._int_mm``, exact int32 sums);
-2. AVX2 CPUs without them: ``avx2``, llmpack's native kernels (:mod:`~llmpack.runtime.kernels.native`), when they
-   build and pass their self-check here;
-3. otherwise ``dequant``, the reference arithmetic (:mod:`~llmpack.runtime.kernels.reference`).
+1. CPUs with AVX512-VNNI: ``vnni``, llmpack's native kernel on ``vpdpbusd`` (:mod:`~llmpack.runtime.kernels.native`),
+   when the native kernels build and pass their self-check here;
+2. other CPUs with VNNI or AMX int8 instructions (or AVX512-VNNI without the native kernels), and non-x86 CPUs:
+   ``int_mm`` (``torch._int_mm``, exact int32 sums);
+3. AVX2 CPUs without them: ``avx2``, llmpack's native AVX2 kernel, when it builds and passes its self-check;
+4. otherwise ``dequant``, the reference arithmetic (:mod:`~llmpack.runtime.kernels.reference`).
 
-On rung 1, inputs of at most :data:`FEW_TOKENS` tokens (decode steps) run llmpack's native kernel instead when it
-measures faster on this machine (:func:`few_token_kernel`; both are exact). CUDA tensors run ``int_mm`` where
+On rungs 1 and 2, inputs of at most :data:`FEW_TOKENS` tokens (decode steps) run llmpack's native AVX2 kernel
+instead where it measures faster on this machine (:func:`few_token_kernel`; all are exact). CUDA tensors run ``int_mm`` where
 ``in`` and ``out`` are multiples of 8, else ``dequant``. The opt-in
 ``avx2-7bit`` / ``onednn-7bit`` kernels trade exactness for speed (see ``docs/int8-format.md``).
 :func:`use` switches kernels for a block of code (``measure --runtime reference`` runs ``dequant``).
 
 Example:
-    >>> cpu_kernel() in ("avx2", "int_mm", "dequant", "avx2-7bit", "onednn-7bit")
+    >>> cpu_kernel() in ("vnni", "avx2", "int_mm", "dequant", "avx2-7bit", "onednn-7bit")
     True
 """
 
@@ -65,9 +67,12 @@ def _chosen() -> str:
     if forced != "auto":
         return forced
     flags = cpu_flags()
+    from llmpack.runtime.kernels import native
+
+    if native.has_vnni() and native.checked_ops() is not None:
+        return "vnni"
     if flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512vnni"} or not flags:
         return "int_mm"  # (non-x86, e.g. ARM: _int_mm has optimized paths there too)
-    from llmpack.runtime.kernels import native
 
     return "avx2" if native.checked_ops() is not None else "dequant"
 
@@ -88,16 +93,17 @@ def cpu_kernel() -> str:
 
 @functools.lru_cache(maxsize=None)
 def few_token_kernel() -> str | None:
-    """``"avx2"`` where ``auto`` chose ``int_mm`` on an x86 CPU and llmpack's native kernel multiplies a decode
-    step's input faster here (timed once per process on a 1 x 2048 x 2048 layer, best of 20 calls each, both
-    exact); else ``None``. (Measured on an AMD EPYC with AVX512-VNNI: 1 token x 576 x 1536 0.045 vs 0.060 ms,
-    128 tokens 0.83 vs 0.40 ms -- hence only for few tokens.)
+    """``"avx2"`` where ``auto`` chose ``int_mm`` or ``vnni`` on an x86 CPU and llmpack's native AVX2 kernel
+    multiplies a decode step's input faster here (timed once per process on a 1 x 2048 x 2048 layer, best of 20
+    calls each; all of them exact); else ``None``. (Measured on an AMD EPYC with AVX512-VNNI, 1 token x 576 x
+    1536: avx2 0.026 ms, vnni 0.076, int_mm 0.058; 128 tokens: 0.84, 0.46, 0.52 -- hence only for few tokens.)
 
     Example:
         >>> few_token_kernel() in (None, "avx2")
         True
     """
-    if kernel_option() != "auto" or _chosen() != "int_mm" or "avx2" not in cpu_flags():
+    chosen = _chosen()
+    if kernel_option() != "auto" or chosen not in ("int_mm", "vnni") or "avx2" not in cpu_flags():
         return None
     from llmpack.runtime.kernels import native, reference
 
@@ -117,9 +123,12 @@ def few_token_kernel() -> str | None:
             times.append(time.perf_counter() - t)
         return min(times)
 
-    t_native = best(lambda: ops.w8a8(x, [panels], [corr], [scale], [None], 8))
-    t_int_mm = best(lambda: reference.int_mm_w8a8(x, w, scale.reshape(1, -1), None))
-    return "avx2" if t_native < t_int_mm else None
+    t_avx2 = best(lambda: ops.w8a8(x, [panels], [corr], [scale], [None], 8))
+    if chosen == "vnni":
+        t_chosen = best(lambda: ops.w8a8_vnni(x, [panels], [corr], [scale], [None]))
+    else:
+        t_chosen = best(lambda: reference.int_mm_w8a8(x, w, scale.reshape(1, -1), None))
+    return "avx2" if t_avx2 < t_chosen else None
 
 
 def native_float_ops_on() -> bool:
@@ -136,7 +145,7 @@ def kernel_for(device_type: str, in_features: int, out_features: int, tokens: in
     """
     if device_type == "cpu":
         kernel = cpu_kernel()
-        if kernel == "int_mm" and tokens is not None and tokens <= FEW_TOKENS and not _override:
+        if kernel in ("int_mm", "vnni") and tokens is not None and tokens <= FEW_TOKENS and not _override:
             return few_token_kernel() or kernel
         return kernel
     if _override and _override[-1] == "dequant":
@@ -148,7 +157,7 @@ def kernel_for(device_type: str, in_features: int, out_features: int, tokens: in
 
 def is_native(kernel: str) -> bool:
     """``kernel`` runs llmpack's native AVX2 ops (so do the float swaps of :mod:`llmpack.runtime.fused`)."""
-    return kernel in ("avx2", "avx2-7bit")
+    return kernel in ("vnni", "avx2", "avx2-7bit")
 
 
 def is_exact(kernel: str) -> bool:
@@ -179,6 +188,9 @@ def use(kernel: str) -> Iterator[None]:
 
 
 def reset() -> None:
-    """Forget the cached choice (after ``LLMPACK_INT8_KERNEL`` changed; tests)."""
+    """Forget the cached choice (after ``LLMPACK_INT8_KERNEL`` changed, or CPU flags patched in tests)."""
+    from llmpack.runtime.kernels import native
+
+    native._flags.clear()
     _chosen.cache_clear()
     few_token_kernel.cache_clear()

@@ -47,6 +47,22 @@ def test_w8a8_is_the_exact_integer_product(ops: object, m: int, k: int, n: int, 
         torch.testing.assert_close(y.double(), want, rtol=2e-6, atol=1e-6 * want.abs().max().item())
 
 
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_vnni_is_the_exact_integer_product(ops: object, m: int, k: int, n: int) -> None:
+    """The AVX512-VNNI kernel: the file's 8-bit tokens times every int8 weight (-128 included), exactly."""
+    if not native.has_vnni():
+        pytest.skip("no AVX512-VNNI on this CPU (the AVX2 kernels are tested above)")
+    g = torch.Generator().manual_seed(m + k)
+    x = torch.randn(m, k, generator=g) * torch.logspace(-3, 3, m).reshape(m, 1)
+    x[0, k // 2] = -40.0 * x[0].abs().max()
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+    s, b = torch.rand(n, generator=g) / 50 + 1e-4, torch.randn(n, generator=g)
+    p, c = native.pack(ops, w)
+    y = ops.w8a8_vnni(x, [p], [c], [s], [b])[0]
+    want = reference.w8a8_exact(x, w, s, b, 8)
+    torch.testing.assert_close(y.double(), want, rtol=2e-6, atol=1e-6 * want.abs().max().item())
+
+
 def test_eight_bit_tokens_are_the_files_quantization(ops: object) -> None:
     """The 8-bit kernel quantizes exactly as compressed-tensors does (absmax / 127.5, round half even, clamp to
     [-128, 127]): against a weight that is the identity, the output is the dequantized token."""

@@ -10,7 +10,9 @@ from llmpack.runtime.options import ENV_KERNEL
 
 
 @pytest.mark.parametrize("flags, built, want", [
-    ({"avx2", "avx512_vnni"}, True, "int_mm"),   # VNNI: torch._int_mm is exact and fast
+    ({"avx2", "avx512bw", "avx512_vnni"}, True, "vnni"),  # AVX512-VNNI: llmpack's vpdpbusd kernel
+    ({"avx2", "avx512bw", "avx512_vnni"}, False, "int_mm"),  # ... where it cannot be built, torch._int_mm
+    ({"avx2", "avx512_vnni"}, True, "int_mm"),   # VNNI without AVX512BW: torch._int_mm
     ({"avx2", "amx_int8"}, True, "int_mm"),
     ({"avx2", "avx_vnni"}, True, "int_mm"),
     (set(), True, "int_mm"),                     # non-x86 (no /proc/cpuinfo flags line): _int_mm too
@@ -48,7 +50,7 @@ def test_forced_kernels(forced: str, built: bool, has_onednn: bool, want: str, m
 def test_bad_option_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_KERNEL, "fast")
     select.reset()
-    with pytest.raises(ConfigError, match=r"LLMPACK_INT8_KERNEL='fast' is not a kernel: choose one of auto, avx2"):
+    with pytest.raises(ConfigError, match=r"LLMPACK_INT8_KERNEL='fast' is not a kernel: choose one of auto, vnni, avx2"):
         select.cpu_kernel()
 
 

@@ -186,6 +186,41 @@ inline void tile(const uint8_t* aq, const int8_t* sq, int64_t lda, const int8_t*
   }
 }
 
+// AVX512-VNNI (8-bit tokens): vpdpbusd adds four u8 x s8 products into int32 without saturation, so the tokens
+// go in as u = q + 128 (q XOR 0x80) against the same panels (lane j of a 64-byte group is column j), and
+// acc = sum_k q * w exactly once 128 * sum_k w = 2 * corr is taken off. Exact for every int8 weight, -128 too.
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_vnni(const int8_t* sq, int64_t lda,
+                                                                        const int8_t* panel, int64_t k4,
+                                                                        const int32_t* corr16, int32_t* out) {
+  __m512i acc[MR][2];  // two chains per token (even and odd groups): vpdpbusd's latency is not the bound
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi32(static_cast<int>(0x80808080u));
+  int64_t g = 0;
+  for (; g + 2 <= k4; g += 2) {
+    const __m512i w0 = _mm512_loadu_si512(reinterpret_cast<const void*>(panel + g * 64));
+    const __m512i w1 = _mm512_loadu_si512(reinterpret_cast<const void*>(panel + g * 64 + 64));
+    for (int r = 0; r < MR; ++r) {
+      int64_t eight;
+      std::memcpy(&eight, sq + r * lda + g * 4, 8);
+      const __m512i a = _mm512_xor_si512(_mm512_set1_epi64(eight), flip);  // lanes: groups g, g+1, g, g+1 ...
+      acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], _mm512_shuffle_epi32(a, _MM_PERM_AAAA), w0);
+      acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], _mm512_shuffle_epi32(a, _MM_PERM_BBBB), w1);
+    }
+  }
+  for (; g < k4; ++g) {
+    const __m512i w = _mm512_loadu_si512(reinterpret_cast<const void*>(panel + g * 64));
+    for (int r = 0; r < MR; ++r) {
+      int32_t four;
+      std::memcpy(&four, sq + r * lda + g * 4, 4);
+      acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], _mm512_xor_si512(_mm512_set1_epi32(four), flip), w);
+    }
+  }
+  for (int r = 0; r < MR; ++r) acc[r][0] = _mm512_add_epi32(acc[r][0], acc[r][1]);
+  const __m512i c2 = _mm512_slli_epi32(_mm512_loadu_si512(reinterpret_cast<const void*>(corr16)), 1);
+  for (int r = 0; r < MR; ++r) _mm512_storeu_si512(reinterpret_cast<void*>(out + r * kNr), _mm512_sub_epi32(acc[r][0], c2));
+}
+
 struct Epilogue {
   const int32_t* corr;     // [n]
   const float* w_scale;    // [n]
@@ -193,6 +228,7 @@ struct Epilogue {
   const float* tok_scale;   // [rows]
   const float* tok_centre;  // [rows] or nullptr (8-bit tokens)
   bool s8 = false;          // 8-bit tokens: acc is sum_k q * w itself (no zero point to remove)
+  bool vnni = false;        // 8-bit tokens through tile_vnni (AVX512-VNNI)
 };
 
 // y[r, c0 + j] = float(acc - corr) * w_scale * tok_scale[r] (+ tok_centre[r] * corr / 64 * w_scale) (+ bias),
@@ -200,9 +236,20 @@ struct Epilogue {
 template <int MR>
 inline void tile_out(const uint8_t* aq, const int8_t* sq, int64_t lda, const int8_t* panel, int64_t k4,
                      const Epilogue& ep, int64_t r0, int64_t c0, int64_t nc, float* y, int64_t ldy) {
-  alignas(32) int32_t acc[MR * kNr];
-  if (ep.s8) tile<MR, true>(aq + r0 * lda, sq + r0 * lda, lda, panel, k4, acc);
-  else tile<MR, false>(aq + r0 * lda, nullptr, lda, panel, k4, acc);
+  alignas(64) int32_t acc[MR * kNr];
+  if (ep.vnni) {
+    alignas(64) int32_t c16[kNr] = {0};
+    const int32_t* cp = ep.corr + c0;
+    if (nc < kNr) {
+      std::memcpy(c16, cp, nc * sizeof(int32_t));
+      cp = c16;
+    }
+    tile_vnni<MR>(sq + r0 * lda, lda, panel, k4, cp, acc);
+  } else if (ep.s8) {
+    tile<MR, true>(aq + r0 * lda, sq + r0 * lda, lda, panel, k4, acc);
+  } else {
+    tile<MR, false>(aq + r0 * lda, nullptr, lda, panel, k4, acc);
+  }
   if (nc == kNr) {
     for (int h = 0; h < 2; ++h) {
       const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.corr + c0 + 8 * h));
@@ -316,8 +363,9 @@ std::tuple<at::Tensor, at::Tensor> pack(const at::Tensor& weight) {
 }
 
 // W8A8 for every layer reading x (quantized once): y_l = x W_l^T (+ b_l).
-std::vector<at::Tensor> w8a8(const at::Tensor& x, at::TensorList packed, at::TensorList corr, at::TensorList w_scale,
-                             const c10::List<std::optional<at::Tensor>>& bias, int64_t act_bits) {
+std::vector<at::Tensor> w8a8_impl(const at::Tensor& x, at::TensorList packed, at::TensorList corr,
+                                  at::TensorList w_scale, const c10::List<std::optional<at::Tensor>>& bias,
+                                  int64_t act_bits, bool vnni) {
   check_input(x);
   TORCH_CHECK(act_bits == 7 || act_bits == 8, "llmpack_avx2::w8a8: act_bits must be 7 or 8");
   const bool s8 = act_bits == 8;
@@ -339,12 +387,25 @@ std::vector<at::Tensor> w8a8(const at::Tensor& x, at::TensorList packed, at::Ten
     at::Tensor y = at::empty({m, n}, x.options());
     const std::optional<at::Tensor> b = bias.get(l);
     const Epilogue ep{corr[l].data_ptr<int32_t>(), w_scale[l].data_ptr<float>(), bias_ptr(b), scale,
-                      s8 ? nullptr : scale + m, s8};
+                      s8 ? nullptr : scale + m, s8, vnni};
     matmul(aq.data_ptr<uint8_t>(), s8 ? sq.data_ptr<int8_t>() : nullptr, m, kp, packed[l].data_ptr<int8_t>(), n, ep,
            y.data_ptr<float>());
     outs.push_back(std::move(y));
   }
   return outs;
+}
+
+std::vector<at::Tensor> w8a8(const at::Tensor& x, at::TensorList packed, at::TensorList corr, at::TensorList w_scale,
+                             const c10::List<std::optional<at::Tensor>>& bias, int64_t act_bits) {
+  return w8a8_impl(x, packed, corr, w_scale, bias, act_bits, false);
+}
+
+// The same product (8-bit tokens, the file's semantics) through AVX512-VNNI.
+std::vector<at::Tensor> w8a8_vnni(const at::Tensor& x, at::TensorList packed, at::TensorList corr,
+                                  at::TensorList w_scale, const c10::List<std::optional<at::Tensor>>& bias) {
+  TORCH_CHECK(__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"),
+              "llmpack_avx2::w8a8_vnni: this CPU has no AVX512-VNNI");
+  return w8a8_impl(x, packed, corr, w_scale, bias, 8, true);
 }
 
 // ----------------------------------------------------------------------------------- float helpers
@@ -549,6 +610,7 @@ at::Tensor w8a16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
 TORCH_LIBRARY(llmpack_avx2, m) {
   m.def("pack(Tensor weight) -> (Tensor, Tensor)");
   m.def("w8a8(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias, int act_bits=8) -> Tensor[]");
+  m.def("w8a8_vnni(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias) -> Tensor[]");
   m.def("w8a16(Tensor x, Tensor weight, Tensor w_scale, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("few_token_linear(Tensor x, Tensor weight) -> Tensor");
@@ -559,6 +621,7 @@ TORCH_LIBRARY(llmpack_avx2, m) {
 TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
   m.impl("pack", &pack);
   m.impl("w8a8", &w8a8);
+  m.impl("w8a8_vnni", &w8a8_vnni);
   m.impl("w8a16", &w8a16);
   m.impl("rms_norm", &rms_norm);
   m.impl("few_token_linear", &few_token_linear);
