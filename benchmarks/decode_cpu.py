@@ -9,14 +9,19 @@ SmolLM2-135M (the real model that installs offline), same machine, same threads,
 * ``llmpack int8 avx2``: the same with ``LLMPACK_INT8_KERNEL=avx2`` forced (what AVX2-only CPUs run; on a VNNI
   machine ``auto`` picks ``int_mm``, and llmpack's native kernel for decode steps where it measures faster);
 * ``llmpack int8+emb``: ``quantize_embeddings=True`` as well (the tied head reads the int8 table, as llama.cpp's
-  Q8_0 file does).
+  Q8_0 file does);
+* ``... compiled``: the same models decoding as ``llmpack.load(dir, compile="decode")`` makes ``generate`` decode:
+  a static KV cache and the compiled forward (:mod:`llmpack.runtime.decode`; prefill stays eager).
+
+llama.cpp runs with its default CPU buffer types (AMX, repacked weights) where a probe in a child process shows
+they work, else with ``use_extra_bufts=False`` (a note says so).
 
 Prefill: one forward pass over a 128-token prompt (the last position's logits, as in ``generate``). Decode: per
 token, after that prompt, one forward pass of one new token per sequence with the KV cache (batch 1 and, for the
 torch candidates, batch 8; llama-cpp-python's high-level API decodes one sequence). Figures are medians.
 
 Usage:
-    python benchmarks/decode_cpu.py [--threads 2] [--prompt 128] [--steps 32] [--runs 5] [--json out.json]
+    python benchmarks/decode_cpu.py [--threads 2] [--prompt 128] [--steps 32] [--runs 5] [--json out.json] [--no-compile]
 """
 
 from __future__ import annotations
@@ -53,11 +58,43 @@ def _gguf(kind: str, out_dir: str) -> str:
     return out
 
 
-def _llama_cpp(path: str, prompt: list[int], threads: int) -> tuple[Callable[[], float], Callable[[], float]]:
-    from llama_cpp import Llama
+_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, n_batch=16, verbose=False)
+llm.eval(list(range(100, 116)))
+"""
 
-    llm = Llama(model_path=path, n_ctx=len(prompt) + 256, n_threads=threads, n_threads_batch=threads,
-                n_batch=len(prompt), verbose=False)
+
+def _extra_buffers_work(path: str) -> tuple[bool, str]:
+    """Whether llama.cpp's default CPU buffer types (AMX / repacked weights) run here: on some virtual machines
+    that list AMX the AMX path crashes the process, so it is probed in a child first."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, text=True, timeout=300)
+    if r.returncode == 0:
+        return True, ""
+    return False, (f"llama.cpp's default CPU buffers (AMX/repack) crash here (exit {r.returncode}): "
+                   f"run with use_extra_bufts=False")
+
+
+def _llama_cpp(path: str, prompt: list[int], threads: int,
+               extra_bufts: bool = True) -> tuple[Callable[[], float], Callable[[], float]]:
+    import llama_cpp.llama as llama_mod
+
+    default_params = llama_mod.llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        p = default_params()
+        p.use_extra_bufts = extra_bufts
+        return p
+
+    llama_mod.llama_cpp.llama_model_default_params = params
+    try:
+        llm = llama_mod.Llama(model_path=path, n_ctx=len(prompt) + 256, n_threads=threads, n_threads_batch=threads,
+                              n_batch=len(prompt), verbose=False)
+    finally:
+        llama_mod.llama_cpp.llama_model_default_params = default_params
 
     def prefill() -> float:
         llm.reset()
@@ -99,6 +136,42 @@ def _torch(model: torch.nn.Module, ids: torch.Tensor) -> tuple[Callable[[], floa
     return prefill, decode
 
 
+def _torch_compiled(model: torch.nn.Module, ids: torch.Tensor,
+                    max_steps: int) -> tuple[Callable[[], float], Callable[[], float]]:
+    """Decode through a static KV cache and the compiled forward ``generate`` uses after
+    ``llmpack.load(..., compile="decode")`` (prefill eager, as in ``generate``)."""
+    from transformers import StaticCache
+
+    from llmpack.runtime.decode import compiled_forward, enable_compiled_decode
+
+    enable_compiled_decode(model)
+    fwd = compiled_forward(model)
+    n = ids.shape[1]
+    cache = StaticCache(config=model.config, max_cache_len=n + max_steps + 1)
+
+    def prefill() -> float:
+        with torch.inference_mode():
+            cache.reset()
+            t = time.perf_counter()
+            model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(n), use_cache=True,
+                  logits_to_keep=1)
+            return time.perf_counter() - t
+
+    def decode(steps: int = 16) -> float:
+        with torch.inference_mode():
+            cache.reset()
+            out = model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(n), use_cache=True,
+                        logits_to_keep=1)
+            nxt = out.logits[:, -1:].argmax(-1)
+            t = time.perf_counter()
+            for i in range(steps):
+                out = fwd(input_ids=nxt, past_key_values=cache, cache_position=torch.tensor([n + i]), use_cache=True)
+                nxt = out.logits[:, -1:].argmax(-1)
+            return (time.perf_counter() - t) / steps
+
+    return prefill, decode
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -106,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled-decode candidates")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     os.environ.setdefault("LLMPACK_PROGRESS", "0")
@@ -125,15 +199,26 @@ def main(argv: list[str] | None = None) -> int:
     cands: dict[str, dict[int, tuple[Callable, Callable]]] = {}
     errors: dict[str, str] = {}
     tmp = tempfile.mkdtemp(prefix="llmpack-decode-")
+    notes: list[str] = []
+    extra: bool | None = None
     for kind in ("Q8_0", "F16"):
         try:
-            cands[f"llama.cpp {kind}"] = {1: _llama_cpp(_gguf(kind, tmp), ids[0].tolist(), a.threads)}
+            path = _gguf(kind, tmp)
+            if extra is None:
+                extra, why = _extra_buffers_work(path)
+                if why:
+                    notes.append(why)
+            cands[f"llama.cpp {kind}"] = {1: _llama_cpp(path, ids[0].tolist(), a.threads, extra)}
         except Exception as e:  # noqa: BLE001 -- a peer that does not install is reported, never dropped
             errors[f"llama.cpp {kind}"] = f"{type(e).__name__}: {e}"[:200]
     batches = {1: ids, 8: ids.repeat(8, 1)}
     cands["fp32"] = {b: _torch(fp32, x) for b, x in batches.items()}
     cands["llmpack int8"] = {b: _torch(q, x) for b, x in batches.items()}
     cands["llmpack int8+emb"] = {b: _torch(qe, x) for b, x in batches.items()}
+    if not a.no_compile:
+        qc, qec = copy.deepcopy(q), copy.deepcopy(qe)
+        cands["llmpack int8 compiled"] = {b: _torch_compiled(qc, x, a.steps) for b, x in batches.items()}
+        cands["llmpack int8+emb compiled"] = {b: _torch_compiled(qec, x, a.steps) for b, x in batches.items()}
 
     def forced(fn: Callable[..., float]) -> Callable[..., float]:
         def run(*args: Any) -> float:
@@ -167,9 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {b} | {pf:.1f} | {dc:.2f} | {vs} |")
     for name, err in errors.items():
         print(f"| {name} | - | failed: {err} | | |")
+    for note in notes:
+        print(f"\nnote: {note}")
     if a.json:
         a.json.write_text(json.dumps({"threads": a.threads, "prompt": a.prompt, "kernel": kernels.cpu_kernel(),
-                                      "rows": rows, "errors": errors}, indent=2) + "\n")
+                                      "rows": rows, "errors": errors, "notes": notes}, indent=2) + "\n")
     return 0
 
 

@@ -164,7 +164,7 @@ def apply_fp32_modules(model: torch.nn.Module, names: "list[str] | tuple[str, ..
 
 
 def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", dtype: "torch.dtype | str | None" = None,
-         lazy: bool = True, compile: bool = False) -> torch.nn.Module:
+         lazy: bool = True, compile: "bool | str" = False) -> torch.nn.Module:
     """Build the model of a directory on meta and assign its tensors from mmap, shard by shard.
 
     Args:
@@ -173,8 +173,10 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
         dtype: cast float tensors to this dtype (default: ``config.json``'s dtype, as ``from_pretrained`` does;
             int8 tensors and modules kept in float32 by ``fp16_overflow="keep"`` are never cast).
         lazy: keep CPU tensors backed by the file mmap (pages read on first use); ``False`` copies them.
-        compile: return ``torch.compile(model)`` (int8 kernels prepared first, see
+        compile: ``True`` returns ``torch.compile(model)`` (int8 kernels prepared first, see
             ``llmpack.runtime.prepare.compile_int8``); the first call compiles (tens of seconds on CPU).
+            ``"decode"`` returns the model with ``generate`` set to decode through a static KV cache and a
+            compiled forward (:mod:`llmpack.runtime.decode`): the fast way to generate tokens on CPU.
 
     Returns:
         The model in eval mode. Its outputs equal ``AutoModel*.from_pretrained(path)`` on the same dir.
@@ -191,6 +193,8 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
 
     from llmpack.quant.floats import float_dtype
 
+    if compile not in (False, True, "decode"):
+        raise ConfigError(f"compile={compile!r}: pass False, True or 'decode'")
     d = Path(path)
     if not d.is_dir():
         raise SourceNotFoundError(f"{d} is not a directory: pass a model directory")
@@ -260,6 +264,10 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
     if fp32:
         apply_fp32_modules(model, fp32)
     model.eval()
+    if compile == "decode":
+        from llmpack.runtime.decode import enable_compiled_decode
+
+        return enable_compiled_decode(model)
     if qcfg or compile:
         from llmpack.runtime.prepare import compile_int8, prepare_int8
 

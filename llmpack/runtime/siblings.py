@@ -59,6 +59,12 @@ class SiblingGroup:
     def output(self, member: Int8Linear, x: torch.Tensor) -> torch.Tensor | None:
         """``member(x)`` from the shared product, or ``None`` when the member must run alone."""
         me = id(member)
+        if me not in self._index:  # the group was copied with its model (copy.deepcopy): key it on the copies
+            self._index = {id(m): i for i, m in enumerate(self.members)}
+            self.keys = [m.weights_key() for m in self.members]
+            self._state = None
+            if me not in self._index:
+                return None
         if member.weights_key() != self.keys[self._index[me]]:
             self.dissolve()  # a member's weight was replaced or edited: the packed product is stale
             return None

@@ -68,3 +68,20 @@ def test_sibling_group_follows_weight_changes_and_input_edits(force) -> None:
     attn.v_proj.weight, attn.v_proj.weight_scale = new.weight, new.weight_scale
     torch.testing.assert_close(attn.v_proj(x), new(x))
     assert attn.q_proj._group is None and attn.v_proj._group is None
+
+
+def test_a_deep_copy_of_a_grouped_model_runs_and_matches(force) -> None:
+    """copy.deepcopy of a prepared model (groups and all) runs, with the original's logits."""
+    import copy
+
+    force("avx2")
+    model = _int8_llama()
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = model(input_ids=ids, use_cache=False).logits
+        twin = copy.deepcopy(model)
+        got = twin(input_ids=ids, use_cache=False).logits
+        again = model(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, want, rtol=0, atol=0)
+    assert any(m._group is not None for _, m in iter_int8_linears(twin))

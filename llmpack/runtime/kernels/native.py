@@ -109,7 +109,8 @@ def _register_fakes() -> None:
         return [x.new_empty((x.shape[0], c.shape[0])) for c in corr]
 
     @torch.library.register_fake("llmpack_avx2::w8a16")
-    def _w8a16(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _w8a16(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+               wide: bool = True) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]))
 
     @torch.library.register_fake("llmpack_avx2::rms_norm")
@@ -125,7 +126,7 @@ def _register_fakes() -> None:
         return torch.empty_like(g)
 
     @torch.library.register_fake("llmpack_avx2::few_token_linear")
-    def _few_token_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _few_token_linear(x: torch.Tensor, weight: torch.Tensor, wide: bool = True) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]))
 
 

@@ -78,15 +78,19 @@ def test_eight_bit_tokens_are_the_files_quantization(ops: object) -> None:
     torch.testing.assert_close(got, q.float() * s, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("m", [1, 3, 8])
-@pytest.mark.parametrize("k,n", [(64, 32), (13, 5), (576, 1536), (100, 70)])
-def test_w8a16_is_the_weight_only_product(ops: object, m: int, k: int, n: int) -> None:
-    """Float activations times the int8 weight read as it is: the weight-only product up to float rounding."""
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("k,n", [(64, 32), (13, 5), (576, 1536), (100, 70), (200, 33)])
+@pytest.mark.parametrize("wide", [True, False])  # AVX512 rows where the CPU has them / the AVX2 rows
+def test_w8a16_is_the_weight_only_product(ops: object, m: int, k: int, n: int, wide: bool) -> None:
+    """Float activations times the int8 weight read as it is: the weight-only product up to float rounding
+    (k = 13, 100, 200: the tails of the 8-, 16- and 64-wide loops)."""
     w, s, b = _weight(k, n, 5)
     x = torch.randn(m, k) * torch.logspace(-4, 2, m).reshape(m, 1)
-    got = ops.w8a16(x, w, s, b)
+    got = ops.w8a16(x, w, s, b, wide)
     want = x.double() @ (w.double() * s.double().reshape(-1, 1)).t() + b.double()
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    yf = ops.few_token_linear(x, (w.float() * s.reshape(-1, 1)).contiguous(), wide)
+    torch.testing.assert_close(yf.double(), want - b.double(), rtol=1e-5, atol=1e-5 * want.abs().max().item())
     with pytest.raises(RuntimeError, match="1 to 8 tokens"):
         ops.w8a16(torch.randn(9, k), w, s, b)
 

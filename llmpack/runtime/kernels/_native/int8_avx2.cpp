@@ -287,7 +287,9 @@ void matmul(const uint8_t* aq, const int8_t* sq, int64_t rows, int64_t kp, const
   const int64_t k4 = kp / 4, panels = (n + kNr - 1) / kNr;
   // Threads split the panels (each streams its share of the weight once per token block); small work
   // stays on one thread.
-  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(rows * kp, 1));
+  // A chunk is at least ~16 KB of weights and ~64k multiply-adds, so a decode step's layers still split.
+  const int64_t grain = std::max<int64_t>(1, std::min((1 << 16) / std::max<int64_t>(rows * kp, 1),
+                                                      (1 << 14) / std::max<int64_t>(kNr * kp, 1)));
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t b = 0; b < rows; b += kMb) {
       const int64_t e = std::min(rows, b + kMb);
@@ -534,33 +536,108 @@ inline __m256 load8(const int8_t* wr, int64_t i) {
 template <int M, class W>
 void gemv_rows(const float* x, int64_t k, const W* w, const float* row_scale, const float* bias, int64_t r0,
                int64_t r1, float* y, int64_t n) {
-  const int64_t k8 = k / 8 * 8;
+  // U independent sums per token hide the add latency when there are few tokens (one chain of adds would
+  // bound a single token at 8 weights per add latency, about half the memory bandwidth).
+  constexpr int U = M >= 4 ? 1 : (M == 1 ? 4 : 2);
+  const int64_t k8 = k / 8 * 8, ku = k / (8 * U) * (8 * U);
   for (int64_t r = r0; r < r1; ++r) {
     const W* wr = w + r * k;
-    __m256 acc[M];
-    for (int t = 0; t < M; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < k8; i += 8) {
+    __m256 acc[U][M];
+    for (int u = 0; u < U; ++u)
+      for (int t = 0; t < M; ++t) acc[u][t] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i < ku; i += 8 * U) {
+      for (int u = 0; u < U; ++u) {
+        const __m256 wv = load8(wr, i + 8 * u);
+        for (int t = 0; t < M; ++t)
+          acc[u][t] = _mm256_fmadd_ps(_mm256_loadu_ps(x + t * k + i + 8 * u), wv, acc[u][t]);
+      }
+    }
+    for (; i < k8; i += 8) {
       const __m256 wv = load8(wr, i);
-      for (int t = 0; t < M; ++t) acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_loadu_ps(x + t * k + i), wv));
+      for (int t = 0; t < M; ++t) acc[0][t] = _mm256_fmadd_ps(_mm256_loadu_ps(x + t * k + i), wv, acc[0][t]);
     }
     for (int t = 0; t < M; ++t) {
+      __m256 sum = acc[0][t];
+      for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[u][t]);
       alignas(32) float buf[8];
-      _mm256_store_ps(buf, acc[t]);
+      _mm256_store_ps(buf, sum);
       float v = ((buf[0] + buf[4]) + (buf[1] + buf[5])) + ((buf[2] + buf[6]) + (buf[3] + buf[7]));
-      for (int64_t i = k8; i < k; ++i) v += x[t * k + i] * static_cast<float>(wr[i]);
+      for (int64_t j = k8; j < k; ++j) v += x[t * k + j] * static_cast<float>(wr[j]);
       if (row_scale) v *= row_scale[r];
       y[t * n + r] = bias ? v + bias[r] : v;
     }
   }
 }
 
+// The same rows with AVX512 (16 weights per instruction), on CPUs that have it: a decode step's output head is
+// bound by memory bandwidth, and the wider loads and converts reach it with two threads where AVX2 does not.
+inline __attribute__((target("avx512f"))) __m512 load16(const float* wr, int64_t i) { return _mm512_loadu_ps(wr + i); }
+inline __attribute__((target("avx512f"))) __m512 load16(const int8_t* wr, int64_t i) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + i))));
+}
+
+template <int M, class W>
+__attribute__((target("avx512f"))) void gemv_rows512(const float* x, int64_t k, const W* w, const float* row_scale,
+                                                     const float* bias, int64_t r0, int64_t r1, float* y, int64_t n) {
+  constexpr int U = M >= 4 ? 1 : (M == 1 ? 4 : 2);
+  const int64_t k16 = k / 16 * 16, ku = k / (16 * U) * (16 * U);
+  for (int64_t r = r0; r < r1; ++r) {
+    const W* wr = w + r * k;
+    __m512 acc[U][M];
+    for (int u = 0; u < U; ++u)
+      for (int t = 0; t < M; ++t) acc[u][t] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i < ku; i += 16 * U) {
+      for (int u = 0; u < U; ++u) {
+        const __m512 wv = load16(wr, i + 16 * u);
+        for (int t = 0; t < M; ++t)
+          acc[u][t] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * k + i + 16 * u), wv, acc[u][t]);
+      }
+    }
+    for (; i < k16; i += 16) {
+      const __m512 wv = load16(wr, i);
+      for (int t = 0; t < M; ++t) acc[0][t] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * k + i), wv, acc[0][t]);
+    }
+    for (int t = 0; t < M; ++t) {
+      __m512 sum = acc[0][t];
+      for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][t]);
+      float v = _mm512_reduce_add_ps(sum);
+      for (int64_t j = k16; j < k; ++j) v += x[t * k + j] * static_cast<float>(wr[j]);
+      if (row_scale) v *= row_scale[r];
+      y[t * n + r] = bias ? v + bias[r] : v;
+    }
+  }
+}
+
+bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
+// wide: use the AVX512 rows where the CPU has AVX512F (false: the AVX2 rows, so tests reach both).
 template <class W>
-void gemv(const at::Tensor& x, const W* w, const float* row_scale, const float* bias, int64_t n, at::Tensor& y) {
+void gemv(const at::Tensor& x, const W* w, const float* row_scale, const float* bias, int64_t n, at::Tensor& y,
+          bool wide_ok) {
   const int64_t m = x.size(0), k = x.size(1);
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (sizeof(W) == 1 ? 131072 : 32768) / std::max<int64_t>(k, 1));
+  const bool wide = wide_ok && has_avx512();
   at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
+    if (wide) {
+      switch (m) {
+        case 1: gemv_rows512<1>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+        case 2: gemv_rows512<2>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+        case 3: gemv_rows512<3>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+        case 4: gemv_rows512<4>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+        case 5: gemv_rows512<5>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+        case 6: gemv_rows512<6>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+        case 7: gemv_rows512<7>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+        default: gemv_rows512<8>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
+      }
+      return;
+    }
     switch (m) {
       case 1: gemv_rows<1>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
       case 2: gemv_rows<2>(xp, k, w, row_scale, bias, r0, r1, yp, n); break;
@@ -574,20 +651,20 @@ void gemv(const at::Tensor& x, const W* w, const float* row_scale, const float* 
   });
 }
 
-at::Tensor few_token_linear(const at::Tensor& x, const at::Tensor& weight) {
+at::Tensor few_token_linear(const at::Tensor& x, const at::Tensor& weight, bool wide) {
   check_float(x, "few_token_linear", 2);
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.is_contiguous() &&
                   weight.device().is_cpu() && weight.size(1) == x.size(1),
               "llmpack_avx2::few_token_linear: weight must be a contiguous float32 CPU matrix [out, in]");
   TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 8, "llmpack_avx2::few_token_linear: 1 to 8 tokens");
   at::Tensor y = at::empty({x.size(0), weight.size(0)}, x.options());
-  gemv(x, weight.data_ptr<float>(), nullptr, nullptr, weight.size(0), y);
+  gemv(x, weight.data_ptr<float>(), nullptr, nullptr, weight.size(0), y, wide);
   return y;
 }
 
 // Weight-only int8 for 1 to 8 tokens: y = x (W * w_scale)^T (+ bias) with float activations.
 at::Tensor w8a16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& w_scale,
-                 const std::optional<at::Tensor>& bias) {
+                 const std::optional<at::Tensor>& bias, bool wide) {
   check_float(x, "w8a16", 2);
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
                   weight.device().is_cpu() && weight.size(1) == x.size(1),
@@ -601,7 +678,7 @@ at::Tensor w8a16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
   }
   TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 8, "llmpack_avx2::w8a16: 1 to 8 tokens");
   at::Tensor y = at::empty({x.size(0), n}, x.options());
-  gemv(x, weight.data_ptr<int8_t>(), w_scale.data_ptr<float>(), bias_ptr(bias), n, y);
+  gemv(x, weight.data_ptr<int8_t>(), w_scale.data_ptr<float>(), bias_ptr(bias), n, y, wide);
   return y;
 }
 
@@ -611,9 +688,9 @@ TORCH_LIBRARY(llmpack_avx2, m) {
   m.def("pack(Tensor weight) -> (Tensor, Tensor)");
   m.def("w8a8(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias, int act_bits=8) -> Tensor[]");
   m.def("w8a8_vnni(Tensor x, Tensor[] packed, Tensor[] corr, Tensor[] w_scale, Tensor?[] bias) -> Tensor[]");
-  m.def("w8a16(Tensor x, Tensor weight, Tensor w_scale, Tensor? bias) -> Tensor");
+  m.def("w8a16(Tensor x, Tensor weight, Tensor w_scale, Tensor? bias, bool wide=True) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
-  m.def("few_token_linear(Tensor x, Tensor weight) -> Tensor");
+  m.def("few_token_linear(Tensor x, Tensor weight, bool wide=True) -> Tensor");
   m.def("gelu_tanh(Tensor x) -> Tensor");
   m.def("silu_mul(Tensor g, Tensor u) -> Tensor");
 }
