@@ -138,14 +138,14 @@ class PackSection:
     Args:
         out: build context folder (``Dockerfile``, ``model/``, ``oci/``).
         options: keyword arguments for :func:`llmpack.pack` (name, tag, base_image, runtime, artifact,
-            compression, source_date_epoch).
+            compression, source_date_epoch, platform, registry, server_image).
     """
 
     out: Path
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     KEYS = ("enabled", "out", "name", "tag", "base_image", "runtime", "artifact", "compression", "source_date_epoch",
-            "allow_files", "platform")
+            "allow_files", "platform", "registry", "server_image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +268,8 @@ def _parse_pack(t: Mapping[str, Any], base: Path, cfg: Path | None, model_out: P
         return None
     out = _path(base, _typed(t, "out", (str,), cfg, s, "a folder path", str(model_out.parent / "image")))
     opts: dict[str, Any] = {}
-    for key in ("name", "tag", "base_image", "runtime", "artifact", "compression", "platform"):
+    for key in ("name", "tag", "base_image", "runtime", "artifact", "compression", "platform", "registry",
+                "server_image"):
         if key in t:
             opts[key] = _typed(t, key, (str,), cfg, s, "a string")
     if "allow_files" in t:
