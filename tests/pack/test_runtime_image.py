@@ -6,7 +6,7 @@ step of the build stage, ``COPY --from=build`` into the runtime stage, the non-r
 ``HEALTHCHECK``, ``STOPSIGNAL`` and ``CMD llmpack serve /models/<name> --host 0.0.0.0 --port 8000``, the
 model layers, a port published on 127.0.0.1, ``podman healthcheck run`` and a SIGTERM stop.
 
-What is a stand-in, and why: the base image is made offline from this machine's Debian CPython 3.11 (stdlib,
+What is a stand-in, and why: the base image is made offline from this machine's Debian CPython 3 (stdlib,
 ensurepip wheels, shared libraries) over a busybox-static rootfs, because no image can be pulled here; and
 the ``llmpack`` wheel in ``wheels/`` is a small stdlib server (``data/stub_serve.py``) instead of llmpack
 itself, because torch and llmpack's other dependencies cannot be installed offline into an image here (the
@@ -35,7 +35,8 @@ from packtools import ULIMITS, free_port, need
 
 pytestmark = pytest.mark.tools
 DATA = Path(__file__).with_name("data")
-PY = "/usr/bin/python3.11"  # Debian's interpreter (sys.prefix /usr), not the venv's
+PY = os.path.realpath("/usr/bin/python3")  # Debian's interpreter (sys.prefix /usr), not the venv's
+STDLIB = "/usr/lib/" + Path(PY).name  # /usr/lib/python3.X
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: int = 120, **kw: object) -> subprocess.CompletedProcess:
@@ -75,26 +76,26 @@ def _stub_wheel(dest: Path) -> Path:
 
 
 def _python_rootfs(rootfs: Path) -> None:
-    """busybox-static + Debian's CPython 3.11 with the shared libraries its extension modules need."""
+    """busybox-static + Debian's CPython 3 with the shared libraries its extension modules need."""
     busybox = shutil.which("busybox")
-    if busybox is None or not Path(PY).exists() or not Path("/usr/lib/python3.11/ensurepip").is_dir():
-        pytest.skip("needs busybox-static and Debian's python3.11 with python3.11-venv (make tools)")
+    if busybox is None or not Path(PY).exists() or not Path(STDLIB, "ensurepip").is_dir():
+        pytest.skip("needs busybox-static and Debian's python3 with python3-venv (make tools)")
     for d in ("bin", "usr/bin", "tmp", "etc", "usr/share"):
         (rootfs / d).mkdir(parents=True, exist_ok=True)
     os.chmod(rootfs / "tmp", 0o1777)
     shutil.copy2(busybox, rootfs / "bin" / "busybox")
     for applet in ("sh", "cat", "ls", "id", "chmod", "mkdir", "rm", "cp", "env", "sleep", "test"):
         (rootfs / "bin" / applet).symlink_to("busybox")
-    shutil.copy2(PY, rootfs / "usr/bin/python3.11")
-    (rootfs / "usr/bin/python3").symlink_to("python3.11")
-    shutil.copytree("/usr/lib/python3.11", rootfs / "usr/lib/python3.11", symlinks=True,
+    shutil.copy2(PY, rootfs / "usr/bin" / Path(PY).name)
+    (rootfs / "usr/bin/python3").symlink_to(Path(PY).name)
+    shutil.copytree(STDLIB, rootfs / STDLIB.lstrip("/"), symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__", "test", "idlelib", "tkinter", "turtledemo", "lib2to3",
-                                                  "pydoc_data", "config-3.11-*"))
+                                                  "pydoc_data", "config-3.*"))
     if Path("/usr/share/python-wheels").is_dir():  # Debian's ensurepip installs pip from here
         shutil.copytree("/usr/share/python-wheels", rootfs / "usr/share/python-wheels")
     (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     libs: set[str] = set()
-    for so in [PY, *map(str, Path("/usr/lib/python3.11/lib-dynload").glob("*.so"))]:
+    for so in [PY, *map(str, Path(STDLIB, "lib-dynload").glob("*.so"))]:
         out = subprocess.run(["ldd", so], capture_output=True, text=True).stdout
         for line in out.splitlines():
             parts = line.split()
