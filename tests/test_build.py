@@ -574,3 +574,32 @@ def test_gates_are_defined_once_and_every_surface_uses_the_table() -> None:
     cfg = B.load_config({"source": {"path": "org/m"}, "quantize": {"method": "bf16"},
                          "measure": {g.option: 0.5 for g in GATE_TABLE}}, base_dir="/r")
     assert cfg.measure is not None and dict(cfg.measure.gates) == gates_from_args(args)
+
+
+def test_real_build_pins_deploy_files_to_the_current_digest_and_keeps_the_previous(tmp_path: Path) -> None:
+    """Two real builds of one tag (bf16, then fp16): each pack's deploy files pin that build's digest; the
+    history lists both, oldest first, so the previous one is the rollback target."""
+    _tiny_source(tmp_path)
+    toml = textwrap.dedent("""
+        [source]
+        path = "models/tiny"
+        [quantize]
+        method = "bf16"
+        out = "build/model"
+        [pack]
+        name = "tiny"
+        tag = "prod"
+        runtime = "vllm"
+        registry = "registry.example/ml"
+    """)
+    (tmp_path / "llmpack.toml").write_text(toml)
+    first = B.build(tmp_path / "llmpack.toml").stages[1].details["manifest_digest"]
+    k8s = tmp_path / "build/image/deploy/k8s/deployment.yaml"
+    assert f"registry.example/ml/tiny:prod@{first}" in k8s.read_text()
+    (tmp_path / "llmpack.toml").write_text(toml.replace('"bf16"', '"fp16"'))
+    res = B.build(tmp_path / "llmpack.toml")
+    second = res.stages[1].details["manifest_digest"]
+    assert second != first and res.stages[1].details["previous_digest"] == first
+    assert f"@{second}" in k8s.read_text() and first not in k8s.read_text()
+    assert first not in (tmp_path / "build/image/deploy/compose.yaml").read_text()
+    assert [e["digest"] for e in B.history(tmp_path / "llmpack.toml", tag="prod")["prod"]] == [first, second]
