@@ -183,3 +183,29 @@ def test_llmpack_runtime_image_builds_runs_and_answers_health(packable_model: Pa
     finally:
         _run(["podman", "rm", "-f", name], env)
     assert res.manifest_digest.startswith("sha256:") and sys.version_info >= (3, 10)
+
+
+@pytest.mark.parametrize("runtime", ["vllm", "vllm-cpu"])
+def test_vllm_dockerfiles_build_with_buildah_and_pass_only_arguments(runtime: str, packable_model: Path,
+                                                                     tmp_path: Path,
+                                                                     podman_env: dict[str, str]) -> None:
+    """vLLM's images cannot be pulled here: build on the busybox base to check what the stub adds to any base."""
+    env = podman_env
+    out = tmp_path / "ctx"
+    pack(packable_model, out, name="tiny", tag="v1", runtime=runtime, quiet=True)
+    (out / "Dockerfile.podman").write_text((out / "Dockerfile").read_text().replace(" --link", ""))
+    image = f"localhost/tiny-{runtime}:test"
+    build = _run(["podman", "build", *ULIMITS, "--format", "docker", "--network", "none",
+                  "--build-arg", "BASE_IMAGE=localhost/base:latest", "-f", str(out / "Dockerfile.podman"),
+                  "-t", image, str(out)], env, timeout=300)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    inspect = json.loads(_run(["podman", "image", "inspect", image], env).stdout)[0]
+    cfg = inspect["Config"]
+    assert not cfg.get("Entrypoint")  # the base's entrypoint (`vllm serve` in vLLM's images) is kept
+    assert cfg["Cmd"] == ["/models/tiny", "--served-model-name", "tiny", "--host", "0.0.0.0", "--port", "8000"]
+    assert cfg["User"] == "65532:65532" and cfg["StopSignal"] == "SIGTERM" and "8000/tcp" in cfg["ExposedPorts"]
+    hc = cfg.get("Healthcheck") or inspect.get("Healthcheck") or {}
+    assert "/health" in hc["Test"][-1] and hc["StartPeriod"] >= 600 * 10**9
+    files = _run(["podman", "run", "--rm", *ULIMITS, "--network=none", "--entrypoint", "/bin/ls", image,
+                  "/models/tiny"], env)
+    assert files.returncode == 0 and sorted(files.stdout.split()) == sorted(p.name for p in packable_model.iterdir())
