@@ -517,3 +517,89 @@ def test_ci_example_steps_against_a_local_registry(tmp_path: Path, request: pyte
     again = json.loads((tmp_path / "build-summary.json").read_text())
     assert [s["status"] for s in again["stages"]] == ["up to date", "up to date"]
     assert again["stages"][-1]["details"]["manifest_digest"] == digest
+
+
+# --- the build package: history for rollback, gates defined once ---------------------------------------
+
+
+def test_history_records_each_new_digest_per_tag_for_rollback(project: Path, fakes: Fakes,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    digests = iter(["sha256:" + c * 64 for c in "123"])
+
+    def run_pack(cfg: B.BuildConfig, quiet: bool) -> dict[str, Any]:
+        d = fakes.run_pack(cfg, quiet)
+        d["manifest_digest"] = next(digests)
+        (cfg.pack.out / "oci" / "index.json").write_text(json.dumps({"manifests": [{"digest": d["manifest_digest"]}]}))
+        return d
+
+    monkeypatch.setattr(B, "_run_pack", run_pack)
+    cfg = project / "llmpack.toml"
+    B.build(cfg)
+    before = _snapshot(project)
+    B.build(cfg)  # up to date: the history is not touched
+    assert _snapshot(project) == before
+    fakes.fingerprint = "fp-2"  # a new model -> a new image digest for the same tag
+    res = B.build(cfg)
+    assert res.stages[2].details["previous_digest"] == "sha256:" + "1" * 64
+    hist = B.history(cfg)
+    assert list(hist) == ["v1"] and [e["digest"] for e in hist["v1"]] == ["sha256:" + c * 64 for c in "12"]
+    assert all(e["reference"] == "demo:v1" and e["time"].endswith("Z") and e["model"] for e in hist["v1"])
+    raw = json.loads((project / "build/image" / B.HISTORY_FILE).read_text())
+    assert raw["version"] == 1 and not list((project / "build/image").glob("*.tmp"))
+    assert main(["build", "-c", str(cfg), "--history"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("v1  ") and lines[-1].endswith("sha256:" + "2" * 64 + "  (current)")
+    assert main(["build", "-c", str(cfg), "--history", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tags"]["v1"][0]["digest"] == "sha256:" + "1" * 64
+    with pytest.raises(ConfigError, match=r"no \[pack\] section"):
+        B.history(B.load_config({"source": {"path": "org/m"}, "quantize": {"method": "bf16"}}, base_dir=project))
+
+
+def test_gates_are_defined_once_and_every_surface_uses_the_table() -> None:
+    import argparse
+
+    from llmpack.commands.measure import add_gate_arguments
+    from llmpack.measure.api import gates_from_args
+    from llmpack.measure.gates import GATE_TABLE
+    from llmpack.measure.report import GATES
+
+    assert list(GATES) == [g.name for g in GATE_TABLE]
+    assert {k: v for k, v in B.GATE_KEYS.items()} == {g.option: g.name for g in GATE_TABLE}
+    assert set(B.GATE_KEYS) <= set(B.MeasureSection.KEYS)
+    p = argparse.ArgumentParser()
+    add_gate_arguments(p)
+    args = p.parse_args([x for g in GATE_TABLE for x in (g.flag, "0.5")])
+    assert gates_from_args(args) == {g.name: 0.5 for g in GATE_TABLE}
+    cfg = B.load_config({"source": {"path": "org/m"}, "quantize": {"method": "bf16"},
+                         "measure": {g.option: 0.5 for g in GATE_TABLE}}, base_dir="/r")
+    assert cfg.measure is not None and dict(cfg.measure.gates) == gates_from_args(args)
+
+
+def test_real_build_pins_deploy_files_to_the_current_digest_and_keeps_the_previous(tmp_path: Path) -> None:
+    """Two real builds of one tag (bf16, then fp16): each pack's deploy files pin that build's digest; the
+    history lists both, oldest first, so the previous one is the rollback target."""
+    _tiny_source(tmp_path)
+    toml = textwrap.dedent("""
+        [source]
+        path = "models/tiny"
+        [quantize]
+        method = "bf16"
+        out = "build/model"
+        [pack]
+        name = "tiny"
+        tag = "prod"
+        runtime = "vllm"
+        registry = "registry.example/ml"
+    """)
+    (tmp_path / "llmpack.toml").write_text(toml)
+    first = B.build(tmp_path / "llmpack.toml").stages[1].details["manifest_digest"]
+    k8s = tmp_path / "build/image/deploy/k8s/deployment.yaml"
+    assert f"registry.example/ml/tiny:prod@{first}" in k8s.read_text()
+    (tmp_path / "llmpack.toml").write_text(toml.replace('"bf16"', '"fp16"'))
+    res = B.build(tmp_path / "llmpack.toml")
+    second = res.stages[1].details["manifest_digest"]
+    assert second != first and res.stages[1].details["previous_digest"] == first
+    assert f"@{second}" in k8s.read_text() and first not in k8s.read_text()
+    assert first not in (tmp_path / "build/image/deploy/compose.yaml").read_text()
+    assert [e["digest"] for e in B.history(tmp_path / "llmpack.toml", tag="prod")["prod"]] == [first, second]

@@ -21,6 +21,7 @@ Example:
   llmpack build                          # reads ./llmpack.toml
   llmpack build -c ci/llmpack.toml --format json
   llmpack build --check                  # exit 1 when the build would change anything; writes nothing
+  llmpack build --history                # image digests per tag, newest last (rollback targets)
 
 A minimal llmpack.toml:
   [source]
@@ -55,12 +56,22 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--force", action="store_true", help="rebuild every stage even when it is up to date")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="where quantize's checks and calibration run (one block at a time) and measure runs")
+    p.add_argument("--history", action="store_true",
+                   help="list the image digests past builds produced, per tag (newest last), and exit: "
+                        "the one before the last is the rollback target")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``llmpack build``; returns the exit code."""
-    from llmpack.build import build
+    from llmpack.build import build, history
+
+    if getattr(args, "history", False):
+        hist = history(args.config)
+        lines = [f"{tag}  {e.get('time', '?')}  {e.get('digest')}{'  (current)' if i == len(v) - 1 else ''}"
+                 for tag, v in sorted(hist.items()) for i, e in enumerate(v)]
+        emit(getattr(args, "format", "human"), "\n".join(lines) or "no image built yet", {"tags": hist})
+        return 0
 
     result = build(args.config, check=args.check, force=args.force, quiet=args.quiet, raise_on_gate=False,
                    device=args.device)

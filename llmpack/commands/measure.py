@@ -21,21 +21,28 @@ Example:
 """
 
 
-def add_gate_arguments(p: argparse.ArgumentParser, *, ppl: bool = True) -> None:
-    """Gate options (shared with ``quantize --measure``; pass ``ppl=False`` where ``--max-ppl-increase``
-    already exists with the same meaning)."""
-    g = p.add_argument_group("gates (a failed gate exits 1)")
-    if ppl:
-        g.add_argument("--max-ppl-increase", type=float, metavar="PCT",
-                       help="largest allowed perplexity increase, percent (e.g. 2)")
-    g.add_argument("--min-top1", type=float, metavar="F", help="smallest allowed top-1 agreement, 0..1 (e.g. 0.9)")
-    g.add_argument("--min-speedup", type=float, metavar="X",
-                   help="smallest allowed speedup over the baseline at every batch size (e.g. 1.0)")
-    g.add_argument("--max-size-ratio", type=float, metavar="R",
-                   help="largest allowed candidate / baseline size (e.g. 0.6)")
-    g.add_argument("--max-kl", type=float, metavar="NATS", help="largest allowed mean KL divergence (nats)")
-    g.add_argument("--min-cosine", type=float, metavar="F",
-                   help="encoders: smallest allowed embedding cosine vs the baseline")
+def add_gate_arguments(p: "argparse.ArgumentParser | argparse._ArgumentGroup", *, ppl: bool = True,
+                       only: "tuple[str, ...] | None" = None, help_prefix: str = "") -> None:
+    """Gate options, one per row of :data:`llmpack.measure.gates.GATE_TABLE` (shared with ``quantize --measure``).
+
+    Args:
+        p: a parser (a "gates" group is added to it) or an existing argument group.
+        ppl: ``False`` where ``--max-ppl-increase`` already exists with the same meaning.
+        only: gate options to add (default: all).
+        help_prefix: prepended to each help line (``"with --measure: "``).
+
+    Example:
+        >>> q = argparse.ArgumentParser(); add_gate_arguments(q)
+        >>> q.parse_args(["--min-top1", "0.9"]).min_top1
+        0.9
+    """
+    from llmpack.measure.gates import GATE_TABLE
+
+    g = p.add_argument_group("gates (a failed gate exits 1)") if isinstance(p, argparse.ArgumentParser) else p
+    for gate in GATE_TABLE:
+        if (gate.option == "max_ppl_increase" and not ppl) or (only is not None and gate.option not in only):
+            continue
+        g.add_argument(gate.flag, type=float, default=None, metavar=gate.metavar, help=help_prefix + gate.help)
 
 
 def add_measure_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,8 @@ Pack a model directory into a container build context and an OCI image layout:
   OUT/.dockerignore  excludes oci/, caches, VCS dirs
   OUT/model/         the model files (hard links)
   OUT/oci/           OCI image layout: one layer per weight shard + one for config/tokenizer
+  OUT/deploy/        compose.yaml and Kubernetes manifests (Deployment + Service with the model as an
+                     image volume, an init-container variant, a KServe InferenceService), pinned by digest
 
 Deterministic (same input -> same manifest digest) and incremental (re-packing into the same OUT
 writes only the layers that changed).
@@ -24,6 +26,8 @@ Example:
   llmpack pack ./smollm2-int8 --out build --name smollm2 --tag int8
   skopeo copy oci:build/oci:int8 docker://registry.example.com/smollm2:int8
   docker build -t smollm2:int8 build/
+  llmpack pack ./smollm2-int8 --out build --runtime llmpack --registry ghcr.io/me \
+      --platform linux/amd64,linux/arm64      # multi-arch model image + llmpack serve Dockerfile
 """
 
 
@@ -48,7 +52,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="mtime of every file and 'created' (default: $SOURCE_DATE_EPOCH or 0)")
     p.add_argument("--allow-file", action="append", default=[], metavar="PATH",
                    help="pack a file that looks like a secret anyway (repeatable; globs allowed)")
-    p.add_argument("--platform", default="linux/amd64", help="os/arch recorded in the image config")
+    p.add_argument("--platform", default="linux/amd64",
+                   help="os/arch recorded in the image config; comma-separated for a multi-arch image index "
+                        "(linux/amd64,linux/arm64: one manifest per platform, the same layers)")
+    p.add_argument("--registry", default=None, metavar="REGISTRY",
+                   help="where the image will be pushed (e.g. ghcr.io/org): deploy files reference "
+                        "REGISTRY/NAME:TAG@DIGEST")
+    p.add_argument("--server-image", default=None, metavar="REF@sha256:…",
+                   help="serving image for deploy/k8s, pinned by digest (default: the runtime's pinned base, vllm)")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty directory")
     return p
 
@@ -60,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     res = pack(args.model_dir, args.out, name=args.name, tag=args.tag, base_image=args.base_image,
                runtime=args.runtime, artifact=args.artifact, compression=args.compression,
                source_date_epoch=args.source_date_epoch, allow_files=args.allow_file,
-               overwrite=args.overwrite, platform=args.platform, quiet=args.quiet or args.format == "json")
+               overwrite=args.overwrite, platform=args.platform, registry=args.registry,
+               server_image=args.server_image, quiet=args.quiet or args.format == "json")
     emit(args.format, "" if args.quiet else res.summary(), res.to_dict())
     return 0

@@ -48,10 +48,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="where the FP16 check and int8 calibration run, one block at a time (default cpu; "
                         "cuda: a model larger than GPU memory calibrates on one GPU), and --measure")
-    m.add_argument("--min-top1", type=float, default=None, metavar="X", help="with --measure: gate on top-1 agreement")
-    m.add_argument("--min-speedup", type=float, default=None, metavar="X", help="with --measure: gate on speedup (b1)")
-    m.add_argument("--max-size-ratio", type=float, default=None, metavar="X",
-                   help="with --measure: gate on candidate/baseline size")
+    from llmpack.commands.measure import add_gate_arguments
+
+    add_gate_arguments(m, only=("min_top1", "min_speedup", "max_size_ratio"), help_prefix="with --measure: gate: ")
     return p
 
 

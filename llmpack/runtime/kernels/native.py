@@ -77,6 +77,13 @@ def _build() -> Any:
 
     if not _SOURCE.exists():
         raise RuntimeError(f"{_SOURCE} is missing from the installed package")
+    prebuilt = _build_dir() / f"{_module_name()}.so"
+    if prebuilt.is_file():
+        # Built earlier (e.g. in a container's build stage): load it as it is, no compiler needed. The name
+        # carries the digest of the source and flags, so a stale library is never picked up.
+        torch.ops.load_library(str(prebuilt))
+        _register_fakes()
+        return torch.ops.llmpack_avx2
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler ({compiler!r} not found; install g++ or set CXX)")
@@ -243,3 +250,30 @@ def native_status() -> str:
         True
     """
     return _state.get("status", "not tried")
+
+
+def _main(argv: "list[str] | None" = None) -> int:
+    """``python -m llmpack.runtime.kernels.native --build``: compile the kernels into ``$LLMPACK_CACHE/native``
+    now (a container's build stage), print the status; exit 0 also where they cannot be built (the runtime
+    then runs the PyTorch reference, as it would anyway).
+
+    Example:
+        >>> _main(["--status"]) in (0,)  # doctest: +SKIP
+        True
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m llmpack.runtime.kernels.native")
+    ap.add_argument("--build", action="store_true", help="build the kernels now (once per machine and torch)")
+    ap.add_argument("--status", action="store_true", help="print whether they are built")
+    args = ap.parse_args(argv)
+    if args.build:
+        avx2_ops()
+        print(f"llmpack native int8 kernels: {native_status()} ({_build_dir()})")
+    else:
+        print(f"llmpack native int8 kernels: {native_status()}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised by the container build
+    raise SystemExit(_main())
