@@ -175,10 +175,11 @@ def test_build_failure_warns_once_and_falls_back(fresh_state: None, force, monke
                                                               lin.bias.detach()))  # the reference serves
 
 
-def test_missing_compiler_is_named(fresh_state: None, force, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_compiler_is_named(fresh_state: None, force, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("no AVX2: the build is never attempted here")
     force("avx2")
+    monkeypatch.setenv("LLMPACK_CACHE", str(tmp_path))  # nothing prebuilt there (a prebuilt library needs no compiler)
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     with pytest.warns(RuntimeWarning, match="no C.. compiler"):
         assert native.avx2_ops() is None
