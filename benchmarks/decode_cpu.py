@@ -14,7 +14,15 @@ SmolLM2-135M (the real model that installs offline), same machine, same threads,
   a static KV cache and the compiled forward (:mod:`llmpack.runtime.decode`; prefill stays eager).
 
 llama.cpp runs with its default CPU buffer types (AMX, repacked weights) where a probe in a child process shows
-they work, else with ``use_extra_bufts=False`` (a note says so).
+they work, else with ``use_extra_bufts=False`` (a note says so). On a VM whose CPU lists AMX but crashes in
+ggml's AMX path, a build without AMX (and with every other instruction set of the CPU) is the strongest
+llama.cpp that runs; build it beside the venv and put it first on ``PYTHONPATH``::
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+      -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON \
+      -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+      pip install --no-deps --no-cache-dir --target /tmp/llama-noamx llama-cpp-python==0.3.36
+    PYTHONPATH=/tmp/llama-noamx python benchmarks/decode_cpu.py
 
 Prefill: one forward pass over a 128-token prompt (the last position's logits, as in ``generate``). Decode: per
 token, after that prompt, one forward pass of one new token per sequence with the KV cache, at batch 1 and 8

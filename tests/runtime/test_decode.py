@@ -79,3 +79,65 @@ def test_two_models_of_one_class_keep_their_own_graphs() -> None:
                                       use_cache=True).logits[:, -1]
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert compiled_forward(a) is not compiled_forward(b)
+
+
+@pytest.mark.parametrize("mask", ["bool", "float", "none"])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_decode_sdpa_is_transformers_sdpa(mask: str, groups: int) -> None:
+    """One-token steps attend the key/value heads without copying them; longer inputs take transformers' sdpa
+    as it is. Both give transformers' sdpa results."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from llmpack.runtime.decode import decode_sdpa
+
+    g = torch.Generator().manual_seed(groups)
+    module = SimpleNamespace(num_key_value_groups=groups, is_causal=True)
+    for q_len in (1, 4):
+        q = torch.randn(2, 2 * groups, q_len, 16, generator=g)
+        k, v = torch.randn(2, 2, 9, 16, generator=g), torch.randn(2, 2, 9, 16, generator=g)
+        keep = torch.rand(2, 1, q_len, 9, generator=g) > 0.3
+        keep[..., 0] = True
+        m = {"bool": keep, "float": torch.zeros(2, 1, q_len, 9).masked_fill(~keep, float("-inf")), "none": None}[mask]
+        got, _ = decode_sdpa(module, q, k, v, m, scaling=0.25)
+        want, _ = sdpa_attention_forward(module, q, k, v, m, scaling=0.25)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral", "gemma"])
+def test_compiled_decode_of_float_models_equals_eager(kind: str) -> None:
+    """Float tiny models with grouped-query attention (where the one-token attention differs from
+    transformers'): compiled steps over a static cache give the eager logits."""
+    from llmpack.testing import tiny_model
+
+    model = tiny_model("llama") if kind == "llama" else _arch_model(kind)
+    eager_logits = _teacher_forced(model, compiled=False)
+    enable_compiled_decode(model)
+    assert model.config._attn_implementation in ("llmpack_decode_sdpa", "sdpa")
+    torch.testing.assert_close(_teacher_forced(model, compiled=True), eager_logits, rtol=1e-4, atol=1e-4)
+
+
+def _arch_model(kind: str) -> torch.nn.Module:
+    import transformers as T
+
+    cls = {"qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM), "mistral": (T.MistralConfig, T.MistralForCausalLM),
+           "gemma": (T.GemmaConfig, T.GemmaForCausalLM)}[kind]
+    cfg = cls[0](vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
+                 num_key_value_heads=2, head_dim=16, max_position_embeddings=128)
+    torch.manual_seed(0)
+    return cls[1](cfg).eval()
+
+
+def _teacher_forced(model: torch.nn.Module, *, compiled: bool) -> torch.Tensor:
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(3))
+    steps = torch.randint(0, 128, (2, 4), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        if not compiled:
+            return model(input_ids=torch.cat([ids, steps], 1), use_cache=False).logits[:, 7:]
+        cache = _static_cache(model, 16)
+        model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(7), use_cache=True)
+        fwd = compiled_forward(model)
+        return torch.stack([fwd(input_ids=steps[:, i:i + 1], past_key_values=cache,
+                                cache_position=torch.tensor([7 + i]), use_cache=True).logits[:, -1]
+                            for i in range(4)], 1)
