@@ -191,10 +191,14 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``y = x W^T + b`` with int8 weights (and int8 per-token activations when ``act_quant``)."""
-        if self._group is not None and not torch.compiler.is_compiling():
-            y = self._group.output(self, x)
-            if y is not None:
-                return y
+        if self._group is not None:
+            if torch.compiler.is_compiling():
+                if self._kernel is not None and id(self) in self._group._index:
+                    return self._group.traced_output(self, x, self._kernel)
+            else:
+                y = self._group.output(self, x)
+                if y is not None:
+                    return y
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         kernel = self.kernel(x2.device.type, x2.shape[0])

@@ -49,6 +49,20 @@ class SiblingGroup:
         # (input, its version, outputs, members yet to take theirs), replaced as one tuple so that a
         # thread never pairs one input with another thread's product.
         self._state: tuple[torch.Tensor, int | None, list[torch.Tensor], set[int]] | None = None
+        self._traced: tuple[torch.Tensor, list[torch.Tensor], set[int]] | None = None
+
+    def traced_output(self, member: Int8Linear, x: torch.Tensor, kernel: str) -> torch.Tensor:
+        """``member(x)`` while ``torch.compile`` traces: the first member traced on ``x`` records one
+        :func:`~llmpack.runtime.kernels.w8a8` call for every member, the others take their slice of it. The
+        record lives only during the trace (the last member clears it), so nothing leaves the graph."""
+        me = self._index[id(member)]
+        rec = self._traced
+        if rec is None or rec[0] is not x:
+            x2 = x.reshape(-1, x.shape[-1])
+            rec = (x, kernels.w8a8(x2, [m.packed() for m in self.members], kernel), set(range(len(self.members))))
+        left = rec[2] - {me}
+        self._traced = (rec[0], rec[1], left) if left else None
+        return rec[1][me].reshape(*x.shape[:-1], member.out_features).to(x.dtype)
 
     def dissolve(self) -> None:
         """Members go back to running alone."""

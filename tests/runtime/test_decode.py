@@ -141,3 +141,41 @@ def _teacher_forced(model: torch.nn.Module, *, compiled: bool) -> torch.Tensor:
         return torch.stack([fwd(input_ids=steps[:, i:i + 1], past_key_values=cache,
                                 cache_position=torch.tensor([7 + i]), use_cache=True).logits[:, -1]
                             for i in range(4)], 1)
+
+
+def test_compiled_siblings_share_one_kernel_call(force) -> None:
+    """Under torch.compile, q/k/v and gate/up still quantize their input once: one native call per group."""
+    import warnings
+
+    import llmpack
+    from llmpack.runtime import kernels
+    from llmpack.runtime.swap import iter_int8_linears
+    from llmpack.testing import tiny_model
+
+    force("avx2")
+    if kernels.native_ops() is None:
+        pytest.skip("the native kernels are not built here (siblings group on them only)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = llmpack.quantize(tiny_model("llama"), "int8", quiet=True).model
+    layers = [m for _, m in iter_int8_linears(model) if m.act_quant]
+    groups = {id(m._group) for m in layers if m._group is not None}
+    alone = sum(m._group is None for m in layers)
+    assert groups
+    step = torch.compile(model, dynamic=False)
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        want = model(input_ids=ids, use_cache=False).logits
+        step(input_ids=ids, use_cache=False)
+        with torch.profiler.profile() as prof:
+            got = step(input_ids=ids, use_cache=False).logits
+    calls = sum(e.count for e in prof.key_averages() if e.key.startswith("llmpack_avx2::w8a8"))
+    assert calls == len(groups) + alone
+    for m in layers:  # the same model compiled without groups: the very same logits
+        m._group = None
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        separate = torch.compile(model, dynamic=False)(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(got, separate, rtol=1e-6, atol=1e-6)
+    # (vs the eager model: float rounding of the compiled float ops, which int8 rounding can amplify)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-2)
