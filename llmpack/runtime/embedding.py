@@ -96,6 +96,7 @@ class TiedInt8Head(nn.Module):
         self._packed: kernels.PackedWeight | None = None
         self._packed_key: tuple[Any, ...] | None = None
         self._kernel: str | None = None  # chosen by prepare() (read as is under torch.compile)
+        self._kernel_few: str | None = None  # the same for 1 to FEW_TOKENS tokens
 
     def packed(self) -> kernels.PackedWeight:
         """The table as a :class:`~llmpack.runtime.kernels.PackedWeight` (rebuilt when it changes)."""
@@ -117,14 +118,16 @@ class TiedInt8Head(nn.Module):
             10
         """
         self.packed()
-        self._kernel = kernels.kernel_for(self._embedding.weight.device.type, self.in_features, self.out_features)
+        dev = self._embedding.weight.device.type
+        self._kernel = kernels.kernel_for(dev, self.in_features, self.out_features)
+        self._kernel_few = kernels.kernel_for(dev, self.in_features, self.out_features, 1)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from the shared int8 table."""
         x2 = x.reshape(-1, self.in_features)
-        if torch.compiler.is_compiling() and self._kernel is not None:
-            kernel = self._kernel
+        if torch.compiler.is_compiling() and self._kernel is not None:  # (shapes are static while tracing)
+            kernel = self._kernel_few if x2.shape[0] <= kernels.FEW_TOKENS and self._kernel_few else self._kernel
         else:
             kernel = kernels.kernel_for(x2.device.type, self.in_features, self.out_features, x2.shape[0])
         y = kernels.w8a16(x2, self.packed(), kernel)

@@ -85,6 +85,7 @@ class Int8Linear(nn.Module):
         self._packed: kernels.PackedWeight | None = None
         self._packed_key: tuple[Any, ...] | None = None
         self._kernel: str | None = None  # chosen by prepare() (read as is under torch.compile)
+        self._kernel_few: str | None = None  # the same for 1 to FEW_TOKENS tokens
         self._group: Any = None  # a SiblingGroup (llmpack.runtime.siblings), set by prepare_int8
 
     @classmethod
@@ -169,7 +170,9 @@ class Int8Linear(nn.Module):
     def kernel(self, device_type: str, tokens: int | None = None) -> str:
         """The kernel this layer runs on a ``device_type`` input of ``tokens`` tokens."""
         if torch.compiler.is_compiling() and self._kernel is not None:
-            return self._kernel
+            # chosen by prepare() for either size (shapes are static while tracing)
+            few = tokens is not None and tokens <= kernels.FEW_TOKENS and self._kernel_few is not None
+            return self._kernel_few if few else self._kernel  # type: ignore[return-value]
         return kernels.kernel_for(device_type, self.in_features, self.out_features, tokens)
 
     def prepare(self) -> "Int8Linear":
@@ -180,13 +183,14 @@ class Int8Linear(nn.Module):
             >>> Int8Linear.from_float(torch.nn.Linear(8, 4)).prepare().out_features
             4
         """
+        self._kernel = self._kernel_few = None
         self._kernel = self.kernel(self.weight.device.type)
+        self._kernel_few = self.kernel(self.weight.device.type, 1)
         packed = self.packed()
         if self.act_quant:
             packed.prepare(self._kernel)
-            few = self.kernel(self.weight.device.type, 1)
-            if few != self._kernel:
-                packed.prepare(few)
+            if self._kernel_few != self._kernel:
+                packed.prepare(self._kernel_few)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +198,8 @@ class Int8Linear(nn.Module):
         if self._group is not None:
             if torch.compiler.is_compiling():
                 if self._kernel is not None and id(self) in self._group._index:
-                    return self._group.traced_output(self, x, self._kernel)
+                    tokens = x.numel() // x.shape[-1]
+                    return self._group.traced_output(self, x, self.kernel(x.device.type, tokens))
             else:
                 y = self._group.output(self, x)
                 if y is not None:

@@ -88,3 +88,28 @@ def test_few_token_kernel_only_on_the_int_mm_rung(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(native, "checked_ops", lambda: object())
     select.reset()
     assert select.cpu_kernel() == "avx2" and select.few_token_kernel() is None
+
+
+def test_long_inputs_take_int_mm_where_it_measures_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the vnni rung (CPUs with AMX have AVX512-VNNI too), inputs longer than FEW_TOKENS run torch._int_mm
+    when many_token_kernel() measured it faster (both exact); decode steps, forced kernels and use() blocks
+    are left alone."""
+    monkeypatch.delenv(ENV_KERNEL, raising=False)
+    monkeypatch.setattr(select, "_chosen", lambda: "vnni")
+    monkeypatch.setattr(select, "few_token_kernel", lambda: None)
+    monkeypatch.setattr(select, "many_token_kernel", lambda: "int_mm")
+    assert select.kernel_for("cpu", 64, 64, tokens=select.FEW_TOKENS + 1) == "int_mm"
+    assert select.kernel_for("cpu", 64, 64) == "int_mm"
+    assert select.kernel_for("cpu", 64, 64, tokens=1) == "vnni"
+    with select.use("vnni"):
+        assert select.kernel_for("cpu", 64, 64, tokens=512) == "vnni"
+
+
+def test_many_token_kernel_only_on_the_vnni_rung_of_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_KERNEL, "vnni")
+    select.reset()
+    assert select.many_token_kernel() is None  # forced: never second-guessed
+    monkeypatch.delenv(ENV_KERNEL)
+    monkeypatch.setattr(select, "_chosen", lambda: "avx2")
+    select.many_token_kernel.cache_clear()
+    assert select.many_token_kernel() is None  # AVX2-only rung: nothing to compare
