@@ -130,6 +130,10 @@ def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str) -> list[t
             return w8a8_7bit(xf, [p.onednn() for p in packs], [p.bias for p in packs])
         kernel = "dequant"
     if kernel == "int_mm":
+        ops = native_ops() if xf.device.type == "cpu" and xf.shape[-1] % 4 == 0 else None
+        if ops is not None:  # the same arithmetic, quantization and rescale in one pass each
+            q, tok = ops.quantize_rows(xf.contiguous())
+            return [ops.int_mm_epilogue(torch._int_mm(q, p.weight.t()), tok, p.scale, p.bias) for p in packs]
         return [reference.int_mm_w8a8(xf, p.weight, p.scale_row, p.bias) for p in packs]
     return [reference.dequant_w8a8(xf, p.weight, p.scale_row, p.bias) for p in packs]
 

@@ -132,6 +132,15 @@ def _register_fakes() -> None:
     def _silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(g)
 
+    @torch.library.register_fake("llmpack_avx2::quantize_rows")
+    def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],))
+
+    @torch.library.register_fake("llmpack_avx2::int_mm_epilogue")
+    def _int_mm_epilogue(acc: torch.Tensor, tok_scale: torch.Tensor, w_scale: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+        return acc.new_empty(acc.shape, dtype=torch.float32)
+
     @torch.library.register_fake("llmpack_avx2::few_token_linear")
     def _few_token_linear(x: torch.Tensor, weight: torch.Tensor, wide: bool = True) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]))

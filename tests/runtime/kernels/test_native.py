@@ -195,3 +195,21 @@ def test_kernels_that_fail_their_self_check_are_not_used(ops: object, fresh_stat
     with pytest.warns(RuntimeWarning, match="wrong results"):
         assert native.checked_ops() is None
     assert native.native_status() == "not used: wrong results on this machine"
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 64, 40), (9, 576, 33), (130, 128, 256)])
+def test_int_mm_with_native_quantization_is_the_reference(ops: object, m: int, k: int, n: int) -> None:
+    """The int_mm kernel with llmpack's one-pass quantization and rescale gives the reference's bits."""
+    from llmpack.runtime.kernels import PackedWeight, w8a8
+
+    w, s, b = _weight(k, n, 7)
+    x = torch.randn(m, k) * torch.logspace(-3, 2, m).reshape(m, 1)
+    x[0, 3] = 80.0  # a dominant value
+    p = PackedWeight(w, s, b)
+    want = reference.int_mm_w8a8(x, w, p.scale_row, p.bias)
+    assert torch.equal(w8a8(x, [p], "int_mm")[0], want)
+    q, tok = ops.quantize_rows(x)
+    q_ref, tok_ref = quantize_per_token(x)
+    assert torch.equal(q, q_ref) and torch.equal(tok, tok_ref.reshape(-1))
+    with pytest.raises(RuntimeError, match="multiple of 4"):
+        ops.quantize_rows(torch.randn(2, 6))

@@ -410,6 +410,57 @@ std::vector<at::Tensor> w8a8_vnni(const at::Tensor& x, at::TensorList packed, at
   return w8a8_impl(x, packed, corr, w_scale, bias, 8, true);
 }
 
+// The file's per-token 8-bit quantization alone, for an integer matmul done elsewhere (torch._int_mm, whose
+// oneDNN kernel uses AMX tiles where the CPU has them): q [m, k] int8 and the scales [m] -- one pass over x
+// instead of PyTorch's five.
+std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x) {
+  check_input(x);
+  const int64_t m = x.size(0), k = x.size(1);
+  TORCH_CHECK(k % 4 == 0, "llmpack_avx2::quantize_rows: the input size must be a multiple of 4");
+  at::Tensor sq = at::empty({m, k}, x.options().dtype(at::kChar));
+  at::Tensor aq = at::empty({m, k}, x.options().dtype(at::kByte));
+  at::Tensor scale = at::empty({m}, x.options());
+  quantize_tokens(x.data_ptr<float>(), m, k, k, sq.data_ptr<int8_t>(), aq.data_ptr<uint8_t>(),
+                  scale.data_ptr<float>(), nullptr, true);
+  return {sq, scale};
+}
+
+// y = float(acc) * tok_scale[r] * w_scale[c] (+ bias[c]) in one pass, the reference's operations in its order.
+at::Tensor int_mm_epilogue(const at::Tensor& acc, const at::Tensor& tok_scale, const at::Tensor& w_scale,
+                           const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous() && acc.device().is_cpu(),
+              "llmpack_avx2::int_mm_epilogue: acc must be a contiguous int32 CPU matrix");
+  const int64_t m = acc.size(0), n = acc.size(1);
+  TORCH_CHECK(tok_scale.scalar_type() == at::kFloat && tok_scale.is_contiguous() && tok_scale.numel() == m,
+              "llmpack_avx2::int_mm_epilogue: one float32 scale per row");
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.is_contiguous() && w_scale.numel() == n,
+              "llmpack_avx2::int_mm_epilogue: one float32 scale per column");
+  const float* b = bias_ptr(bias);
+  if (b) TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == n, "llmpack_avx2::int_mm_epilogue: bias");
+  at::Tensor y = at::empty({m, n}, acc.options().dtype(at::kFloat));
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const float* ts = tok_scale.data_ptr<float>();
+  const float* ws = w_scale.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const __m256 t = _mm256_set1_ps(ts[r]);
+      int64_t c = 0;
+      for (; c + 8 <= n; c += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ap + r * n + c))), t);
+        v = _mm256_mul_ps(v, _mm256_loadu_ps(ws + c));
+        if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + c));
+        _mm256_storeu_ps(yp + r * n + c, v);
+      }
+      for (; c < n; ++c) {
+        const float v = static_cast<float>(ap[r * n + c]) * ts[r] * ws[c];
+        yp[r * n + c] = b ? v + b[c] : v;
+      }
+    }
+  });
+  return y;
+}
+
 // ----------------------------------------------------------------------------------- float helpers
 // Llama-style RMSNorm in float32: y = (x * (1 / sqrt(mean(x^2) + eps))) * weight, one read and one write
 // per token (transformers' module is six tensor operations, each a pass over the activations).
@@ -691,6 +742,8 @@ TORCH_LIBRARY(llmpack_avx2, m) {
   m.def("w8a16(Tensor x, Tensor weight, Tensor w_scale, Tensor? bias, bool wide=True) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("few_token_linear(Tensor x, Tensor weight, bool wide=True) -> Tensor");
+  m.def("quantize_rows(Tensor x) -> (Tensor, Tensor)");
+  m.def("int_mm_epilogue(Tensor acc, Tensor tok_scale, Tensor w_scale, Tensor? bias) -> Tensor");
   m.def("gelu_tanh(Tensor x) -> Tensor");
   m.def("silu_mul(Tensor g, Tensor u) -> Tensor");
 }
@@ -702,6 +755,8 @@ TORCH_LIBRARY_IMPL(llmpack_avx2, CPU, m) {
   m.impl("w8a16", &w8a16);
   m.impl("rms_norm", &rms_norm);
   m.impl("few_token_linear", &few_token_linear);
+  m.impl("quantize_rows", &quantize_rows);
+  m.impl("int_mm_epilogue", &int_mm_epilogue);
   m.impl("gelu_tanh", &gelu_tanh);
   m.impl("silu_mul", &silu_mul);
 }
