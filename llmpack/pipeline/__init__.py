@@ -94,7 +94,8 @@ def quantize(
 
     Args:
         source: HF directory, ``.safetensors`` / ``.gguf`` file, hub id, or a ``transformers`` model.
-        method: ``"fp16"`` (default), ``"bf16"``, ``"int8"``, ``"int8-weight-only"``.
+        method: ``"fp16"`` (default), ``"bf16"``, ``"int8"``, ``"int8-weight-only"``, ``"fp8"`` (alias
+            ``"fp8-dynamic"``), ``"fp8-weight-only"``.
         out: output directory; built beside itself in a temp dir and renamed into place at the end.
             ``None`` with a model source returns the converted model in memory (``result.model``).
         max_shard_size: largest shard (``"2GB"`` default).
@@ -155,7 +156,7 @@ def quantize(
 
     int8: Int8Decisions | None = None
     budget: dict[str, Any] | None = None
-    if rec.method.is_int8:
+    if rec.method.is_quantized:
         int8, budget = calibrate_int8(source if isinstance(source, torch.nn.Module) else src, rec,
                                       tokenizer=tokenizer, calibration_text=calibration_text, calibrate=calibrate,
                                       quiet=quiet, device=dev)

@@ -104,7 +104,7 @@ def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str
         if dt:
             cfg["dtype"] = dt
             cfg["torch_dtype"] = dt
-        if recipe.method.is_int8:
+        if recipe.method.is_quantized:
             cfg = _int8_config(cfg, decisions, recipe)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     copy_aux(src, tmp)
