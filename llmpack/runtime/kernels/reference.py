@@ -44,7 +44,7 @@ def dequant_w8a8(xf: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor
     """compressed-tensors' W8A8 arithmetic on float32 ``xf [tokens, in]``; ``scale_row`` is ``[1, out]``.
     ``quantize_act`` is the per-token activation quantizer of the scheme (int8 by default)."""
     xq, a_scale = quantize_act(xf)
-    w = weight.float().mul_(scale_row.reshape(-1, 1))
+    w = weight.to(torch.float32, copy=True).mul_(scale_row.reshape(-1, 1))
     return F.linear(xq.float().mul_(a_scale), w, bias)
 
 
@@ -62,7 +62,7 @@ def dequant_fp8(xf: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor,
     """
     if act_quant:
         return dequant_w8a8(xf, weight, scale_row, bias, quantize_per_token_fp8)
-    return F.linear(xf, weight.float().mul_(scale_row.reshape(-1, 1)), bias)
+    return F.linear(xf, weight.to(torch.float32, copy=True).mul_(scale_row.reshape(-1, 1)), bias)
 
 
 def rescale_int32(y: torch.Tensor, a_scale: torch.Tensor, scale_row: torch.Tensor, bias: torch.Tensor | None,
