@@ -112,7 +112,8 @@ def quantize(
         tokenizer: int8 with a model source: its tokenizer, needed to calibrate (directories load their own).
         calibration_text: int8: calibration text (default ``llmpack.measure.text.default_text("calib")``).
         device: where the FP16 check and the int8 calibration run a directory's blocks, one at a time
-            (``"cuda"``: a model larger than GPU memory calibrates on one GPU); outputs are the same.
+            (``"cuda"``: a model larger than GPU memory calibrates on one GPU), and where int8 / fp8 weights are
+            quantized, one tensor at a time; outputs are the same.
         **recipe_kwargs: other Recipe fields (``float_dtype``, ``quantize_embeddings``, ``max_ppl_increase``,
             ``max_kl``, ``smooth`` ...).
 
@@ -161,7 +162,7 @@ def quantize(
                                       tokenizer=tokenizer, calibration_text=calibration_text, calibrate=calibrate,
                                       quiet=quiet, device=dev)
     with atomic_dir(out_path, overwrite=overwrite) as tmp:
-        result = write_output(src, tmp, rec, {}, quiet, int8=int8, budget=budget)
+        result = write_output(src, tmp, rec, {}, quiet, int8=int8, budget=budget, device=dev)
         if rec.method == Method.FP16 and calibrate and src.config and src.config.get("architectures"):
             keep = fp16_guard(src, tmp, rec, device=dev)
             if keep:
