@@ -10,7 +10,7 @@
 # huggingface_hub, psutil, tqdm, matplotlib, numpy). llmpack needs nothing else there: without compressed-tensors it
 # writes the same quantization_config as a plain dict (tests/quant/test_fp8.py checks they are equal). Optional, to
 # also validate the configs with compressed-tensors' own pydantic models on that machine: fetch these wheels
-# (cp312 manylinux, 6.4 MiB in all) on a machine with network, into the git-ignored benchmarks/wheelhouse/ that
+# (cp312 manylinux, 3.0 MiB in all) on a machine with network, into the git-ignored benchmarks/wheelhouse/ that
 # travels with the repo, and this script installs them offline:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 \
 #     -d benchmarks/wheelhouse compressed-tensors==0.20.1 pydantic==2.14.4 pydantic-core==2.50.5 loguru==0.7.3 \

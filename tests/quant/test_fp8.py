@@ -187,3 +187,15 @@ def test_budget_moves_sensitive_layers_to_weight_only_or_float() -> None:
     assert d.summary["planned"]["kl"] <= naive.summary["planned"]["kl"]
     recs = d.manifest_decisions()
     assert all(r.get("scheme") == "fp8" for n, r in recs.items() if r["int8"] != "float" and r["reason"] != "default")
+
+
+@pytest.mark.parametrize("method", ["fp8", "fp8-weight-only", "int8"])
+def test_config_without_compressed_tensors_is_the_same(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU machine has no compressed-tensors: the plain dict written there equals the library-generated one."""
+    pytest.importorskip("compressed_tensors")
+    import sys
+
+    kw = dict(ignore=["lm_head"], weight_only_modules=["model.layers.0.mlp.down_proj"])
+    with_ct = build_quantization_config(method, **kw)
+    monkeypatch.setitem(sys.modules, "compressed_tensors.quantization", None)  # import fails
+    assert build_quantization_config(method, **kw) == with_ct
