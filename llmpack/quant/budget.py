@@ -82,6 +82,21 @@ def _budget_ok(r: EvalResult, recipe: Recipe, margin: float) -> bool:
     return ok
 
 
+def _over(r: EvalResult, recipe: Recipe) -> float:
+    """How far ``r`` is over the budget: the largest measured / allowed ratio of the budget's metrics.
+
+    Example:
+        >>> round(_over(EvalResult(ppl=10.2, base_ppl=10.0, kl=0.01, top1=0.9), Recipe(method="int8", max_ppl_increase=4)), 6)
+        0.5
+    """
+    vals = []
+    if recipe.max_ppl_increase is not None:
+        vals.append(r.ppl_increase / max(float(recipe.max_ppl_increase), 1e-12))
+    if recipe.max_kl is not None:
+        vals.append(r.kl / max(float(recipe.max_kl), 1e-12))
+    return max(vals, default=0.0)
+
+
 def _alpha_for(recipe: Recipe, alpha: float | Mapping[str, float] | None) -> dict[str, float]:
     if not recipe.method.act_quant:
         return {}  # weight-only: activations stay float, smoothing buys nothing
@@ -270,8 +285,9 @@ def plan_int8(
         if has_budget and not _budget_ok(result, recipe, margin):
             say("measuring per-layer sensitivity")
             sens = layer_sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip, scheme)
+            current = base_mode
             for lvl in range(1, len(ladder)):
-                cur, nxt = ladder[lvl - 1], ladder[lvl]
+                cur, nxt = current, ladder[lvl]
                 order = sorted((n for n in lins if modes[n] == cur), key=lambda n: -sens[n][cur])
 
                 def trial(k: int, order: list[str] = order, nxt: str = nxt) -> tuple[dict[str, str], EvalResult]:
@@ -296,7 +312,12 @@ def plan_int8(
                         reasons[n] = f"{cur} over budget (sensitivity rank {order.index(n) + 1})"
                     _sibling_reasons(modes, reasons, nxt)
                     break
-                modes, result = cache[len(order)]
+                every, r_every = cache[len(order)]
+                if nxt != "float" and _over(r_every, recipe) >= _over(result, recipe):
+                    # Measured, not assumed: FP8 weight-only can cost more than FP8 W8A8 with smoothing (SmolLM2).
+                    say(f"every layer {nxt} measures no better than {cur}: that remedy is skipped")
+                    continue
+                modes, result, current = every, r_every, nxt
                 for n in order:
                     reasons[n] = f"{cur} over budget for every layer"
         met = (not has_budget) or _budget_ok(result, recipe, 1.0)
