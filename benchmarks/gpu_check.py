@@ -55,11 +55,18 @@ TARGETS = {  # issue 19, point 4 (H200)
 class Check:
     """The run's state: settings, the time budget, results and errors."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, out: Path | None = None) -> None:
         self.args = args
         self.device = args.device
+        self.out = out
         self.t0 = time.perf_counter()
         self.results: dict[str, Any] = {"methods": {}, "errors": [], "skipped": []}
+
+    def save(self) -> None:
+        """Write what is known so far (a run killed by the outer timeout still leaves its partial results)."""
+        if self.out is not None:
+            self.results["seconds"] = round(self.elapsed(), 1)
+            write(self.results, self.out)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -161,8 +168,17 @@ def _decode_weight_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p is not emb)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    chk = Check(args)
+def write(res: dict[str, Any], out: Path) -> str:
+    """``gpu_check.json`` and ``gpu_check.md`` into ``out``; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(res, indent=2, sort_keys=True, default=str) + "\n")
+    md = markdown(res)
+    (out / "gpu_check.md").write_text(md)
+    return md
+
+
+def run(args: argparse.Namespace, out: Path | None = None) -> dict[str, Any]:
+    chk = Check(args, out)
     res = chk.results
     res["environment"] = _environment(chk.device)
     res["settings"] = {k: v for k, v in vars(args).items() if k != "out_dir"}
@@ -203,6 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         del cand
                     shutil.rmtree(q, ignore_errors=True)
                     gb.free(chk.device)
+                    chk.save()
                 del base
                 gb.free(chk.device)
             shutil.rmtree(big, ignore_errors=True)
@@ -244,6 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     del cand
                     shutil.rmtree(q, ignore_errors=True)
                     gb.free(chk.device)
+                    chk.save()
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -334,12 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LLMPACK_PROGRESS", "0")
     if args.device == "cuda":
         os.environ.setdefault("LLMPACK_INT8_KERNEL", "dequant")  # CPU side: the reference; no native build needed
-    res = run(args)
     out = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="gpu-check-out-"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(res, indent=2, sort_keys=True, default=str) + "\n")
-    md = markdown(res)
-    (out / "gpu_check.md").write_text(md)
+    res = run(args, out)
+    md = write(res, out)
     print(md)
     gb.log(f"wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'} in {res['seconds']} s")
     return 1 if res["errors"] else 0
