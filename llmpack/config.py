@@ -27,6 +27,8 @@ class Method(str, Enum):
     BF16 = "bf16"
     INT8 = "int8"  # W8A8: per-channel int8 weights, per-token dynamic int8 activations
     INT8_WEIGHT_ONLY = "int8-weight-only"  # W8A16
+    FP8 = "fp8"  # FP8 E4M3 weights per channel, per-token dynamic FP8 activations (compressed-tensors float-quantized)
+    FP8_WEIGHT_ONLY = "fp8-weight-only"  # FP8 E4M3 weights, float activations
 
     @classmethod
     def parse(cls, value: "str | Method") -> "Method":
@@ -42,6 +44,9 @@ class Method(str, Enum):
             "float16": "fp16",
             "half": "fp16",
             "bfloat16": "bf16",
+            "fp8-dynamic": "fp8",
+            "float8": "fp8",
+            "fp8-wo": "fp8-weight-only",
         }
         key = aliases.get(key, key)
         try:
@@ -52,7 +57,39 @@ class Method(str, Enum):
 
     @property
     def is_int8(self) -> bool:
+        """An int8 method (W8A8 or W8A16)."""
         return self in (Method.INT8, Method.INT8_WEIGHT_ONLY)
+
+    @property
+    def is_quantized(self) -> bool:
+        """A method that stores linear weights in 8 bits (int8 or fp8, with or without activations).
+
+        Example:
+            >>> Method.FP8.is_quantized, Method.BF16.is_quantized
+            (True, False)
+        """
+        return self.scheme is not None
+
+    @property
+    def scheme(self) -> str | None:
+        """The 8-bit weight format: ``"int8"``, ``"fp8"`` or ``None`` (float methods).
+
+        Example:
+            >>> Method.parse("fp8-dynamic").scheme
+            'fp8'
+        """
+        return {Method.INT8: "int8", Method.INT8_WEIGHT_ONLY: "int8",
+                Method.FP8: "fp8", Method.FP8_WEIGHT_ONLY: "fp8"}.get(self)
+
+    @property
+    def act_quant(self) -> bool:
+        """Activations are quantized too (W8A8: ``int8``, ``fp8``); weight-only and float methods: ``False``."""
+        return self in (Method.INT8, Method.FP8)
+
+    @property
+    def weight_only_action(self) -> str | None:
+        """The action of a weight-only layer of this method's scheme (``"int8-weight-only"`` ...)."""
+        return None if self.scheme is None else f"{self.scheme}-weight-only"
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
@@ -94,11 +131,11 @@ class Recipe:
         method: the quantization method.
         max_shard_size: largest shard in bytes (``"2GB"`` style strings accepted).
         ignore: glob / regex patterns (``re:`` prefix) of tensor or module names kept as in the source.
-        float_dtype: dtype for tensors that stay float in an int8 recipe (``None`` = source dtype).
+        float_dtype: dtype for tensors that stay float in an int8 / fp8 recipe (``None`` = source dtype).
         quantize_embeddings: int8 methods: store embedding tables weight-only int8 (per-row scale).
         fp16_overflow: ``"error"`` refuses a model whose FP16 weights/activations overflow;
             ``"keep"`` keeps the offending modules in float32.
-        max_ppl_increase: int8 accuracy budget, percent perplexity increase on calibration text.
+        max_ppl_increase: int8 / fp8 accuracy budget, percent perplexity increase on calibration text.
         max_kl: int8 accuracy budget as mean KL divergence (nats) instead.
         smooth: SmoothQuant migration strength alpha (``None`` = chosen by the budget search / off).
 
@@ -138,10 +175,12 @@ class Recipe:
                 raise ConfigError(f"invalid {name} {v!r}: must be a non-negative number")
         if self.smooth is not None and not (0.0 <= float(self.smooth) <= 1.0):
             raise ConfigError(f"invalid smooth {self.smooth!r}: SmoothQuant alpha must lie in [0, 1]")
-        if (self.max_ppl_increase is not None or self.max_kl is not None or self.quantize_embeddings) and not self.method.is_int8:
+        if (self.max_ppl_increase is not None or self.max_kl is not None) and not self.method.is_quantized:
             raise ConfigError(
-                f"max_ppl_increase / max_kl / quantize_embeddings apply to int8 methods, not {self.method.value}"
+                f"max_ppl_increase / max_kl apply to int8 methods and fp8 methods, not {self.method.value}"
             )
+        if self.quantize_embeddings and not self.method.is_int8:
+            raise ConfigError(f"quantize_embeddings applies to int8 methods, not {self.method.value}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; inverse of :meth:`from_dict`."""

@@ -43,6 +43,7 @@ FP16_MAX = 65504.0
 # --- compressed-tensors ---------------------------------------------------------------------
 CT_QUANT_METHOD = "compressed-tensors"
 CT_FORMAT_INT = "int-quantized"
+CT_FORMAT_FLOAT = "float-quantized"
 CT_STATUS_COMPRESSED = "compressed"
 WEIGHT_SCALE_SUFFIX = "weight_scale"
 

@@ -168,10 +168,10 @@ def plan(
                 out.append(TensorDecision(name, "keep", None, module, "float (source dtype)", **base))
             else:
                 out.append(TensorDecision(name, "cast", fd, module, f"float_dtype {fd}", **base))
-    if method.is_int8:
+    if method.is_quantized:
         out = _int8_decide(infos, module_types, recipe, config, out, weight_only=weight_only, skip=skip)
     elif tuple(weight_only) or tuple(skip):
-        raise ConfigError(f"weight_only / skip apply to int8 methods, not {method.value}")
+        raise ConfigError(f"weight_only / skip apply to int8 and fp8 methods, not {method.value}")
     return out
 
 

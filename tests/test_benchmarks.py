@@ -30,3 +30,29 @@ def test_int8_cpu_harness_tiny(tmp_path: Path) -> None:
     assert qemb["error"] == "" and qemb["saves"].startswith("yes") and qemb["size_mb"] < ours["size_mb"]
     assert qemb["b1_top1"] >= 0.9
     assert "| tiny | llmpack |" in md.read_text() and "b1 vs torch.ao" in md.read_text()
+
+
+def test_gpu_check_cpu_quick_runs_every_step(tmp_path: Path) -> None:
+    """``gpu_check.sh --device cpu --quick``: the GPU check's every step runs on a tiny shape, so it cannot rot."""
+    import os
+
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_TIMEOUT="900")
+    p = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--quick", "--out-dir",
+                        str(out), "--work-dir", str(tmp_path / "work")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=1000, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((out / "gpu_check.json").read_text())
+    assert res["errors"] == [] and res["skipped"] == []
+    assert set(res["methods"]) == {"fp8", "int8", "int8-weight-only", "fp16"}
+    for name, e in res["methods"].items():
+        assert e["quantize_s"] > 0 and e["prefill_model"]["load_s"] >= 0
+        assert set(e["prefill"]) == {"1x64", "2x32"} and all(v["ms"] > 0 for v in e["prefill"].values())
+        assert set(e["decode"]) == {"b1", "b2"} and all(v["ms_per_token"] > 0 for v in e["decode"].values())
+        ag = e["agreement"]
+        assert ag["kl"] < 1e-3 and ag["top1"] >= 0.9, (name, ag)
+        if name != "fp16":
+            assert e["memory_ratio"] < 0.8 and ag["worst_layer_sqnr_db"] > 30, (name, e)
+    assert res["bf16"]["decode"]["b1"]["mode"] == "eager"  # no CUDA graphs on CPU
+    md = (out / "gpu_check.md").read_text()
+    assert "| fp8 |" in md and "prefill 1x64" in md

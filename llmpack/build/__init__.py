@@ -6,7 +6,7 @@ The file lives in the user's repository and has four sections::
     path = "models/smollm2"     # HF dir, .gguf file or hub id (relative paths: to this file)
 
     [quantize]
-    method = "int8"             # fp16 | bf16 | int8 | int8-weight-only
+    method = "int8"             # fp16 | bf16 | int8 | int8-weight-only | fp8 | fp8-weight-only
     out = "build/model"
 
     [measure]                   # optional; gates fail the build (exit 1)

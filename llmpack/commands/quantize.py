@@ -22,7 +22,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                     "  llmpack quantize ./smollm2 --method int8 --out ./smollm2-int8 --max-ppl-increase 2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SRC", help="HF model directory, .safetensors/.gguf file, or hub id")
-    p.add_argument("--method", default="fp16", help="fp16 (default), bf16, int8, int8-weight-only")
+    p.add_argument("--method", default="fp16", help="fp16 (default), bf16, int8, int8-weight-only, fp8 (alias fp8-dynamic), fp8-weight-only")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--max-shard-size", default="2GB", metavar="SIZE", help="largest shard, e.g. 2GB, 512MB (default 2GB)")
     p.add_argument("--ignore", action="append", default=[], metavar="PAT",
@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     text = None
     if args.calibration_text is not None:
         text = _read_text(args.calibration_text)
-    if (kwargs or text is not None) and not method.is_int8:
+    if (kwargs or text is not None) and not method.is_quantized:
         raise ConfigError("--float-dtype/--quantize-embeddings/--max-ppl-increase/--max-kl/--smooth/--calibration-text "
-                          f"apply to int8 methods, not {method.value}")
+                          f"apply to int8 methods and fp8 methods, not {method.value}")
     res = quantize(args.source, method, out=args.out, max_shard_size=args.max_shard_size, ignore=args.ignore,
                    overwrite=args.overwrite, fp16_overflow=args.fp16_overflow, quiet=args.quiet,
                    calibration_text=text, device=args.device or "cpu", **kwargs)

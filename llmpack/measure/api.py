@@ -187,7 +187,27 @@ def measure(
                for side in (report.baseline, report.candidate)):
             report.settings["int8_runtime"] = describe_runtime(report.environment.get("device", "cpu"))
             report.notes.append(f"int8 layers ran {report.settings['int8_runtime']}")
+        if any((side.method or "").startswith("fp8") for side in (report.baseline, report.candidate)):
+            report.settings["fp8_runtime"] = describe_fp8_runtime(report.environment.get("device", "cpu"))
+            report.notes.append(f"fp8 layers ran {report.settings['fp8_runtime']}")
     return report
+
+
+def describe_fp8_runtime(device: str = "cpu") -> str:
+    """The FP8 kernel in effect on ``device``, in words (what ``measure`` records for fp8 models).
+
+    Example:
+        >>> describe_fp8_runtime("cpu")
+        "dequant (compressed-tensors' arithmetic in float32: FP8 tokens, dequantized FP8 weights)"
+    """
+    from llmpack.runtime import kernels
+    from llmpack.runtime.kernels.select import cuda_capability
+
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    k = kernels.fp8_kernel_for(dev, cuda_capability() if dev == "cuda" else None, 4096, 4096)
+    words = {"dequant": "compressed-tensors' arithmetic in float32: FP8 tokens, dequantized FP8 weights",
+             "scaled_mm": "torch._scaled_mm on FP8 tensor cores, row-wise scales, bf16 output"}
+    return f"{k} ({words[k]})"
 
 
 RUNTIMES = ("default", "reference")

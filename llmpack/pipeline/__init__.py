@@ -94,7 +94,8 @@ def quantize(
 
     Args:
         source: HF directory, ``.safetensors`` / ``.gguf`` file, hub id, or a ``transformers`` model.
-        method: ``"fp16"`` (default), ``"bf16"``, ``"int8"``, ``"int8-weight-only"``.
+        method: ``"fp16"`` (default), ``"bf16"``, ``"int8"``, ``"int8-weight-only"``, ``"fp8"`` (alias
+            ``"fp8-dynamic"``), ``"fp8-weight-only"``.
         out: output directory; built beside itself in a temp dir and renamed into place at the end.
             ``None`` with a model source returns the converted model in memory (``result.model``).
         max_shard_size: largest shard (``"2GB"`` default).
@@ -111,7 +112,8 @@ def quantize(
         tokenizer: int8 with a model source: its tokenizer, needed to calibrate (directories load their own).
         calibration_text: int8: calibration text (default ``llmpack.measure.text.default_text("calib")``).
         device: where the FP16 check and the int8 calibration run a directory's blocks, one at a time
-            (``"cuda"``: a model larger than GPU memory calibrates on one GPU); outputs are the same.
+            (``"cuda"``: a model larger than GPU memory calibrates on one GPU), and where int8 / fp8 weights are
+            quantized, one tensor at a time; outputs are the same.
         **recipe_kwargs: other Recipe fields (``float_dtype``, ``quantize_embeddings``, ``max_ppl_increase``,
             ``max_kl``, ``smooth`` ...).
 
@@ -155,12 +157,12 @@ def quantize(
 
     int8: Int8Decisions | None = None
     budget: dict[str, Any] | None = None
-    if rec.method.is_int8:
+    if rec.method.is_quantized:
         int8, budget = calibrate_int8(source if isinstance(source, torch.nn.Module) else src, rec,
                                       tokenizer=tokenizer, calibration_text=calibration_text, calibrate=calibrate,
                                       quiet=quiet, device=dev)
     with atomic_dir(out_path, overwrite=overwrite) as tmp:
-        result = write_output(src, tmp, rec, {}, quiet, int8=int8, budget=budget)
+        result = write_output(src, tmp, rec, {}, quiet, int8=int8, budget=budget, device=dev)
         if rec.method == Method.FP16 and calibrate and src.config and src.config.get("architectures"):
             keep = fp16_guard(src, tmp, rec, device=dev)
             if keep:

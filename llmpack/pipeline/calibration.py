@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import torch
 
 from llmpack.checkpoint.sources import Source
-from llmpack.config import Method, Recipe
+from llmpack.config import Recipe
 from llmpack.errors import BadInputError
 from llmpack.pipeline.result import budget_summary
 from llmpack.plan import _ignored_by, module_of
@@ -96,8 +96,8 @@ def calibrate_int8(source: "torch.nn.Module | Source", recipe: Recipe, *, tokeni
     from llmpack.measure.text import default_text
     from llmpack.quant.budget import plan_int8
 
-    if recipe.method is not Method.INT8 and not has_budget(recipe):
-        return None, {"calibrated": False, "reason": "weight-only int8 without a budget needs no calibration"}
+    if not recipe.method.act_quant and not has_budget(recipe):
+        return None, {"calibrated": False, "reason": f"{recipe.method.value} without a budget needs no calibration"}
     if not calibrate:
         return _no_calibration(recipe, "calibrate=False: plain int8 without smoothing")
     target: "torch.nn.Module | Path"

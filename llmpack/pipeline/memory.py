@@ -24,7 +24,7 @@ def quantize_in_memory(model: torch.nn.Module, recipe: Recipe, t0: float, *, tok
 
     sd, _ = dedupe_state_dict(model)
     src_bytes = sum(t.numel() * t.element_size() for t in sd.values())
-    if recipe.method.is_int8:
+    if recipe.method.is_quantized:
         from llmpack.quant.apply import quantize_module
 
         int8, budget = calibrate_int8(model, recipe, tokenizer=tokenizer, calibration_text=calibration_text,

@@ -47,8 +47,14 @@ def _output_dtype_name(src: Source, recipe: Recipe) -> str | None:
 
 
 def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str, str], quiet: bool, *,
-           int8: "Int8Decisions | None" = None, budget: dict[str, Any] | None = None) -> QuantizeResult:
+           int8: "Int8Decisions | None" = None, budget: dict[str, Any] | None = None,
+           device: "torch.device | None" = None) -> QuantizeResult:
+    """Stream ``src`` through the planned actions into ``tmp``. With a CUDA ``device`` the 8-bit actions run there
+    one tensor at a time (the same IEEE arithmetic, so the same bytes as on CPU, measured faster on big models)."""
     from llmpack._output import progress
+    from llmpack.quant.schemes import scheme_of_action
+
+    on_device = device is not None and device.type == "cuda"
 
     if int8 is not None:
         decisions = plan(src.infos, src.module_types, recipe, src.config, keep_float=keep_float,
@@ -84,7 +90,11 @@ def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str
                     if tuple(tensor.shape) != shape or tensor.dtype != dtype:
                         raise BadInputError(f"int8 smoothing changed the shape/dtype of tensor {name}: "
                                             "quantize with smooth=0 (--smooth 0)")
-                produced = get_action(d.action)(name, tensor, d, recipe)
+                if on_device and scheme_of_action(d.action) is not None:
+                    produced = {k: v.cpu() for k, v in
+                                get_action(d.action)(name, tensor.to(device), d, recipe).items()}
+                else:
+                    produced = get_action(d.action)(name, tensor, d, recipe)
                 for oname, _, _ in outputs[name]:
                     if oname not in produced:
                         raise BadInputError(f"action {d.action} did not produce {oname} for tensor {name}")
@@ -104,7 +114,7 @@ def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str
         if dt:
             cfg["dtype"] = dt
             cfg["torch_dtype"] = dt
-        if recipe.method.is_int8:
+        if recipe.method.is_quantized:
             cfg = _int8_config(cfg, decisions, recipe)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     copy_aux(src, tmp)

@@ -27,7 +27,8 @@ from llmpack.errors import ConfigError
 from llmpack.quant.floats import float_dtype
 from llmpack.quant.registry import get_action
 from llmpack.runtime.embedding import Int8Embedding, TiedInt8Head
-from llmpack.runtime.linear import Int8Linear, is_conv1d
+from llmpack.quant.schemes import scheme_of_action
+from llmpack.runtime.linear import Int8Linear, is_conv1d, linear_class
 from llmpack.runtime.swap import set_module
 
 __all__ = ["quantize_module"]
@@ -41,11 +42,11 @@ def quantize_module(
     weight_only: Iterable[str] = (),
     inplace: bool = False,
 ) -> nn.Module:
-    """Quantize an in-memory model to int8 (W8A8 or W8A16 per ``recipe.method``).
+    """Quantize an in-memory model to int8 or FP8 (W8A8 or weight-only per ``recipe.method``).
 
     Args:
         model: a float model (``transformers`` or any ``nn.Module`` with Linear / Conv1D layers).
-        recipe: an int8 recipe (ignore patterns, ``quantize_embeddings``, ``float_dtype`` apply).
+        recipe: an int8 / fp8 recipe (ignore patterns, ``quantize_embeddings``, ``float_dtype`` apply).
         skip: module names kept in float.
         weight_only: module names made W8A16 inside a W8A8 model.
         inplace: convert ``model`` itself instead of a deep copy.
@@ -67,7 +68,7 @@ def quantize_module(
     from llmpack.plan import plan
     from llmpack.quant import int8_plan
 
-    if not recipe.method.is_int8:
+    if not recipe.method.is_quantized:
         raise ConfigError(f"quantize_module converts to int8; method {recipe.method.value} is a float method")
     target = model if inplace else copy.deepcopy(model)
     sd, dropped = dedupe_state_dict(target)
@@ -91,8 +92,10 @@ def quantize_module(
                     embeddings.append(d.module)
                 else:
                     bias = getattr(old, "bias", None)
-                    new = Int8Linear(q.shape[1], q.shape[0], bias is not None, act_quant=(d.action == "int8"),
-                                     conv1d_layout=is_conv1d(old), dtype=scale.dtype, device="meta")
+                    scheme = scheme_of_action(d.action)
+                    new = linear_class(scheme.name if scheme else "int8")(
+                        q.shape[1], q.shape[0], bias is not None, act_quant=(d.action == recipe.method.scheme),
+                        conv1d_layout=is_conv1d(old), dtype=scale.dtype, device="meta")
                     if bias is not None:
                         bname = f"{d.module}.bias"
                         bd = next((x for x in decisions if x.name == bname), None)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from llmpack.config import Method, Recipe
+from llmpack.config import Recipe
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.quant import smooth as _smooth
 from llmpack.quant.int8_decisions import Int8Decisions
@@ -82,8 +82,23 @@ def _budget_ok(r: EvalResult, recipe: Recipe, margin: float) -> bool:
     return ok
 
 
+def _over(r: EvalResult, recipe: Recipe) -> float:
+    """How far ``r`` is over the budget: the largest measured / allowed ratio of the budget's metrics.
+
+    Example:
+        >>> round(_over(EvalResult(ppl=10.2, base_ppl=10.0, kl=0.01, top1=0.9), Recipe(method="int8", max_ppl_increase=4)), 6)
+        0.5
+    """
+    vals = []
+    if recipe.max_ppl_increase is not None:
+        vals.append(r.ppl_increase / max(float(recipe.max_ppl_increase), 1e-12))
+    if recipe.max_kl is not None:
+        vals.append(r.kl / max(float(recipe.max_kl), 1e-12))
+    return max(vals, default=0.0)
+
+
 def _alpha_for(recipe: Recipe, alpha: float | Mapping[str, float] | None) -> dict[str, float]:
-    if recipe.method is not Method.INT8:
+    if not recipe.method.act_quant:
         return {}  # weight-only: activations stay float, smoothing buys nothing
     if alpha is not None:
         return dict(alpha) if isinstance(alpha, Mapping) else {k: float(alpha) for k in DEFAULT_ALPHA}
@@ -94,14 +109,15 @@ def _alpha_for(recipe: Recipe, alpha: float | Mapping[str, float] | None) -> dic
     return dict(DEFAULT_ALPHA)
 
 
-def _sim_plan(lins: Iterable[str], modes: Mapping[str, str], target_scale: Mapping[str, torch.Tensor]) -> dict[str, LayerSim]:
+def _sim_plan(lins: Iterable[str], modes: Mapping[str, str], target_scale: Mapping[str, torch.Tensor],
+              scheme: str = "int8") -> dict[str, LayerSim]:
     plan = {}
     for n in lins:
         mode = modes[n]
         s = target_scale.get(n)
         if mode == "float":
             continue  # float layers run untouched (smoothing is exact in float)
-        plan[n] = LayerSim(mode, s if mode == "w8a8" else None)
+        plan[n] = LayerSim(mode, s if mode == "w8a8" else None, scheme)
     return plan
 
 
@@ -181,8 +197,8 @@ def plan_int8(
         True
     """
     recipe = recipe or Recipe(method="int8")
-    if not recipe.method.is_int8:
-        raise ConfigError(f"plan_int8 needs an int8 recipe, got method {recipe.method.value}")
+    if not recipe.method.is_quantized:
+        raise ConfigError(f"plan_int8 needs an int8 or fp8 recipe, got method {recipe.method.value}")
     if sensitivity not in ("local", "e2e"):
         raise ConfigError(f"unknown sensitivity {sensitivity!r}: choose 'local' or 'e2e'")
     say = progress or (lambda _msg: None)
@@ -198,7 +214,8 @@ def plan_int8(
     # Names only: a streamed block's modules are dropped after each block, so nothing may keep them alive.
     params = {n: int(m.weight.numel()) for n, m in linear_layers(model).items() if not _is_head(model, n, m)}
     lins = list(params)
-    base_mode = "w8a8" if recipe.method is Method.INT8 else "w8a16"
+    scheme = str(recipe.method.scheme)
+    base_mode = "w8a8" if recipe.method.act_quant else "w8a16"
     ladder = [m for m in _MODES if _MODES.index(m) >= _MODES.index(base_mode)]
     # Every linear layer and smoothing group lives in one block (or outside all blocks, never streamed).
     block_of = _block_index(st, lins)
@@ -232,7 +249,7 @@ def plan_int8(
                                 "cannot stream it; keep it in float with ignore=")
 
         def sim_ctx(m: Mapping[str, str]) -> Callable[[int, torch.nn.Module], Any]:
-            return lambda i, _blk: simulate(model, _sim_plan(per_block.get(i, []), m, target_scale))
+            return lambda i, _blk: simulate(model, _sim_plan(per_block.get(i, []), m, target_scale, scheme))
 
         def float_ctx(i: int, _blk: torch.nn.Module) -> Any:
             return None if act_stats is not None else absmax_hooks(model, per_block.get(i, []), stats)
@@ -267,9 +284,10 @@ def plan_int8(
         sens: dict[str, dict[str, float]] = {}
         if has_budget and not _budget_ok(result, recipe, margin):
             say("measuring per-layer sensitivity")
-            sens = layer_sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip)
+            sens = layer_sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip, scheme)
+            current = base_mode
             for lvl in range(1, len(ladder)):
-                cur, nxt = ladder[lvl - 1], ladder[lvl]
+                cur, nxt = current, ladder[lvl]
                 order = sorted((n for n in lins if modes[n] == cur), key=lambda n: -sens[n][cur])
 
                 def trial(k: int, order: list[str] = order, nxt: str = nxt) -> tuple[dict[str, str], EvalResult]:
@@ -294,7 +312,12 @@ def plan_int8(
                         reasons[n] = f"{cur} over budget (sensitivity rank {order.index(n) + 1})"
                     _sibling_reasons(modes, reasons, nxt)
                     break
-                modes, result = cache[len(order)]
+                every, r_every = cache[len(order)]
+                if nxt != "float" and _over(r_every, recipe) >= _over(result, recipe):
+                    # Measured, not assumed: FP8 weight-only can cost more than FP8 W8A8 with smoothing (SmolLM2).
+                    say(f"every layer {nxt} measures no better than {cur}: that remedy is skipped")
+                    continue
+                modes, result, current = every, r_every, nxt
                 for n in order:
                     reasons[n] = f"{cur} over budget for every layer"
         met = (not has_budget) or _budget_ok(result, recipe, 1.0)
@@ -306,6 +329,8 @@ def plan_int8(
         for n in lins:
             rec: dict[str, Any] = {"kind": "layer", "module": n, "int8": modes[n], "reason": reasons[n],
                                    "params": params[n]}
+            if scheme != "int8" and modes[n] != "float":
+                rec["scheme"] = scheme  # "int8" stays the key of the mode: w8a8 / w8a16 / float
             g = by_target.get(n)
             if g is not None and modes[n] == "w8a8":
                 rec["smooth"] = {"alpha": alphas[g.kind], "from": g.prev, "group": g.kind}
@@ -328,7 +353,7 @@ def plan_int8(
         return Int8Decisions(
             method=recipe.method.value, alpha=alphas if used else {}, groups=used,
             smooth_scales={p: scales[p] for p in used},
-            weight_only={n for n, m in modes.items() if m == "w8a16"} if recipe.method is Method.INT8 else set(),
+            weight_only={n for n, m in modes.items() if m == "w8a16"} if recipe.method.act_quant else set(),
             keep_float={n for n, m in modes.items() if m == "float"}, records=records, summary=summary, params=params,
             has_bias={p: getattr(model.get_submodule(p), "bias", None) is not None for p in used},
         )

@@ -235,10 +235,12 @@ class LayerSim:
             (weight-only int8) or ``"float"``.
         smooth: optional per-input-channel SmoothQuant scale ``s``: the layer computes
             ``q(x / s) @ q(W * s)ᵀ``, which equals ``x @ Wᵀ`` without quantization.
+        scheme: the 8-bit grid of ``q`` (``"int8"`` or ``"fp8"``, :mod:`llmpack.quant.schemes`).
     """
 
     mode: str = "w8a8"
     smooth: torch.Tensor | None = None
+    scheme: str = "int8"
 
     def __post_init__(self) -> None:
         if self.mode not in ("w8a8", "w8a16", "float"):
@@ -246,7 +248,10 @@ class LayerSim:
 
 
 def _sim_forward(mod: torch.nn.Module, sim: LayerSim):
+    from llmpack.quant.schemes import get_scheme
+
     conv1d = type(mod).__name__ == "Conv1D"
+    scheme = get_scheme(sim.scheme)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         w = mod.weight
@@ -259,9 +264,9 @@ def _sim_forward(mod: torch.nn.Module, sim: LayerSim):
             x = x.float() / s
             w = w.float() * (s.unsqueeze(1) if conv1d else s)
         if sim.mode != "float":
-            w = fake_quant_weight(w, out_dim=1 if conv1d else 0)
+            w = scheme.fake_weight(w, 1 if conv1d else 0)
         if sim.mode == "w8a8":
-            x = fake_quant_act(x)
+            x = scheme.fake_act(x)
         w = w.to(dt)
         x = x.to(dt)
         if conv1d:

@@ -1,5 +1,6 @@
 """The compressed-tensors ``quantization_config`` that llmpack writes into ``config.json``, and
-its parser.
+its parser: ``int-quantized`` for int8 methods, ``float-quantized`` for fp8 (FP8 E4M3 weights per channel,
+dynamic per-token FP8 activations: what llm-compressor's ``FP8_DYNAMIC`` writes and vLLM reads).
 
 The config is built through the ``compressed-tensors`` package's own pydantic models
 (``QuantizationConfig`` / ``QuantizationScheme`` / ``QuantizationArgs``) when that package is
@@ -11,6 +12,8 @@ Example:
     ('int-quantized', 'token')
     >>> parse_quantization_config(cfg).weight_only
     False
+    >>> parse_quantization_config(build_quantization_config("fp8")).scheme
+    'fp8'
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import re
 from typing import Any, Iterable, Mapping
 
 from llmpack.config import Method
-from llmpack.constants import CT_FORMAT_INT, CT_QUANT_METHOD, CT_STATUS_COMPRESSED
+from llmpack.constants import CT_FORMAT_FLOAT, CT_FORMAT_INT, CT_QUANT_METHOD, CT_STATUS_COMPRESSED
 from llmpack.errors import ConfigError
+from llmpack.quant.schemes import SCHEMES, Scheme, get_scheme
 
 __all__ = [
     "WEIGHT_ARGS",
@@ -50,11 +54,12 @@ def _clean(d: Any) -> Any:
     return d
 
 
-def _group(targets: list[str], act: bool) -> dict[str, Any]:
+def _group(targets: list[str], act: bool, scheme: Scheme = SCHEMES["int8"]) -> dict[str, Any]:
     # "format" per group, as compressed-tensors itself writes it: without it the library infers
     # "pack-quantized" for weight-only groups and looks for weight_packed tensors.
-    return {"targets": list(targets), "weights": dict(WEIGHT_ARGS), "input_activations": dict(ACT_ARGS) if act else None,
-            "format": CT_FORMAT_INT}
+    return {"targets": list(targets), "weights": dict(WEIGHT_ARGS, type=scheme.ct_type),
+            "input_activations": dict(ACT_ARGS, type=scheme.ct_type) if act else None,
+            "format": scheme.ct_format}
 
 
 def build_quantization_config(
@@ -64,12 +69,13 @@ def build_quantization_config(
     weight_only_modules: Iterable[str] = (),
     embeddings: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The ``quantization_config`` dict for an int8 method.
+    """The ``quantization_config`` dict for an int8 or fp8 method.
 
     Args:
-        method: ``int8`` (W8A8) or ``int8-weight-only`` (W8A16).
+        method: ``int8`` (W8A8), ``int8-weight-only`` (W8A16), ``fp8`` (FP8 weights and per-token activations)
+            or ``fp8-weight-only``.
         ignore: ``nn.Linear`` (and ``Conv1D``) modules kept in float (the compressed-tensors ``ignore`` list).
-        weight_only_modules: layers stored W8A16 inside a W8A8 model (an extra config group
+        weight_only_modules: layers stored weight-only inside a W8A8 model (an extra config group
             targeting them by exact name).
         embeddings: ``nn.Embedding`` modules stored int8 weight-only (``--quantize-embeddings``).
 
@@ -77,26 +83,32 @@ def build_quantization_config(
         A JSON-ready dict, exactly the layout of DESIGN.md ("On-disk format").
 
     Raises:
-        ConfigError: ``method`` is not an int8 method.
+        ConfigError: ``method`` is not an int8 / fp8 method, or embeddings are asked for with fp8.
 
     Example:
         >>> build_quantization_config("int8-weight-only")["config_groups"]["group_0"]["input_activations"] is None
         True
+        >>> build_quantization_config("fp8")["config_groups"]["group_0"]["weights"]["type"]
+        'float'
     """
     m = Method.parse(method)
-    if not m.is_int8:
-        raise ConfigError(f"method {m.value!r} has no compressed-tensors config: use int8 or int8-weight-only")
-    groups: dict[str, dict[str, Any]] = {"group_0": _group(["Linear"], act=(m is Method.INT8))}
+    if m.scheme is None:
+        raise ConfigError(f"method {m.value!r} has no compressed-tensors config: use int8, int8-weight-only, fp8 or "
+                          "fp8-weight-only")
+    scheme = get_scheme(m.scheme)
+    groups: dict[str, dict[str, Any]] = {"group_0": _group(["Linear"], m.act_quant, scheme)}
     wo = sorted(set(weight_only_modules))
-    if wo and m is Method.INT8:
-        groups["group_1"] = _group([f"re:^{re.escape(n)}$" for n in wo], act=False)
+    if wo and m.act_quant:
+        groups["group_1"] = _group([f"re:^{re.escape(n)}$" for n in wo], False, scheme)
     emb = sorted(set(embeddings))
+    if emb and scheme.name != "int8":
+        raise ConfigError("int8 embedding tables are written by int8 methods only: drop quantize_embeddings for fp8")
     if emb:
         groups[f"group_{len(groups)}"] = _group([f"re:^{re.escape(n)}$" for n in emb], act=False)
     ign = sorted(set(ignore))
     plain: dict[str, Any] = {
         "quant_method": CT_QUANT_METHOD,
-        "format": CT_FORMAT_INT,
+        "format": scheme.ct_format,
         "quantization_status": CT_STATUS_COMPRESSED,
         "config_groups": groups,
         "ignore": ign,
@@ -115,7 +127,7 @@ def build_quantization_config(
         for name, g in groups.items()
     }
     qc = QuantizationConfig(
-        config_groups=schemes, format=CT_FORMAT_INT, quantization_status=CT_STATUS_COMPRESSED, ignore=ign,
+        config_groups=schemes, format=scheme.ct_format, quantization_status=CT_STATUS_COMPRESSED, ignore=ign,
         quant_method=CT_QUANT_METHOD,
     )
     dumped = qc.model_dump(mode="json", exclude_none=True)
@@ -133,7 +145,7 @@ def build_quantization_config(
             "input_activations": (
                 {k: g["input_activations"][k] for k in ACT_ARGS} if g.get("input_activations") else None
             ),
-            "format": g.get("format", CT_FORMAT_INT),
+            "format": g.get("format", scheme.ct_format),
         }
     return _clean(out)
 
@@ -145,11 +157,13 @@ class ParsedQuantConfig:
     Attributes:
         groups: ``(targets, act_quant)`` per config group, in order.
         ignore: module names / patterns kept in float.
-        weight_only: every group is W8A16.
+        scheme: ``"int8"`` (``int-quantized``) or ``"fp8"`` (``float-quantized``): one per checkpoint.
+        weight_only: every group is weight-only.
     """
 
     groups: tuple[tuple[tuple[str, ...], bool], ...]
     ignore: tuple[str, ...]
+    scheme: str = "int8"
 
     @property
     def weight_only(self) -> bool:
@@ -162,10 +176,11 @@ def is_compressed_tensors(qcfg: Mapping[str, Any] | None) -> bool:
 
 
 def parse_quantization_config(qcfg: Mapping[str, Any]) -> ParsedQuantConfig:
-    """Validate a compressed-tensors config for llmpack's int8 runtime and summarise it.
+    """Validate a compressed-tensors config for llmpack's runtime and summarise it.
 
-    Accepts configs written by llmpack and by the compressed-tensors library (``int-quantized``
-    with 8-bit symmetric int weights, per-channel; activations per-token dynamic or none).
+    Accepts configs written by llmpack and by the compressed-tensors library: ``int-quantized`` with 8-bit
+    symmetric int weights, or ``float-quantized`` with 8-bit float (E4M3) weights, per channel (or per tensor);
+    activations per-token dynamic of the same type, or none.
 
     Raises:
         ConfigError: another quantization method, format or scheme llmpack cannot run.
@@ -177,10 +192,14 @@ def parse_quantization_config(qcfg: Mapping[str, Any]) -> ParsedQuantConfig:
     if not is_compressed_tensors(qcfg):
         raise ConfigError(f"quantization_config quant_method {qcfg.get('quant_method')!r} is not compressed-tensors")
     fmt = qcfg.get("format")
-    if fmt != CT_FORMAT_INT:
+    by_format = {s.ct_format: s for s in SCHEMES.values()}
+    if fmt not in by_format:
         raise ConfigError(
-            f"compressed-tensors format {fmt!r} is not supported by llmpack's int8 runtime: only {CT_FORMAT_INT!r}"
+            f"compressed-tensors format {fmt!r} is not supported by llmpack's runtime: only {CT_FORMAT_INT!r} "
+            f"and {CT_FORMAT_FLOAT!r}"
         )
+    scheme = by_format[fmt]
+    wtype = scheme.ct_type
     status = qcfg.get("quantization_status", CT_STATUS_COMPRESSED)
     if status != CT_STATUS_COMPRESSED:
         raise ConfigError(f"compressed-tensors quantization_status {status!r}: llmpack loads 'compressed' checkpoints only")
@@ -189,25 +208,27 @@ def parse_quantization_config(qcfg: Mapping[str, Any]) -> ParsedQuantConfig:
         if not isinstance(g, Mapping):
             raise ConfigError(f"quantization_config group {gname!r} is not a scheme")
         w = g.get("weights") or {}
-        if not (w.get("num_bits") == 8 and w.get("type", "int") == "int" and w.get("symmetric", True)
+        if not (w.get("num_bits") == 8 and w.get("type", "int") == wtype and w.get("symmetric", True)
                 and w.get("strategy") in ("channel", "tensor") and not w.get("dynamic", False)
                 and w.get("group_size") in (None, -1)):
             raise ConfigError(
-                f"quantization_config group {gname!r} weights {dict(w)} are not 8-bit symmetric int per-channel: "
+                f"quantization_config group {gname!r} weights {dict(w)} are not 8-bit symmetric {wtype} per-channel: "
                 f"llmpack cannot run this scheme"
             )
         a = g.get("input_activations")
         gfmt = g.get("format")
-        if gfmt not in (None, CT_FORMAT_INT):
-            raise ConfigError(f"quantization_config group {gname!r} has format {gfmt!r}: llmpack runs {CT_FORMAT_INT!r} only")
+        if gfmt not in (None, fmt):
+            raise ConfigError(f"quantization_config group {gname!r} has format {gfmt!r} inside a {fmt!r} config: "
+                              "llmpack runs one format per checkpoint")
         if a:
-            if not (a.get("num_bits") == 8 and a.get("type", "int") == "int" and a.get("dynamic", False)):
+            if not (a.get("num_bits") == 8 and a.get("type", "int") == wtype and a.get("dynamic", False)):
                 raise ConfigError(
-                    f"quantization_config group {gname!r} activations {dict(a)} are not dynamic 8-bit int: "
+                    f"quantization_config group {gname!r} activations {dict(a)} are not dynamic 8-bit {wtype}: "
                     f"llmpack runs per-token dynamic activations only"
                 )
         groups.append((tuple(str(t) for t in g.get("targets", ())), bool(a)))
-    return ParsedQuantConfig(groups=tuple(groups), ignore=tuple(str(i) for i in qcfg.get("ignore") or ()))
+    return ParsedQuantConfig(groups=tuple(groups), ignore=tuple(str(i) for i in qcfg.get("ignore") or ()),
+                             scheme=scheme.name)
 
 
 def _matches(target: str, name: str, class_name: str) -> bool:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_finite",
     "absmax",
     "midrange",
+    "per_channel",
     "int8_per_channel",
     "quantize_per_token",
     "dequantize",
@@ -42,7 +44,7 @@ SCALE_EPS = 1e-12
 """Lower bound of a scale, so an all-zero row or token does not divide by zero."""
 
 
-def check_finite(name: str, w: torch.Tensor) -> None:
+def check_finite(name: str, w: torch.Tensor, what: str = "int8") -> None:
     """Raise :class:`NonFiniteWeightError` naming ``name`` when ``w`` holds NaN or Inf.
 
     Example:
@@ -51,15 +53,61 @@ def check_finite(name: str, w: torch.Tensor) -> None:
     if w.is_floating_point() and not bool(torch.isfinite(w).all()):
         bad = int((~torch.isfinite(w)).sum())
         raise NonFiniteWeightError(
-            f"tensor {name!r} holds {bad} NaN/Inf value(s): cannot quantize it to int8; "
+            f"tensor {name!r} holds {bad} NaN/Inf value(s): cannot quantize it to {what}; "
             f"fix the source checkpoint or keep it in float with --ignore {name.rsplit('.', 1)[0]!r}"
         )
+
+
+def per_channel(
+    w: torch.Tensor, dim: int, *, qmax: float, to_grid: "Callable[[torch.Tensor], torch.Tensor]",
+    scale_dtype: torch.dtype | None = None, name: str = "weight", what: str = "int8",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 8-bit quantization with one scale per slice along ``dim``, for any grid (int8, FP8 E4M3).
+
+    ``scale = absmax / qmax`` in float32, stored in ``scale_dtype``; ``q = to_grid(w / scale)`` with the
+    *stored* scale, so ``dequantize(q, scale)`` is exactly what every reader reconstructs.
+
+    Args:
+        w: a floating-point 2-D tensor.
+        dim: the channel dimension that gets its own scale.
+        qmax: the grid's largest magnitude (127 for int8, 448 for FP8 E4M3).
+        to_grid: float32 ``w / scale`` -> the stored tensor (rounded, clamped and cast; may work in place).
+        scale_dtype: dtype of the returned scale (default: ``w.dtype``).
+        name: tensor name used in error messages.
+        what: the format's name in error messages.
+
+    Raises:
+        NonFiniteWeightError: ``w`` holds NaN or Inf.
+        BadInputError: ``w`` is not a 2-D floating-point tensor.
+
+    Example:
+        >>> q, s = per_channel(torch.tensor([[2.0, -1.0]]), 0, qmax=2, to_grid=lambda t: t)
+        >>> q.tolist(), s.flatten().tolist()
+        ([[2.0, -1.0]], [1.0])
+    """
+    if w.dim() != 2 or not w.is_floating_point():
+        raise BadInputError(
+            f"tensor {name!r} has shape {tuple(w.shape)} and dtype {w.dtype}: {what} per-channel needs a 2-D float weight"
+        )
+    dim = dim % 2
+    sdt = scale_dtype or w.dtype
+    wf = w.float()
+    amax = absmax(wf, 1 - dim)
+    if not bool(torch.isfinite(amax).all()):  # NaN / Inf propagate into the row maxima
+        check_finite(name, w, what)
+    scale = (amax / qmax).clamp_min(SCALE_EPS).to(sdt)
+    # Divide by the scale as stored (possibly fp16/bf16) so files and runtime agree bit for bit.
+    return to_grid(torch.div(wf, scale.float())), scale
+
+
+def _int8_grid(t: torch.Tensor) -> torch.Tensor:
+    return t.round_().clamp_(-QMAX, QMAX).to(torch.int8)
 
 
 def int8_per_channel(
     w: torch.Tensor, dim: int = 0, *, scale_dtype: torch.dtype | None = None, name: str = "weight"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 quantization with one scale per slice along ``dim``.
+    """Symmetric int8 quantization with one scale per slice along ``dim`` (:func:`per_channel` on the int8 grid).
 
     For an ``nn.Linear`` weight ``[out, in]`` use ``dim=0`` (one scale per output channel); for a
     GPT-2 ``Conv1D`` weight ``[in, out]`` use ``dim=1``. The scale is ``absmax / 127`` computed in
@@ -85,20 +133,7 @@ def int8_per_channel(
         >>> q.tolist(), s.flatten().tolist()
         ([[64, -127], [127, 64]], [0.015748031437397003, 0.003937007859349251])
     """
-    if w.dim() != 2 or not w.is_floating_point():
-        raise BadInputError(
-            f"tensor {name!r} has shape {tuple(w.shape)} and dtype {w.dtype}: int8 per-channel needs a 2-D float weight"
-        )
-    dim = dim % 2
-    sdt = scale_dtype or w.dtype
-    wf = w.float()
-    amax = absmax(wf, 1 - dim)
-    if not bool(torch.isfinite(amax).all()):  # NaN / Inf propagate into the row maxima
-        check_finite(name, w)
-    scale = (amax / QMAX).clamp_min(SCALE_EPS).to(sdt)
-    # Divide by the scale as stored (possibly fp16/bf16) so files and runtime agree bit for bit.
-    q = torch.div(wf, scale.float()).round_().clamp_(-QMAX, QMAX).to(torch.int8)
-    return q, scale
+    return per_channel(w, dim, qmax=QMAX, to_grid=_int8_grid, scale_dtype=scale_dtype, name=name)
 
 
 def absmax(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -1,8 +1,11 @@
-"""The int8 actions of the streaming pipeline, registered in :mod:`llmpack.quant.registry`.
+"""The 8-bit weight actions of the streaming pipeline, registered in :mod:`llmpack.quant.registry`.
 
 * ``int8`` — a W8A8 layer's weight: ``P.weight`` int8 ``[out, in]`` + ``P.weight_scale`` ``[out, 1]``.
 * ``int8-weight-only`` — the same tensors for a W8A16 layer (the difference lives in ``config.json``).
 * ``int8-embedding`` — an embedding table, int8 per row: ``E.weight`` int8 + ``E.weight_scale`` ``[rows, 1]``.
+* ``fp8`` / ``fp8-weight-only`` — the same with ``P.weight`` ``float8_e4m3fn`` (compressed-tensors ``float-quantized``).
+
+One function serves them all; the scheme (:mod:`llmpack.quant.schemes`) follows from the action's name.
 
 A GPT-2 ``Conv1D`` weight (stored ``[in, out]``) is transposed to ``[out, in]`` before quantization
 (``decision.extra["layout"] == "conv1d"``), so every int8 layer has the nn.Linear layout on disk.
@@ -20,8 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from llmpack.quant.floats import float_dtype
-from llmpack.quant.int8 import int8_per_channel
 from llmpack.quant.registry import register_action
+from llmpack.quant.schemes import QUANT_ACTIONS, SCHEMES, scheme_of_action
 
 if TYPE_CHECKING:
     from llmpack.config import Recipe
@@ -50,21 +53,24 @@ def _scale_dtype(decision: "TensorDecision") -> torch.dtype:
 
 
 def int8_out_specs(decision: "TensorDecision") -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    """Output names, shapes and dtypes of an int8 action (known before any data is read)."""
+    """Output names, shapes and dtypes of an 8-bit action (known before any data is read)."""
     shape = tuple(int(x) for x in decision.shape)
     if decision.extra.get("layout") == CONV1D_LAYOUT:
         shape = (shape[1], shape[0])
-    return [(decision.name, shape, torch.int8), (scale_name(decision.name), (shape[0], 1), _scale_dtype(decision))]
+    scheme = scheme_of_action(decision.action) or SCHEMES["int8"]
+    return [(decision.name, shape, scheme.dtype), (scale_name(decision.name), (shape[0], 1), _scale_dtype(decision))]
 
 
 def quantize_weight(name: str, tensor: torch.Tensor, decision: "TensorDecision", recipe: "Recipe") -> dict[str, torch.Tensor]:
-    """Quantize one weight per output channel (per row for embeddings); refuses NaN/Inf naming the tensor."""
+    """Quantize one weight per output channel (per row for embeddings) in the action's scheme; refuses NaN/Inf
+    naming the tensor."""
     w = tensor
     if decision.extra.get("layout") == CONV1D_LAYOUT:
         w = w.t()
-    q, scale = int8_per_channel(w, 0, scale_dtype=_scale_dtype(decision), name=name)
+    scheme = scheme_of_action(decision.action) or SCHEMES["int8"]
+    q, scale = scheme.quantize_weight(w, 0, scale_dtype=_scale_dtype(decision), name=name)
     return {name: q.contiguous(), scale_name(name): scale.contiguous()}
 
 
-for _action in ("int8", "int8-weight-only", "int8-embedding"):
+for _action in QUANT_ACTIONS:
     register_action(_action, out_specs=int8_out_specs)(quantize_weight)

@@ -23,7 +23,8 @@ class Int8Decisions:
     """The outcome of the INT8 accuracy search, ready to apply while streaming or in memory.
 
     Attributes:
-        method: ``"int8"`` (W8A8) or ``"int8-weight-only"``.
+        method: ``"int8"`` (W8A8), ``"int8-weight-only"``, ``"fp8"`` or ``"fp8-weight-only"`` (the modes
+            ``w8a8`` / ``w8a16`` then name FP8 weights with FP8 / float activations).
         alpha: SmoothQuant alpha per group kind (empty: no smoothing).
         groups: the smoothing groups that have a scale (``prev`` name → group).
         smooth_scales: ``prev`` name → producer-side scale ``s`` (float32).
@@ -56,7 +57,7 @@ class Int8Decisions:
         """``"w8a8"``, ``"w8a16"`` or ``"float"`` for one linear layer."""
         if name in self.keep_float:
             return "float"
-        if name in self.weight_only or self.method == Method.INT8_WEIGHT_ONLY.value:
+        if name in self.weight_only or not Method.parse(self.method).act_quant:
             return "w8a16"
         return "w8a8"
 

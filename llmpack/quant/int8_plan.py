@@ -1,5 +1,6 @@
-"""INT8 planning: which tensors become int8 (W8A8 / W8A16), which embedding tables become int8,
-and which stay float. Called by :func:`llmpack.plan.plan` for int8 methods; pure (no tensor data).
+"""8-bit planning: which tensors become int8 / fp8 (W8A8 / weight-only), which embedding tables become int8,
+and which stay float. Called by :func:`llmpack.plan.plan` for int8 and fp8 methods (the scheme follows from the
+method, :mod:`llmpack.quant.schemes`); pure (no tensor data).
 
 Defaults: every ``nn.Linear`` and GPT-2 ``Conv1D`` weight is quantized per output channel, except
 output heads (``lm_head``, ``embed_out``, ``output``), which stay float with
@@ -23,17 +24,18 @@ import dataclasses
 from typing import Any, Iterable, Mapping, Sequence
 
 import llmpack.quant.int8_actions  # noqa: F401  (registers the int8 actions)
-from llmpack.config import Method, Recipe
+from llmpack.config import Recipe
 from llmpack.errors import ConfigError
 from llmpack.plan import TensorDecision, module_of
 from llmpack.quant.int8_actions import CONV1D_LAYOUT
+from llmpack.quant.schemes import QUANT_ACTIONS
 
 __all__ = ["decide", "update_config", "LINEAR_TYPES", "EMBEDDING_TYPES", "OUTPUT_HEAD_NAMES", "int8_modules"]
 
 LINEAR_TYPES = ("Linear", "Conv1D")
 EMBEDDING_TYPES = ("Embedding",)
 OUTPUT_HEAD_NAMES = ("lm_head", "embed_out", "output")
-INT8_ACTIONS = ("int8", "int8-weight-only", "int8-embedding")
+INT8_ACTIONS = QUANT_ACTIONS  # (every 8-bit action, int8 and fp8)
 
 
 def _is_output_head(module: str, shape: Sequence[int], mtype: str, config: Mapping[str, Any] | None) -> bool:
@@ -64,7 +66,7 @@ def decide(
     Args:
         infos: tensor descriptions (name, shape, dtype), in the same order as ``float_decisions``.
         module_types: module name -> class name.
-        recipe: an int8 recipe.
+        recipe: an int8 or fp8 recipe.
         config: the model's ``config.json`` dict.
         float_decisions: what :func:`llmpack.plan.plan` decided for a float method (ignore patterns applied).
         weight_only: module names stored W8A16 inside a W8A8 model.
@@ -74,19 +76,21 @@ def decide(
         One decision per tensor, same order.
 
     Raises:
-        ConfigError: the recipe is not int8, or the model's module types are unknown.
+        ConfigError: the recipe is not int8 / fp8, or the model's module types are unknown.
     """
-    if not recipe.method.is_int8:
+    scheme = recipe.method.scheme
+    if scheme is None:
         raise ConfigError(f"int8 planning called for method {recipe.method.value}")
     infos = list(infos)
     if not module_types:
         raise ConfigError(
-            "int8 needs the model architecture to find Linear layers, but it could not be built from config.json "
+            f"{recipe.method.value} needs the model architecture to find Linear layers, but it could not be built from config.json "
             "(missing 'architectures'?): pass an HF model directory with a complete config.json"
         )
     wo = set(weight_only)
     sk = set(skip)
-    linear_action = "int8" if recipe.method is Method.INT8 else "int8-weight-only"
+    wo_action = f"{scheme}-weight-only"
+    linear_action = scheme if recipe.method.act_quant else wo_action
     out: list[TensorDecision] = []
     for info, fd in zip(infos, float_decisions):
         name, module = info.name, module_of(info.name)
@@ -105,12 +109,12 @@ def decide(
             if _is_output_head(module, tuple(info.shape), mtype, config):
                 out.append(dataclasses.replace(fd, reason=f"{fd.reason}; output head stays float"))
                 continue
-            action = "int8-weight-only" if module in wo else linear_action
+            action = wo_action if module in wo else linear_action
             extra: dict[str, Any] = {"scale_dtype": sdt, "module_type": mtype}
             if mtype == "Conv1D":
                 extra["layout"] = CONV1D_LAYOUT
-            mode = "w8a16" if action == "int8-weight-only" else "w8a8"
-            out.append(TensorDecision(name, action, "int8", module, f"int8 per-channel ({mode})", extra, **base))
+            mode = "w8a16" if action == wo_action else "w8a8"
+            out.append(TensorDecision(name, action, scheme, module, f"{scheme} per-channel ({mode})", extra, **base))
         elif mtype in EMBEDDING_TYPES and recipe.quantize_embeddings and module not in sk:
             out.append(TensorDecision(name, "int8-embedding", "int8", module, "int8 embedding (per-row scale)",
                                       {"scale_dtype": sdt, "module_type": mtype}, **base))
@@ -152,7 +156,8 @@ def update_config(cfg: Mapping[str, Any], decisions: Sequence[TensorDecision], r
     mods = int8_modules(decisions)
     linear = [m for m, t in module_types.items() if t == "Linear"]
     ignore = sorted(m for m in linear if m not in mods)
-    weight_only = [m for m, a in mods.items() if a == "int8-weight-only"] if recipe.method is Method.INT8 else []
+    weight_only = ([m for m, a in mods.items() if a == recipe.method.weight_only_action]
+                   if recipe.method.act_quant else [])
     embeddings = [m for m, a in mods.items() if a == "int8-embedding"]
     out = dict(cfg)
     out["quantization_config"] = build_quantization_config(

@@ -15,8 +15,9 @@ class _LocalErrors:
     """Forward hooks accumulating each layer's relative output error ``|y_q - y|² / |y|²`` quantized alone,
     on float inputs; used one block at a time (``hooks(model, names)``) by the streamed float pass."""
 
-    def __init__(self, target_scale: Mapping[str, torch.Tensor], modes: Sequence[str]) -> None:
+    def __init__(self, target_scale: Mapping[str, torch.Tensor], modes: Sequence[str], scheme: str = "int8") -> None:
         self.target_scale = target_scale
+        self.scheme = scheme
         self.modes = list(modes)
         self.num: dict[str, dict[str, float]] = {}
         self.den: dict[str, float] = {}
@@ -31,7 +32,7 @@ class _LocalErrors:
                 mod = model.get_submodule(n)
                 self.num.setdefault(n, {m: 0.0 for m in self.modes})
                 self.den.setdefault(n, 0.0)
-                sims = {m: _sim_forward(mod, LayerSim(m, self.target_scale.get(n) if m == "w8a8" else None))
+                sims = {m: _sim_forward(mod, LayerSim(m, self.target_scale.get(n) if m == "w8a8" else None, self.scheme))
                         for m in self.modes}
 
                 def hook(_m: torch.nn.Module, args: tuple, out: torch.Tensor, n: str = n, sims: dict = sims) -> None:
@@ -53,7 +54,7 @@ class _LocalErrors:
 
 def layer_sensitivity(ev: Any, per_block: Mapping[int, list[str]], lins: Sequence[str],
                       target_scale: Mapping[str, torch.Tensor], ladder: Sequence[str], how: str,
-                      skip: set[str]) -> dict[str, dict[str, float]]:
+                      skip: set[str], scheme: str = "int8") -> dict[str, dict[str, float]]:
     """Per layer and int8 mode, how much quantizing it alone costs: ``"local"`` — relative output error on float
     inputs, one streamed float pass; ``"e2e"`` — KL of the whole model with only that layer quantized, one
     streamed pass per layer and mode. Skipped layers score 0."""
@@ -62,7 +63,7 @@ def layer_sensitivity(ev: Any, per_block: Mapping[int, list[str]], lins: Sequenc
     quant_modes = [m for m in ladder if m != "float"]
     model = ev.st.model
     if how == "local":
-        acc = _LocalErrors(target_scale, quant_modes)
+        acc = _LocalErrors(target_scale, quant_modes, scheme)
         ev.run([Stream(ev.fresh(), lambda i, _b: acc.hooks(model, [n for n in per_block.get(i, []) if n not in skip]))])
         out = acc.result()
     else:
@@ -72,7 +73,7 @@ def layer_sensitivity(ev: Any, per_block: Mapping[int, list[str]], lins: Sequenc
             if n in skip:
                 continue
             for m in quant_modes:
-                plan = {n: LayerSim(m, target_scale.get(n) if m == "w8a8" else None)}
+                plan = {n: LayerSim(m, target_scale.get(n) if m == "w8a8" else None, scheme)}
                 out[n][m] = ev.candidate(lambda i, _b, plan=plan: simulate(model, {
                     k: v for k, v in plan.items() if k in per_block.get(i, [])})).kl
     for n in skip:

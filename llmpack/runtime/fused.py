@@ -195,8 +195,8 @@ def _swiglu(mod: nn.Module) -> FusedSwiGLU | None:
     if any(not isinstance(p, nn.Module) for p in parts) or type(parts[3]).__name__ not in _SILUS:
         return None
     gate = parts[0]
-    # the probe's dtype and device: the first float parameter (an int8 layer's is its weight scale)
-    like = next((p for p in gate.parameters() if p.dtype.is_floating_point), None)
+    # the probe's dtype and device: the first float parameter (an int8 / fp8 layer's is its weight scale)
+    like = next((p for p in gate.parameters() if p.dtype.is_floating_point and p.element_size() > 1), None)
     if like is None:
         return None
     new = FusedSwiGLU(*parts)

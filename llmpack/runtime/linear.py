@@ -1,4 +1,6 @@
-""":class:`Int8Linear`: a linear layer with int8 per-output-channel weights, W8A8 or W8A16.
+""":class:`Int8Linear`: a linear layer with int8 per-output-channel weights, W8A8 or W8A16; :class:`Fp8Linear`:
+the same with FP8 E4M3 weights (compressed-tensors ``float-quantized``), W8A8 with per-token FP8 activations or
+weight-only.
 
 State-dict layout (compressed-tensors ``int-quantized``, see ``docs/int8-format.md``): ``P.weight`` int8
 ``[out, in]`` and ``P.weight_scale`` ``[out, 1]`` in the model's float dtype, plus ``P.bias`` when the layer has
@@ -20,10 +22,10 @@ import torch
 from torch import nn
 
 from llmpack.errors import BadInputError
-from llmpack.quant.int8 import int8_per_channel
+from llmpack.quant.schemes import get_scheme
 from llmpack.runtime import kernels
 
-__all__ = ["Int8Linear", "is_conv1d"]
+__all__ = ["Int8Linear", "Fp8Linear", "is_conv1d", "linear_class"]
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -58,6 +60,9 @@ class Int8Linear(nn.Module):
         (torch.int8, (4, 1))
     """
 
+    scheme = "int8"
+    """The weight scheme (:mod:`llmpack.quant.schemes`)."""
+
     def __init__(
         self,
         in_features: int,
@@ -75,7 +80,8 @@ class Int8Linear(nn.Module):
         self.act_quant = bool(act_quant)
         self.conv1d_layout = bool(conv1d_layout)
         self.weight = nn.Parameter(
-            torch.zeros(out_features, in_features, dtype=torch.int8, device=device), requires_grad=False
+            torch.zeros(out_features, in_features, dtype=get_scheme(self.scheme).dtype, device=device),
+            requires_grad=False,
         )
         self.weight_scale = nn.Parameter(torch.ones(out_features, 1, dtype=dtype, device=device), requires_grad=False)
         if bias:
@@ -108,7 +114,7 @@ class Int8Linear(nn.Module):
         elif not isinstance(module, nn.Linear):
             raise BadInputError(f"{name}: cannot quantize a {type(module).__name__} as Int8Linear (Linear/Conv1D only)")
         sdt = scale_dtype or w.dtype
-        q, scale = int8_per_channel(w, 0, scale_dtype=sdt, name=name)
+        q, scale = get_scheme(cls.scheme).quantize_weight(w, 0, scale_dtype=sdt, name=name)
         bias = getattr(module, "bias", None)
         out = cls(
             q.shape[1], q.shape[0], bias is not None, act_quant=act_quant, conv1d_layout=conv, dtype=sdt, device="meta"
@@ -143,7 +149,7 @@ class Int8Linear(nn.Module):
         return lin
 
     def extra_repr(self) -> str:
-        mode = "w8a8" if self.act_quant else "w8a16"
+        mode = ("w8a8" if self.act_quant else "w8a16") + ("" if self.scheme == "int8" else f" {self.scheme}")
         extra = ", from_conv1d=True" if self.conv1d_layout else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {mode}{extra}"
 
@@ -208,7 +214,61 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         kernel = self.kernel(x2.device.type, x2.shape[0])
         if self.act_quant:
-            y = kernels.w8a8(x2, [self.packed()], kernel)[0].to(x.dtype)
+            y = kernels.w8a8(x2, [self.packed()], kernel, x.dtype)[0].to(x.dtype)
         else:
             y = kernels.w8a16(x2, self.packed(), kernel)
         return y.reshape(*shape[:-1], self.out_features)
+
+
+class Fp8Linear(Int8Linear):
+    """An :class:`Int8Linear` whose weight is FP8 E4M3 (``torch.float8_e4m3fn``) with one scale per output channel;
+    W8A8 quantizes activations to FP8 per token (compressed-tensors ``float-quantized``, llm-compressor's
+    ``FP8_DYNAMIC``), ``act_quant=False`` keeps them float.
+
+    Kernels (:func:`~llmpack.runtime.kernels.fp8_kernel_for`): ``torch._scaled_mm`` with row-wise scales on CUDA
+    GPUs with FP8 tensor cores; elsewhere the reference arithmetic, said once per process (correct, slow).
+
+    Example:
+        >>> m = Fp8Linear.from_float(torch.nn.Linear(64, 32))
+        >>> m.weight.dtype, m(torch.randn(2, 64)).shape
+        (torch.float8_e4m3fn, torch.Size([2, 32]))
+    """
+
+    scheme = "fp8"
+
+    def kernel(self, device_type: str, tokens: int | None = None) -> str:
+        """The FP8 kernel for a ``device_type`` input (the same for every token count)."""
+        if torch.compiler.is_compiling() and self._kernel is not None:
+            return self._kernel
+        from llmpack.runtime.kernels.select import cuda_capability, fallback_reason, warn_once
+
+        dev = self.weight.device
+        cap = cuda_capability(dev.index or 0) if device_type == "cuda" else None
+        kernel = kernels.fp8_kernel_for(device_type, cap, self.in_features, self.out_features, self.act_quant)
+        reason = fallback_reason("fp8", device_type, cap, kernel)
+        if reason is not None:
+            warn_once(reason)
+        return kernel
+
+    def prepare(self) -> "Fp8Linear":
+        """Choose the kernel now (nothing to pack: the kernels read the FP8 weight as stored)."""
+        self._kernel = self.kernel(self.weight.device.type)
+        self.packed()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y = x W^T + b`` with FP8 weights (and FP8 per-token activations when ``act_quant``)."""
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        y = kernels.fp8_linear(x2, self.packed(), self.kernel(x2.device.type), self.act_quant)
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def linear_class(scheme: str) -> type[Int8Linear]:
+    """The module class of a weight scheme.
+
+    Example:
+        >>> linear_class("fp8").__name__
+        'Fp8Linear'
+    """
+    return {"int8": Int8Linear, "fp8": Fp8Linear}[get_scheme(scheme).name]

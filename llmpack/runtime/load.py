@@ -171,7 +171,7 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
         path: a model directory (llmpack output or any HF safetensors dir).
         device: ``"cpu"`` or ``"cuda"`` (tensors are placed there as they are assigned).
         dtype: cast float tensors to this dtype (default: ``config.json``'s dtype, as ``from_pretrained`` does;
-            int8 tensors and modules kept in float32 by ``fp16_overflow="keep"`` are never cast).
+            int8 / FP8 weights and modules kept in float32 by ``fp16_overflow="keep"`` are never cast).
         lazy: keep CPU tensors backed by the file mmap (pages read on first use); ``False`` copies them.
         compile: ``True`` returns ``torch.compile(model)`` (int8 kernels prepared first, see
             ``llmpack.runtime.prepare.compile_int8``); the first call compiles (tens of seconds on CPU).
@@ -238,7 +238,8 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
         with safe_open(f, "pt", device="cpu") as so:
             for k in so.keys():
                 t = so.get_tensor(k)
-                if target is not None and t.is_floating_point() and t.dtype != target and not in_fp32(k):
+                if target is not None and t.is_floating_point() and t.dtype != target and not in_fp32(k) \
+                        and t.element_size() > 1:  # (FP8 weights stay FP8)
                     t = t.to(target)  # as from_pretrained does: float tensors follow the model dtype
                 elif not lazy and dev.type == "cpu":
                     t = t.clone()

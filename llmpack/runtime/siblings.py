@@ -116,8 +116,8 @@ def group_siblings(model: nn.Module) -> int:
                 continue
             if any(m._group is not None for m in mods):  # already grouped (prepare_int8 called twice)
                 continue
-            if not all(m.act_quant and m.weight.device.type == "cpu" and m.in_features == mods[0].in_features
-                       for m in mods):
+            if not all(m.act_quant and m.scheme == "int8" and m.weight.device.type == "cpu"
+                       and m.in_features == mods[0].in_features for m in mods):
                 continue
             group = SiblingGroup(mods)  # type: ignore[arg-type]
             for m in mods:

@@ -15,7 +15,7 @@ from torch import nn
 
 from llmpack.errors import ConfigError
 from llmpack.runtime.embedding import Int8Embedding, TiedInt8Head
-from llmpack.runtime.linear import Int8Linear, is_conv1d
+from llmpack.runtime.linear import Int8Linear, is_conv1d, linear_class
 
 __all__ = ["swap_quantized_modules", "retie_int8_heads", "quantized_module_names", "iter_int8_linears",
            "set_module"]
@@ -49,10 +49,11 @@ def swap_quantized_modules(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "meta",
 ) -> list[str]:
-    """Replace the layers that a compressed-tensors checkpoint stores in int8 by llmpack modules.
+    """Replace the layers that a compressed-tensors checkpoint stores in int8 / FP8 by llmpack modules.
 
     A module ``P`` is swapped when ``P.weight_scale`` is among ``state_keys``: ``nn.Linear`` and
-    ``Conv1D`` become :class:`Int8Linear` (W8A8 or W8A16 per the config group that targets it),
+    ``Conv1D`` become :class:`Int8Linear` (``int-quantized``) or :class:`~llmpack.runtime.linear.Fp8Linear`
+    (``float-quantized``), W8A8 or weight-only per the config group that targets it,
     ``nn.Embedding`` becomes :class:`Int8Embedding`. A tied output head whose embedding became int8
     (and that has no tensors of its own in the file) becomes a :class:`TiedInt8Head`. New modules are
     allocated on ``device`` (``"meta"`` for ``load_state_dict(assign=True)``); call
@@ -79,8 +80,9 @@ def swap_quantized_modules(
         >>> swap_quantized_modules(m, build_quantization_config("int8"), keys, device="cpu")
         ['model.layers.0.mlp.up_proj']
     """
-    from llmpack.quant.ct_config import scheme_for
+    from llmpack.quant.ct_config import parse_quantization_config, scheme_for
 
+    cls = linear_class(parse_quantization_config(qcfg).scheme if qcfg else "int8")
     keys = set(state_keys)
     suffix = ".weight_scale"
     targets = sorted(k[: -len(suffix)] for k in keys if k.endswith(suffix))
@@ -115,7 +117,7 @@ def swap_quantized_modules(
             in_f, out_f = mod.weight.shape
         else:
             in_f, out_f = mod.in_features, mod.out_features
-        new = Int8Linear(
+        new = cls(
             in_f, out_f, getattr(mod, "bias", None) is not None,
             act_quant=act_quant, conv1d_layout=conv, dtype=fdt, device=device,
         )

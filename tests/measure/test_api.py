@@ -226,9 +226,9 @@ def test_runtime_reference_is_named_and_runs_the_reference(tok_dirs: dict[str, P
     seen: list[str] = []
     real = kernels.w8a8
 
-    def spy(x2, packs, kernel):  # noqa: ANN001, ANN202
+    def spy(x2, packs, kernel, *rest):  # noqa: ANN001, ANN002, ANN202
         seen.append(kernel)
-        return real(x2, packs, kernel)
+        return real(x2, packs, kernel, *rest)
 
     monkeypatch.setattr(kernels, "w8a8", spy)
     ref = measure(tok_dirs["llama"], q, runtime="reference", **fast)

@@ -3,6 +3,7 @@
 * :func:`w8a8` -- ``x W^T + b`` with per-token int8 activations, for one or several layers reading the same
   input (q/k/v, gate/up: quantized once);
 * :func:`w8a16` -- weight-only int8 with float activations;
+* :func:`fp8_linear` -- FP8 layers (W8A8 or weight-only): ``torch._scaled_mm`` on FP8 GPUs, else the reference;
 * :class:`PackedWeight` -- an int8 ``[out, in]`` weight, its float32 scales and bias, and the packed copies
   the kernels build on first use.
 
@@ -28,10 +29,20 @@ from typing import Any, Sequence
 import torch
 
 from llmpack.runtime.kernels import native, reference
-from llmpack.runtime.kernels.select import FEW_TOKENS, cpu_kernel, is_exact, is_native, kernel_for, native_float_ops_on, use
+from llmpack.runtime.kernels.select import (
+    FEW_TOKENS,
+    cpu_kernel,
+    fp8_kernel_for,
+    is_exact,
+    is_native,
+    kernel_for,
+    native_float_ops_on,
+    use,
+    warn_once,
+)
 
-__all__ = ["PackedWeight", "w8a8", "w8a16", "FEW_TOKENS", "cpu_kernel", "kernel_for", "is_native", "is_exact",
-           "use", "native_ops", "native_float_ops_on"]
+__all__ = ["PackedWeight", "w8a8", "w8a16", "fp8_linear", "FEW_TOKENS", "cpu_kernel", "kernel_for", "fp8_kernel_for",
+           "is_native", "is_exact", "use", "native_ops", "native_float_ops_on"]
 
 
 
@@ -97,13 +108,16 @@ class PackedWeight:
                 self.onednn().fbgemm()
 
 
-def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str) -> list[torch.Tensor]:
-    """``[x2 W^T + b for each layer]`` in float32, tokens quantized per token on ``kernel``.
+def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str,
+         out_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """``[x2 W^T + b for each layer]`` in float32 (CUDA ``int_mm``: in ``out_dtype``, written by the epilogue),
+    tokens quantized per token on ``kernel``.
 
     Args:
         x2: ``[tokens, in]`` activations (any float dtype).
         packs: the layers reading ``x2`` (same ``in``).
         kernel: a kernel name (:func:`kernel_for`).
+        out_dtype: the dtype the caller wants (CUDA ``int_mm`` writes it directly).
     """
     xf = x2.float()
     if kernel == "vnni" and xf.device.type == "cpu":
@@ -134,7 +148,7 @@ def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str) -> list[t
         if ops is not None:  # the same arithmetic, quantization and rescale in one pass each
             q, tok = ops.quantize_rows(xf.contiguous())
             return [ops.int_mm_epilogue(torch._int_mm(q, p.weight.t()), tok, p.scale, p.bias) for p in packs]
-        return [reference.int_mm_w8a8(xf, p.weight, p.scale_row, p.bias) for p in packs]
+        return [reference.int_mm_w8a8(xf, p.weight, p.scale_row, p.bias, out_dtype) for p in packs]
     return [reference.dequant_w8a8(xf, p.weight, p.scale_row, p.bias) for p in packs]
 
 
@@ -149,3 +163,28 @@ def w8a16(x2: torch.Tensor, pack: PackedWeight, kernel: str) -> torch.Tensor:
         if ops is not None and pack.weight.is_contiguous():
             return ops.w8a16(x2.contiguous(), pack.weight, pack.scale, pack.bias)
     return reference.w8a16_float(x2, pack.weight, pack.scale_row, pack.bias)
+
+
+def fp8_linear(x2: torch.Tensor, pack: PackedWeight, kernel: str, act_quant: bool = True) -> torch.Tensor:
+    """``x2 W^T + b`` for an FP8 layer, in ``x2``'s dtype, on ``kernel`` (:func:`fp8_kernel_for`): ``scaled_mm``
+    (CUDA FP8 tensor cores; a failure there is said once and the layer falls back to the reference),
+    ``weight_only`` (float activations) or ``dequant`` (compressed-tensors' arithmetic in float32).
+
+    Example:
+        >>> from llmpack.quant.fp8 import fp8_per_channel
+        >>> q, s = fp8_per_channel(torch.randn(16, 32))
+        >>> fp8_linear(torch.randn(2, 32), PackedWeight(q, s, None), "dequant").shape
+        torch.Size([2, 16])
+    """
+    if kernel == "weight_only":
+        return reference.w8a16_float(x2, pack.weight, pack.scale_row, pack.bias)
+    if kernel == "scaled_mm" and not getattr(pack, "scaled_mm_failed", False):
+        from llmpack.runtime.kernels.cuda import scaled_mm_fp8
+
+        try:
+            return scaled_mm_fp8(x2, pack.weight, pack.scale_row, pack.bias)
+        except RuntimeError as e:
+            pack.scaled_mm_failed = True  # type: ignore[attr-defined]
+            warn_once(f"torch._scaled_mm failed on a {tuple(pack.weight.shape)} FP8 layer ({str(e).splitlines()[0]}): "
+                      "such layers run the reference path")
+    return reference.dequant_fp8(x2.float(), pack.weight, pack.scale_row, pack.bias, act_quant).to(x2.dtype)

@@ -6,7 +6,11 @@ checked against.
   the bias): the ``dequant`` kernel, bit for bit what transformers + compressed-tensors run on the same CPU.
 * :func:`int_mm_w8a8`: the same quantization, then ``torch._int_mm`` (exact int32 sums; VNNI/AMX CPUs, CUDA).
 * :func:`w8a8_exact`: what llmpack's native kernels compute, in float64 (both token widths).
-* :func:`w8a16_float`: weight-only int8 with float activations.
+* :func:`w8a16_float`: weight-only int8 (or FP8) with float activations.
+* :func:`dequant_fp8`: compressed-tensors' ``float-quantized`` arithmetic (FP8 E4M3 tokens, FP8 weights), the
+  reference every FP8 kernel is checked against and what CPUs run.
+* :func:`rescale_int32`: the epilogue of an integer product (token scale, channel scale, bias, output dtype) in
+  two elementwise passes, the first of which is the int32 -> float conversion itself.
 
 Example:
     >>> w = torch.tensor([[1, -2], [3, 4]], dtype=torch.int8)
@@ -18,12 +22,16 @@ Example:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
+from llmpack.quant.fp8 import quantize_per_token_fp8
 from llmpack.quant.int8 import SCALE_EPS, midrange, quantize_per_token
 
-__all__ = ["QMAX7", "dequant_w8a8", "int_mm_w8a8", "w8a8_exact", "w8a16_float", "centred_q", "weight_sums"]
+__all__ = ["QMAX7", "dequant_w8a8", "int_mm_w8a8", "w8a8_exact", "w8a16_float", "centred_q", "weight_sums",
+           "dequant_fp8", "rescale_int32"]
 
 QMAX7 = 64
 """7-bit centred tokens: ``round((x - centre) * 64 / half)`` in ``[-64, 64]`` (``+ 64`` fits a uint8 in
@@ -31,21 +39,63 @@ QMAX7 = 64
 
 
 def dequant_w8a8(xf: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
-    """compressed-tensors' W8A8 arithmetic on float32 ``xf [tokens, in]``; ``scale_row`` is ``[1, out]``."""
-    xq, a_scale = quantize_per_token(xf)
-    w = weight.float().mul_(scale_row.reshape(-1, 1))
+                 bias: torch.Tensor | None, quantize_act: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                 = quantize_per_token) -> torch.Tensor:
+    """compressed-tensors' W8A8 arithmetic on float32 ``xf [tokens, in]``; ``scale_row`` is ``[1, out]``.
+    ``quantize_act`` is the per-token activation quantizer of the scheme (int8 by default)."""
+    xq, a_scale = quantize_act(xf)
+    w = weight.to(torch.float32, copy=True).mul_(scale_row.reshape(-1, 1))
     return F.linear(xq.float().mul_(a_scale), w, bias)
 
 
+def dequant_fp8(xf: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor, bias: torch.Tensor | None,
+                act_quant: bool = True) -> torch.Tensor:
+    """compressed-tensors' ``float-quantized`` arithmetic on float32 ``xf [tokens, in]``: tokens quantized to FP8
+    E4M3 per token (``absmax / 448``) when ``act_quant``, the FP8 weight dequantized with its per-channel scale,
+    one float32 matmul and the bias.
+
+    Example:
+        >>> from llmpack.quant.fp8 import fp8_per_channel
+        >>> q, s = fp8_per_channel(torch.tensor([[1.0, -2.0], [3.0, 4.0]]))
+        >>> [round(v, 3) for v in dequant_fp8(torch.tensor([[0.5, -1.0]]), q, s.reshape(1, -1), None)[0].tolist()]
+        [2.5, -2.571]
+    """
+    if act_quant:
+        return dequant_w8a8(xf, weight, scale_row, bias, quantize_per_token_fp8)
+    return F.linear(xf, weight.to(torch.float32, copy=True).mul_(scale_row.reshape(-1, 1)), bias)
+
+
+def rescale_int32(y: torch.Tensor, a_scale: torch.Tensor, scale_row: torch.Tensor, bias: torch.Tensor | None,
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """``(y * a_scale) * scale_row + bias`` in ``out_dtype`` for an int32 product ``y [tokens, out]``, in two
+    elementwise passes: the int32 -> float32 conversion carries the token scale, one ``addcmul`` / ``mul`` carries
+    the channel scale, the bias and the cast (no separate full-size pass for the rescale).
+
+    Example:
+        >>> y = torch.tensor([[2, -4]], dtype=torch.int32)
+        >>> rescale_int32(y, torch.tensor([[0.5]]), torch.tensor([[1.0, 0.25]]), None, torch.bfloat16).tolist()
+        [[1.0, -0.5]]
+    """
+    z = torch.mul(y, a_scale)  # pass 1: int32 -> float32, times the token scale
+    if out_dtype == z.dtype:
+        return z.mul_(scale_row) if bias is None else z.mul_(scale_row).add_(bias)
+    out = torch.empty(z.shape, dtype=out_dtype, device=z.device)  # pass 2 writes the output dtype directly
+    if bias is None:
+        return torch.mul(z, scale_row, out=out)
+    return torch.addcmul(bias.float(), z, scale_row, out=out)
+
+
 def int_mm_w8a8(xf: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor,
-                bias: torch.Tensor | None) -> torch.Tensor:
+                bias: torch.Tensor | None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """:func:`dequant_w8a8` with the integer product from ``torch._int_mm`` (on CUDA ``tokens <= 16`` is padded,
-    and ``in`` / ``out`` must be multiples of 8)."""
+    and ``in`` / ``out`` must be multiples of 8). On CUDA the epilogue is :func:`rescale_int32` into ``out_dtype``
+    (default float32)."""
     xq, a_scale = quantize_per_token(xf)
     m = xf.shape[0]
-    if xf.device.type == "cuda" and m <= 16:
-        xq = F.pad(xq, (0, 0, 0, 17 - m))
+    if xf.device.type == "cuda":
+        if m <= 16:
+            xq = F.pad(xq, (0, 0, 0, 17 - m))
+        return rescale_int32(torch._int_mm(xq, weight.t())[:m], a_scale, scale_row, bias, out_dtype or torch.float32)
     y = torch._int_mm(xq, weight.t())[:m] * a_scale  # int32 * float32 -> float32
     y.mul_(scale_row)
     return y if bias is None else y.add_(bias)

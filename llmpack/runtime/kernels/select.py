@@ -32,8 +32,9 @@ import torch
 
 from llmpack.runtime.options import APPROXIMATE, kernel_option
 
-__all__ = ["FEW_TOKENS", "cpu_kernel", "few_token_kernel", "many_token_kernel", "kernel_for", "is_native", "is_exact", "use", "reset",
-           "cpu_flags", "native_float_ops_on"]
+__all__ = ["FEW_TOKENS", "cpu_kernel", "few_token_kernel", "many_token_kernel", "kernel_for", "is_native", "is_exact",
+           "use", "reset", "cpu_flags", "native_float_ops_on", "fp8_kernel_for", "FP8_MIN_CAPABILITY", "fallback_reason",
+           "cuda_capability", "warn_once"]
 
 FEW_TOKENS = 8
 """Inputs of at most this many tokens may take :func:`few_token_kernel`."""
@@ -193,6 +194,92 @@ def kernel_for(device_type: str, in_features: int, out_features: int, tokens: in
     if device_type == "cuda" and in_features % 8 == 0 and out_features % 8 == 0:
         return "int_mm"
     return "dequant"
+
+
+FP8_MIN_CAPABILITY = (8, 9)
+"""CUDA compute capability with FP8 tensor cores (Ada 8.9, Hopper 9.0, Blackwell 10.x ...)."""
+
+
+def fp8_kernel_for(device_type: str, capability: tuple[int, int] | None, in_features: int, out_features: int,
+                   act_quant: bool = True) -> str:
+    """The kernel of an FP8 layer: a pure function of the device, its compute capability and the layer's shape.
+
+    * ``"scaled_mm"``: ``torch._scaled_mm`` with row-wise scales (per token x per output channel) on CUDA with
+      compute capability >= :data:`FP8_MIN_CAPABILITY` for W8A8 layers whose ``in`` and ``out`` are multiples of 16;
+    * ``"weight_only"``: FP8 weights with float activations (``fp8-weight-only``): the weight is converted to the
+      activations' dtype per call (:func:`~llmpack.runtime.kernels.reference.w8a16_float`);
+    * ``"dequant"``: compressed-tensors' reference arithmetic in float32 (CPUs, older GPUs, odd shapes).
+
+    Example:
+        >>> fp8_kernel_for("cuda", (9, 0), 4096, 4096), fp8_kernel_for("cuda", (8, 0), 4096, 4096)
+        ('scaled_mm', 'dequant')
+        >>> fp8_kernel_for("cpu", None, 64, 64), fp8_kernel_for("cuda", (9, 0), 64, 64, act_quant=False)
+        ('dequant', 'weight_only')
+    """
+    if not act_quant:
+        return "weight_only"
+    if _override and _override[-1] == "dequant":
+        return "dequant"
+    if (device_type == "cuda" and capability is not None and tuple(capability) >= FP8_MIN_CAPABILITY
+            and in_features % 16 == 0 and out_features % 16 == 0):
+        return "scaled_mm"
+    return "dequant"
+
+
+def fallback_reason(scheme: str, device_type: str, capability: tuple[int, int] | None, kernel: str) -> str | None:
+    """Why a layer runs the slow reference path where a fast one was expected (``None``: it does not), for the
+    one-time warning. Pure.
+
+    Example:
+        >>> fallback_reason("fp8", "cpu", None, "dequant")
+        'fp8 on CPU runs the reference (dequantize) path: correct but slow; FP8 matmuls need a CUDA GPU with compute capability >= 8.9'
+        >>> fallback_reason("fp8", "cuda", (9, 0), "scaled_mm") is None
+        True
+    """
+    if kernel != "dequant" or _override:
+        return None
+    if scheme == "fp8":
+        need = ".".join(map(str, FP8_MIN_CAPABILITY))
+        if device_type == "cpu":
+            return (f"fp8 on CPU runs the reference (dequantize) path: correct but slow; FP8 matmuls need a CUDA GPU "
+                    f"with compute capability >= {need}")
+        if capability is not None and tuple(capability) < FP8_MIN_CAPABILITY:
+            cap = ".".join(map(str, capability))
+            return f"fp8 on a GPU of compute capability {cap} (< {need}, no FP8 tensor cores) runs the reference path"
+        return "fp8 layers whose sizes are not multiples of 16 run the reference path (torch._scaled_mm needs them)"
+    if device_type == "cuda":
+        return "int8 W8A8 layers whose sizes are not multiples of 8 run the reference path on CUDA (torch._int_mm)"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_capability(index: int = 0) -> tuple[int, int] | None:
+    """``torch.cuda.get_device_capability(index)`` (cached), ``None`` without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(index))  # type: ignore[return-value]
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """``warnings.warn(message)`` the first time this process sees ``message``.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     warn_once("doctest: said once"); warn_once("doctest: said once")
+        >>> len(w)
+        1
+    """
+    if message in _warned:
+        return
+    _warned.add(message)
+    import warnings
+
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def is_native(kernel: str) -> bool:
