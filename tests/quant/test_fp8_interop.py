@@ -138,6 +138,7 @@ def test_transformers_agrees_with_llmpack_on_smollm2_fp8(smollm2_fp8: Path, smol
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the budget search on SmolLM2 alone takes ~10 min on 2 cores: `pytest -m heavy` runs it
 def test_smollm2_fp8_held_out_perplexity_within_one_percent(smollm2_fp8_budget: Path, smollm2_dir: Path) -> None:
     smollm2_fp8 = smollm2_fp8_budget
     report = llmpack.measure(smollm2_dir, smollm2_fp8, latency=False, quiet=True)
