@@ -39,7 +39,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS",
                    help="an idle server waits this long for more requests before the first prefill (default 10)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
-                   help="most requests waiting for a batch slot; more get 429 with Retry-After (default 64)")
+                   help="most requests waiting for a slot once the batch is full; more get 429 with Retry-After "
+                        "(default 64)")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="seconds SIGTERM waits for in-flight requests (default 30)")
     p.add_argument("--api-key", default=None, metavar="KEY",

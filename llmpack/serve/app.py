@@ -289,14 +289,11 @@ async def _tokens(eng: Engine, stream: Stream, stops: list[str], t0: float) -> A
                 delta, stopped = detok.add(value)
                 if stopped:
                     stream.cancel()
-                    eng.metrics.cancelled.inc()
                     yield delta, "stop", n
                     return
                 if delta:
                     yield delta, None, n
             elif kind == "done":
-                if value == "cancelled":
-                    eng.metrics.cancelled.inc()
                 yield detok.flush(), ("stop" if value == "cancelled" else value), n
                 return
             else:

@@ -114,7 +114,7 @@ class _Batch:
     rows: list[GenRequest]
     cache: Any
     mask: torch.Tensor  # [B, L] 1 = real token
-    pos: torch.Tensor  # [B] next position id
+    pos: torch.Tensor  # [B] position of each row's last chosen token (where it is fed next)
     last: torch.Tensor  # [B] last token id
 
 
@@ -140,7 +140,8 @@ class Scheduler:
         model: a causal LM (``llmpack.load`` output) in eval mode.
         max_batch_size: most rows per step.
         max_wait_ms: how long an idle scheduler gathers requests before prefilling.
-        max_queue: most waiting requests; :meth:`submit` raises :class:`QueueFullError` beyond.
+        max_queue: most requests waiting for a slot of a full batch; :meth:`submit` raises
+            :class:`QueueFullError` beyond.
         eos: end-of-sequence ids (default: :func:`eos_ids`).
         max_positions: the context (``max_position_embeddings``); rows stop with ``"length"`` there.
         continuous: join at step boundaries (else at the next batch).
@@ -194,9 +195,11 @@ class Scheduler:
         return self._waiting.qsize()
 
     def submit(self, req: GenRequest) -> None:
-        """Queue a request; raises :class:`QueueFullError` when ``max_queue`` requests already wait."""
-        if self._waiting.qsize() >= self.max_queue:
-            raise QueueFullError(f"{self._waiting.qsize()} requests are waiting (--max-queue {self.max_queue}); retry later")
+        """Queue a request; raises :class:`QueueFullError` when the batch is full and ``max_queue`` requests
+        already wait for a slot (requests in flight >= ``max_batch_size + max_queue``)."""
+        if self._waiting.qsize() + self.running >= self.max_batch_size + self.max_queue:
+            raise QueueFullError(f"{self.running} requests are running and {self._waiting.qsize()} waiting "
+                                 f"(--max-batch-size {self.max_batch_size}, --max-queue {self.max_queue}); retry later")
         self._waiting.put(req)
         self._wake.set()
 
@@ -359,8 +362,8 @@ class Scheduler:
             return "stop"
         if len(r.generated) >= r.params.max_tokens:
             return "length"
-        if self.max_positions is not None and pos >= self.max_positions:
-            return "length"
+        if self.max_positions is not None and pos >= self.max_positions - 1:
+            return "length"  # ``pos`` is the last token's position: no room for another"
         return None
 
     def _retire(self, batch: _Batch) -> _Batch | None:

@@ -25,7 +25,7 @@ class ServeConfig:
         served_model_name: the id clients pass as ``model`` (default: the directory's name).
         max_batch_size: most sequences decoded together in one step.
         max_wait_ms: how long an idle scheduler waits for more requests before a first prefill.
-        max_queue: most requests waiting for a batch slot; one more is refused with 429 + ``Retry-After``.
+        max_queue: most requests waiting once the batch is full; one more is refused with 429 + ``Retry-After``.
         drain_timeout: seconds SIGTERM waits for in-flight requests before the process exits anyway.
         api_key: when set, ``/v1/*`` needs ``Authorization: Bearer <api_key>`` (401 otherwise).
         threads: torch intra-op threads (``None``: torch's default).

@@ -142,7 +142,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-        def emit(kind: str, value: Any) -> None:
+        def emit(kind: str, value: Any) -> None:  # called on the scheduler thread
+            if kind == "done" and value == "cancelled":
+                self.metrics.cancelled.inc()
             try:
                 loop.call_soon_threadsafe(q.put_nowait, (kind, value))
             except RuntimeError:  # the loop is closed: nobody is listening any more

@@ -28,6 +28,9 @@ def _server_class() -> type:
             if self.app_state is not None:
                 self.app_state.draining = True  # new /v1 requests on open connections get 503; /ready turns 503
             super().handle_exit(sig, frame)
+            # uvicorn re-raises captured signals after its graceful shutdown (the process then dies of SIGTERM);
+            # a drained server is a clean exit: 0.
+            self._captured_signals.clear()
 
     return _Server
 
@@ -63,6 +66,9 @@ def serve(config: ServeConfig, *, quiet: bool = False, log_format: str = "human"
     ucfg = uvicorn.Config(app, host=config.host, port=config.port, lifespan="on", ws="none",
                           log_level="warning" if quiet else "info", access_log=not quiet,
                           timeout_graceful_shutdown=config.drain_timeout, timeout_keep_alive=5)
+    # The scheduler thread holds the GIL between torch ops: hand it over every 1 ms (default 5 ms) so that
+    # /health and streaming stay responsive while the model is busy.
+    sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
     server = _server_class()(ucfg)
     server.app_state = app.state
     engine.on_failure = lambda: setattr(server, "should_exit", True)

@@ -64,20 +64,21 @@ def free_port() -> int:
 class ServerProc:
     """A ``python -m llmpack serve`` subprocess on a free loopback port."""
 
-    def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model_dir: Path, *args: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.log = log_dir / f"serve-{self.port}.log"  # a file, never a pipe nobody reads (it would fill and block)
         self.url = f"http://127.0.0.1:{self.port}"
         e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
              "LLMPACK_PROGRESS": "0", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmpack", "serve", str(model_dir), "--port", str(self.port), "--threads", "1", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+            stdout=subprocess.DEVNULL, stderr=self.log.open("w"), text=True, env=e)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()[-2000:]}")
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.output()[-2000:]}")
             try:
                 if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
                     return
@@ -85,6 +86,10 @@ class ServerProc:
                 pass
             time.sleep(0.1)
         raise AssertionError("server did not become ready")
+
+    def output(self) -> str:
+        """What the server wrote on stderr so far."""
+        return self.log.read_text(encoding="utf-8", errors="replace")
 
     def metric(self, name: str) -> float:
         """Sum of a metric's samples whose line starts with ``name`` (labels included in ``name`` if given)."""
@@ -102,12 +107,12 @@ class ServerProc:
 
 
 @pytest.fixture
-def server_factory() -> Iterator[type[ServerProc]]:
+def server_factory(tmp_path: Path) -> Iterator[type[ServerProc]]:
     """Start servers with ``server_factory(dir, *args)``; every one is stopped at the end of the test."""
     started: list[ServerProc] = []
 
     def make(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProc:
-        s = ServerProc(model_dir, *args, env=env)
+        s = ServerProc(model_dir, *args, log_dir=tmp_path, env=env)
         started.append(s)
         return s
 
