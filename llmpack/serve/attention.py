@@ -31,26 +31,45 @@ def _trivial(mask: torch.Tensor) -> bool:
     return False
 
 
+def _plan(mask: torch.Tensor, q: int) -> list[tuple[int, int, bool, list[int]]]:
+    """Rows of a [B, 1, q, kv] bool mask grouped by (padding prefix, first real query, trivial): one attention
+    call per group, with the group's rows sliced to their real keys."""
+    kv = mask.shape[-1]
+    first = mask[:, 0].any(1).to(torch.int8).argmax(-1).tolist()  # first column any query attends
+    groups: dict[tuple[int, int, bool], list[int]] = {}
+    for i, pad in enumerate(first):
+        qs = max(0, pad - (kv - q))
+        trivial = mask.shape[1] == 1 and _trivial(mask[i:i + 1, :, qs:, pad:])
+        groups.setdefault((pad, qs, trivial), []).append(i)
+    return [(pad, qs, trivial, rows) for (pad, qs, trivial), rows in groups.items()]
+
+
 def _rows(base: Callable[..., Any]) -> Callable[..., Any]:
+    plans: dict[int, tuple[torch.Tensor, list[tuple[int, int, bool, list[int]]]]] = {}
+
     def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
         if attention_mask is None or query.shape[0] == 1 or attention_mask.dtype != torch.bool \
                 or attention_mask.shape[0] != query.shape[0]:
             return base(module, query, key, value, attention_mask, **kwargs)
-        b, heads, q, dim = query.shape
-        kv = key.shape[-2]
+        b, heads, q, _ = query.shape
+        hit = plans.get(id(attention_mask))
+        if hit is None or hit[0] is not attention_mask:  # the model passes one mask object to every layer
+            if len(plans) > 4:
+                plans.clear()
+            hit = plans[id(attention_mask)] = (attention_mask, _plan(attention_mask, q))
+        groups = hit[1]
+        if len(groups) == 1 and groups[0][:3] == (0, 0, True):
+            return base(module, query, key, value, None, **kwargs)  # nothing padded: the unmasked call, batched
         out = query.new_zeros(b, q, heads, value.shape[-1])
-        for i in range(b):
-            m = attention_mask[i:i + 1]
-            cols = m[0, 0].any(0).nonzero()
-            pad = int(cols[0]) if len(cols) else kv
-            qs = max(0, pad - (kv - q))
+        for pad, qs, trivial, rows in groups:
             if qs >= q:
-                continue
-            mi = m[:, :, qs:, pad:]
-            mi = None if (m.shape[1] == 1 and _trivial(mi)) else mi
-            o, _ = base(module, query[i:i + 1, :, qs:], key[i:i + 1, :, pad:], value[i:i + 1, :, pad:], mi, **kwargs)
-            out[i, qs:] = o[0]
+                continue  # rows of padding only
+            idx = torch.tensor(rows, device=query.device)
+            mi = None if trivial else attention_mask.index_select(0, idx)[:, :, qs:, pad:]
+            o, _ = base(module, query.index_select(0, idx)[:, :, qs:], key.index_select(0, idx)[:, :, pad:],
+                        value.index_select(0, idx)[:, :, pad:], mi, **kwargs)
+            out[idx, qs:] = o
         return out, None
 
     return attention
