@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmpack.serve.batching import QueueFullError, SamplingParams
 from llmpack.serve.config import ServeConfig
 from llmpack.serve.engine import Engine, Stream
-from llmpack.serve.protocol import ApiError, ChatRequest, CompletionRequest, dumps, error_body, validation_message
+from llmpack.serve.protocol import ErrorReply, ChatRequest, CompletionRequest, dumps, error_body, validation_message
 from llmpack.serve.text import Detokenizer
 
 __all__ = ["create_app", "ROUTES"]
@@ -26,7 +26,7 @@ __all__ = ["create_app", "ROUTES"]
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics")
 
 
-def _error(e: ApiError) -> JSONResponse:
+def _error(e: ErrorReply) -> JSONResponse:
     return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status, headers=e.headers)
 
 
@@ -76,15 +76,15 @@ class _Observe:
             got = headers.get("authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {key}".encode()):
                 self.engine.metrics.rejected.labels(reason="unauthorized").inc()
-                return _error(ApiError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                return _error(ErrorReply(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
                                        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
         if self.state.draining:
             self.engine.metrics.rejected.labels(reason="draining").inc()
-            return _error(ApiError(503, "the server is shutting down; retry on another replica", type="server_error",
+            return _error(ErrorReply(503, "the server is shutting down; retry on another replica", type="server_error",
                                    code="shutting_down", headers={"Retry-After": "1", "Connection": "close"}))
         if path != "/v1/models" and not self.engine.ready:
             self.engine.metrics.rejected.labels(reason="not_ready").inc()
-            return _error(ApiError(503, f"the model is not ready ({self.engine.state}); retry shortly", type="server_error",
+            return _error(ErrorReply(503, f"the model is not ready ({self.engine.state}); retry shortly", type="server_error",
                                    code="not_ready", headers={"Retry-After": "2"}))
         return None
 
@@ -110,22 +110,22 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     app.state.engine = eng
     app.state.draining = False
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, e: ApiError) -> JSONResponse:
+    @app.exception_handler(ErrorReply)
+    async def _api_error(request: Request, e: ErrorReply) -> JSONResponse:
         return _error(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return _error(ApiError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None))
+        return _error(ErrorReply(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception) -> JSONResponse:
-        return _error(ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
+        return _error(ErrorReply(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         if eng.state == "failed":
-            raise ApiError(503, f"model failed to load: {eng.error}", type="server_error")
+            raise ErrorReply(503, f"model failed to load: {eng.error}", type="server_error")
         return {"status": "ok"}
 
     @app.get("/ready")
@@ -152,9 +152,9 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         try:
             prompts = [_ids_of(eng, p) for p in body.prompts()]
         except ValueError as e:
-            raise ApiError(400, f"prompt: {e}", param="prompt") from None
+            raise ErrorReply(400, f"prompt: {e}", param="prompt") from None
         if body.stream and len(prompts) > 1:
-            raise ApiError(400, "stream=true takes one prompt", param="prompt")
+            raise ErrorReply(400, "stream=true takes one prompt", param="prompt")
         return await _respond(request, eng, config, body, prompts, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -162,12 +162,12 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         body = await _parse(request, ChatRequest)
         tok = eng.tokenizer
         if not getattr(tok, "chat_template", None):
-            raise ApiError(400, f"model {config.model_name!r} has no chat template: use /v1/completions", param="messages")
+            raise ErrorReply(400, f"model {config.model_name!r} has no chat template: use /v1/completions", param="messages")
         try:
             msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
             ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
         except Exception as e:  # noqa: BLE001 -- a template that rejects the conversation is the client's problem
-            raise ApiError(400, f"messages: the chat template refused them ({type(e).__name__}: {e})", param="messages") from None
+            raise ErrorReply(400, f"messages: the chat template refused them ({type(e).__name__}: {e})", param="messages") from None
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return await _respond(request, eng, config, body, [list(ids)], chat=True)
@@ -181,17 +181,17 @@ async def _parse(request: Request, cls: type) -> Any:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body is not valid JSON ({e})") from None
+        raise ErrorReply(400, f"request body is not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
+        raise ErrorReply(400, "request body must be a JSON object")
     try:
         body = cls.model_validate(data)
     except ValidationError as e:
         msg, param = validation_message(e.errors())
-        raise ApiError(400, msg, param=param) from None
+        raise ErrorReply(400, msg, param=param) from None
     eng: Engine = request.app.state.engine
     if body.model != eng.config.model_name:
-        raise ApiError(404, f"model {body.model!r} does not exist: this server serves {eng.config.model_name!r}",
+        raise ErrorReply(404, f"model {body.model!r} does not exist: this server serves {eng.config.model_name!r}",
                        param="model", code="model_not_found")
     return body
 
@@ -212,12 +212,12 @@ def _ids_of(eng: Engine, prompt: "str | list[int]") -> list[int]:
 def _params(eng: Engine, config: ServeConfig, body: Any, n_prompt: int, chat: bool) -> SamplingParams:
     ctx = eng.max_context
     if ctx is not None and n_prompt >= ctx:
-        raise ApiError(400, f"this model's maximum context length is {ctx} tokens; the prompt has {n_prompt}",
+        raise ErrorReply(400, f"this model's maximum context length is {ctx} tokens; the prompt has {n_prompt}",
                        param="prompt" if not chat else "messages", code="context_length_exceeded")
     room = (ctx - n_prompt) if ctx is not None else None
     if body.max_tokens is not None:
         if room is not None and body.max_tokens > room:
-            raise ApiError(400, f"this model's maximum context length is {ctx} tokens: {n_prompt} prompt tokens + "
+            raise ErrorReply(400, f"this model's maximum context length is {ctx} tokens: {n_prompt} prompt tokens + "
                            f"max_tokens {body.max_tokens} exceed it", param="max_tokens", code="context_length_exceeded")
         max_tokens = body.max_tokens
     else:
@@ -239,7 +239,7 @@ async def _respond(request: Request, eng: Engine, config: ServeConfig, body: Any
         for s in streams:
             s.cancel()
         eng.metrics.rejected.labels(reason="queue_full").inc()
-        raise ApiError(429, str(e), type="server_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        raise ErrorReply(429, str(e), type="server_error", code="queue_full", headers={"Retry-After": "1"}) from None
     eng.metrics.prompt_tokens.inc(sum(len(p) for p in prompts))
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     meta = {"id": rid, "created": int(time.time()), "model": config.model_name}
@@ -297,7 +297,7 @@ async def _tokens(eng: Engine, stream: Stream, stops: list[str], t0: float) -> A
                 yield detok.flush(), ("stop" if value == "cancelled" else value), n
                 return
             else:
-                raise ApiError(500, f"generation failed: {value}", type="server_error")
+                raise ErrorReply(500, f"generation failed: {value}", type="server_error")
     finally:
         stream.cancel()  # the client went away, or an error: free the batch slot
 
@@ -332,7 +332,7 @@ async def _sse(eng: Engine, stream: Stream, n_prompt: int, body: Any, meta: dict
                 yield chunk(delta, None)
             if why is not None:
                 yield chunk(None, why)
-    except ApiError as e:
+    except ErrorReply as e:
         yield f"data: {dumps(error_body(e.message, e.type))}\n\n"
     if body.include_usage:
         usage = {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}

@@ -7,14 +7,14 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["CompletionRequest", "ChatMessage", "ChatRequest", "ApiError", "error_body"]
+__all__ = ["CompletionRequest", "ChatMessage", "ChatRequest", "ErrorReply", "error_body"]
 
 
-class ApiError(Exception):
+class ErrorReply(Exception):
     """An HTTP error answered as one line of OpenAI-shaped JSON.
 
     Example:
-        >>> e = ApiError(404, "model 'x' does not exist", type="invalid_request_error", code="model_not_found")
+        >>> e = ErrorReply(404, "model 'x' does not exist", type="invalid_request_error", code="model_not_found")
         >>> error_body(e.message, e.type, e.param, e.code)["error"]["code"]
         'model_not_found'
     """

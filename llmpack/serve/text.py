@@ -14,8 +14,10 @@ class Detokenizer:
     Example:
         >>> from llmpack.testing import byte_tokenizer
         >>> d = Detokenizer(byte_tokenizer(), stops=["lo"])
-        >>> [d.add(t) for t in b"Hel"], d.add(ord("l")), d.add(ord("o"))
-        ([('H', False), ('e', False), ('', False)], ('', False), ('l', True))
+        >>> [d.add(t) for t in b"Hello"]
+        [('', False), ('H', False), ('e', False), ('l', False), ('', True)]
+        >>> d.text
+        'Hel'
     """
 
     def __init__(self, tokenizer: Any, stops: Sequence[str] = ()) -> None:
