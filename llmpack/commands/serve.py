@@ -56,8 +56,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``llmpack serve``."""
+    import importlib.util
+
     from llmpack.constants import ENV_API_KEY
+    from llmpack.errors import BadInputError
     from llmpack.serve.config import ServeConfig
+
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BadInputError(f"llmpack serve needs {', '.join(missing)}: pip install 'llmpack[serve]'")
     from llmpack.serve.server import serve
 
     config = ServeConfig(
