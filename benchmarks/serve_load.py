@@ -5,7 +5,9 @@ number of requests (default 64) with fixed prompts is sent by that many concurre
 client sends its next request when the previous one is done), streaming, greedy, exactly ``--new-tokens``
 tokens each (``ignore_eos`` for llmpack, ``min_tokens`` for llama.cpp). Reported per server and level:
 generated tokens/s over the wall time, request latency p50/p99, time to first token p50/p99, and for llmpack
-the mean decode batch size read from its ``/metrics``.
+the mean decode batch size read from its ``/metrics``. A level during which the benchmark process was paused
+(SIGSTOP, or starved of CPU for more than 0.5 s) is measured again (``--retries``); ``paused s`` says how long
+the reported attempt was paused.
 
     python benchmarks/serve_load.py                     # the full run (a few minutes on 2 cores)
     python benchmarks/serve_load.py --json serve.json   # also write the results as JSON
@@ -139,6 +141,32 @@ async def _load(srv: Server, requests: int, concurrency: int, new_tokens: int) -
             "ttft_p50_s": _pct(ttft, 0.5), "ttft_p99_s": _pct(ttft, 0.99)}
 
 
+class _PauseClock:
+    """Counts the seconds this process was not running (a SIGSTOP, a starved CPU): a thread that wakes every
+    20 ms and adds up the gaps longer than 0.5 s. A level measured across such a gap is measured again."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.paused = 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(0.02):
+            now = time.monotonic()
+            if now - last > 0.5:
+                self.paused += now - last
+            last = now
+
+    def close(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return self.paused
+
+
 def _metric(url: str, name: str) -> float:
     import httpx
 
@@ -225,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads of each server (default 2)")
     p.add_argument("--max-batch-size", type=int, default=8, help="llmpack serve --max-batch-size (default 8)")
     p.add_argument("--quick", action="store_true", help="a tiny random model, few requests (smoke test)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="measure a level again when the process was paused during it (default 3)")
     p.add_argument("--json", metavar="F", default=None, help="write the results as JSON")
     a = p.parse_args(argv)
     a.requests = a.requests or (8 if a.quick else 64)
@@ -243,7 +273,14 @@ def main(argv: list[str] | None = None) -> int:
                 for c in levels:
                     before = (_metric(srv.url, 'llmpack_batch_size_sum{phase="decode"}'),
                               _metric(srv.url, 'llmpack_batch_size_count{phase="decode"}')) if "llmpack" in name else None
-                    row = {"server": name, **asyncio.run(_load(srv, a.requests, c, a.new_tokens))}
+                    for attempt in range(a.retries + 1):
+                        clock = _PauseClock()
+                        row = {"server": name, **asyncio.run(_load(srv, a.requests, c, a.new_tokens))}
+                        row["paused_s"], row["attempts"] = clock.close(), attempt + 1
+                        if row["paused_s"] < 0.5:
+                            break
+                        print(f"  {name} c={c}: paused {row['paused_s']:.1f} s, measuring again", file=sys.stderr,
+                              flush=True)
                     if before is not None:
                         s = _metric(srv.url, 'llmpack_batch_size_sum{phase="decode"}') - before[0]
                         n = _metric(srv.url, 'llmpack_batch_size_count{phase="decode"}') - before[1]
@@ -259,14 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.requests} requests per level, {a.new_tokens} new tokens each, greedy, streaming; "
           f"{a.threads} threads per server; loopback")
     print("| server | clients | tokens/s | x vs 1 client | latency p50 s | latency p99 s | TTFT p50 s | TTFT p99 s "
-          "| mean decode batch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| mean decode batch | paused s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mb = f"{r['mean_decode_batch']:.2f}" if "mean_decode_batch" in r else "-"
         print(f"| {r['server']} | {r['concurrency']} | {r['tokens_per_s']:.1f} | {r['x_vs_c1']:.2f} | "
-              f"{r['latency_p50_s']:.2f} | {r['latency_p99_s']:.2f} | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} | {mb} |")
+              f"{r['latency_p50_s']:.2f} | {r['latency_p99_s']:.2f} | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} | {mb} "
+              f"| {r['paused_s']:.1f} |")
     for name, why in skipped.items():
-        print(f"| {name} | - | not run: {why} | | | | | | |")
+        print(f"| {name} | - | not run: {why} | | | | | | | |")
     if a.json:
         Path(a.json).write_text(json.dumps({"requests": a.requests, "new_tokens": a.new_tokens, "threads": a.threads,
                                             "results": rows, "skipped": skipped}, indent=2) + "\n")
