@@ -6,8 +6,9 @@ client sends its next request when the previous one is done), streaming, greedy,
 tokens each (``ignore_eos`` for llmpack, ``min_tokens`` for llama.cpp). Reported per server and level:
 generated tokens/s over the wall time, request latency p50/p99, time to first token p50/p99, and for llmpack
 the mean decode batch size read from its ``/metrics``. A level during which the benchmark process was paused
-(SIGSTOP, or starved of CPU for more than 0.5 s) is measured again (``--retries``); ``paused s`` says how long
-the reported attempt was paused.
+(SIGSTOP, or starved of CPU for more than 0.5 s; on a shared machine another job may stop every niced process)
+is reported with ``paused s`` and its tokens/s over the unpaused time (the servers and the clients are stopped
+together), or measured again with ``--retries N``. Latencies of requests that spanned a pause include it.
 
     python benchmarks/serve_load.py                     # the full run (a few minutes on 2 cores)
     python benchmarks/serve_load.py --json serve.json   # also write the results as JSON
@@ -186,6 +187,8 @@ def _llmpack_dir(a: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
         return d, "tiny llama (random init, float)"
     from llmpack.testing import smollm2_dir
 
+    if a.model_dir:
+        return Path(a.model_dir), f"{Path(a.model_dir).name} (given)"
     out = tmp / "smollm2-int8"
     llmpack.quantize(smollm2_dir(), "int8", out=out, quiet=True)
     return out, "SmolLM2-135M-Instruct int8 (llmpack.quantize)"
@@ -253,8 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads of each server (default 2)")
     p.add_argument("--max-batch-size", type=int, default=8, help="llmpack serve --max-batch-size (default 8)")
     p.add_argument("--quick", action="store_true", help="a tiny random model, few requests (smoke test)")
-    p.add_argument("--retries", type=int, default=3,
-                   help="measure a level again when the process was paused during it (default 3)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="measure a level again when the process was paused during it (default 0: report it, with "
+                        "tokens/s over the unpaused time)")
+    p.add_argument("--model-dir", default=None,
+                   help="serve this llmpack dir instead of quantizing SmolLM2 to int8 (e.g. one made earlier)")
     p.add_argument("--json", metavar="F", default=None, help="write the results as JSON")
     a = p.parse_args(argv)
     a.requests = a.requests or (8 if a.quick else 64)
@@ -277,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                         clock = _PauseClock()
                         row = {"server": name, **asyncio.run(_load(srv, a.requests, c, a.new_tokens))}
                         row["paused_s"], row["attempts"] = clock.close(), attempt + 1
+                        active = max(row["wall_s"] - row["paused_s"], 1e-9)
+                        row["tokens_per_s"] = row["tokens"] / active  # every process of the run is paused together
                         if row["paused_s"] < 0.5:
                             break
                         print(f"  {name} c={c}: paused {row['paused_s']:.1f} s, measuring again", file=sys.stderr,
