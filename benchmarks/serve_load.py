@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                         row["paused_s"], row["attempts"] = clock.close(), attempt + 1
                         active = max(row["wall_s"] - row["paused_s"], 1e-9)
                         row["tokens_per_s"] = row["tokens"] / active  # every process of the run is paused together
-                        if row["paused_s"] < 0.5:
+                        if row["paused_s"] < 0.5 or attempt == a.retries:
                             break
                         print(f"  {name} c={c}: paused {row['paused_s']:.1f} s, measuring again", file=sys.stderr,
                               flush=True)
