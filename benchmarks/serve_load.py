@@ -238,7 +238,8 @@ def _servers(a: argparse.Namespace, tmp: Path) -> tuple[list[tuple[str, Any]], d
                     port = _free_port()
                     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
                            "--port", str(port), "--n_threads", str(a.threads), "--n_threads_batch", str(a.threads),
-                           "--n_ctx", "2048", "--model_alias", "m", "--verbose", "False"]
+                           "--n_ctx", "2048", "--model_alias", "m", "--verbose", "False",
+                           "--interrupt_requests", "False"]  # else a new request cuts the running stream off
                     return Server("llama.cpp server", cmd, port, "/v1/models", tmp / "llama.log", "m",
                                   {"min_tokens": a.new_tokens, "repeat_penalty": 1.0, "top_k": 1})
 
@@ -273,30 +274,41 @@ def main(argv: list[str] | None = None) -> int:
         for name, make in servers:
             srv = make()
             try:
-                srv.wait_ready()
-                asyncio.run(_load(srv, min(a.requests, 4), 2, 4))  # warm-up: first calls pack weights / build kernels
-                for c in levels:
-                    before = (_metric(srv.url, 'llmpack_batch_size_sum{phase="decode"}'),
-                              _metric(srv.url, 'llmpack_batch_size_count{phase="decode"}')) if "llmpack" in name else None
-                    for attempt in range(a.retries + 1):
-                        clock = _PauseClock()
-                        row = {"server": name, **asyncio.run(_load(srv, a.requests, c, a.new_tokens))}
-                        row["paused_s"], row["attempts"] = clock.close(), attempt + 1
-                        active = max(row["wall_s"] - row["paused_s"], 1e-9)
-                        row["tokens_per_s"] = row["tokens"] / active  # every process of the run is paused together
-                        if row["paused_s"] < 0.5 or attempt == a.retries:
-                            break
-                        print(f"  {name} c={c}: paused {row['paused_s']:.1f} s, measuring again", file=sys.stderr,
-                              flush=True)
-                    if before is not None:
-                        s = _metric(srv.url, 'llmpack_batch_size_sum{phase="decode"}') - before[0]
-                        n = _metric(srv.url, 'llmpack_batch_size_count{phase="decode"}') - before[1]
-                        row["mean_decode_batch"] = s / n if n else float("nan")
-                        row["max_decode_batch_seen"] = _max_batch(srv.url)
-                    rows.append(row)
-                    print(f"  {name} c={c}: {row['tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
+                _run_levels(a, name, srv, levels, rows)
+            except Exception as e:  # noqa: BLE001 -- a server that fails under the load is reported, never dropped
+                skipped[name] = f"failed: {type(e).__name__}: {e}"[:200]
             finally:
                 srv.stop()
+    _report(a, rows, skipped)
+    return 0
+
+
+def _run_levels(a: argparse.Namespace, name: str, srv: Server, levels: list[int], rows: list[dict[str, Any]]) -> None:
+    srv.wait_ready()
+    asyncio.run(_load(srv, min(a.requests, 4), 2, 4))  # warm-up: first calls pack weights / build kernels
+    for c in levels:
+        before = (_metric(srv.url, 'llmpack_batch_size_sum{phase="decode"}'),
+                  _metric(srv.url, 'llmpack_batch_size_count{phase="decode"}')) if "llmpack" in name else None
+        for attempt in range(a.retries + 1):
+            clock = _PauseClock()
+            row = {"server": name, **asyncio.run(_load(srv, a.requests, c, a.new_tokens))}
+            row["paused_s"], row["attempts"] = clock.close(), attempt + 1
+            active = max(row["wall_s"] - row["paused_s"], 1e-9)
+            row["tokens_per_s"] = row["tokens"] / active  # every process of the run is paused together
+            if row["paused_s"] < 0.5 or attempt == a.retries:
+                break
+            print(f"  {name} c={c}: paused {row['paused_s']:.1f} s, measuring again", file=sys.stderr,
+                  flush=True)
+        if before is not None:
+            s = _metric(srv.url, 'llmpack_batch_size_sum{phase="decode"}') - before[0]
+            n = _metric(srv.url, 'llmpack_batch_size_count{phase="decode"}') - before[1]
+            row["mean_decode_batch"] = s / n if n else float("nan")
+            row["max_decode_batch_seen"] = _max_batch(srv.url)
+        rows.append(row)
+        print(f"  {name} c={c}: {row['tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
+
+
+def _report(a: argparse.Namespace, rows: list[dict[str, Any]], skipped: dict[str, str]) -> None:
     base = {r["server"]: r["tokens_per_s"] for r in rows if r["concurrency"] == 1}
     for r in rows:
         r["x_vs_c1"] = r["tokens_per_s"] / base[r["server"]] if base.get(r["server"]) else float("nan")
@@ -315,7 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps({"requests": a.requests, "new_tokens": a.new_tokens, "threads": a.threads,
                                             "results": rows, "skipped": skipped}, indent=2) + "\n")
-    return 0
 
 
 def _max_batch(url: str) -> int:
