@@ -22,7 +22,7 @@ from llmpack.errors import Interrupted, LlmpackError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # Order is the order of `llmpack --help`.
-COMMANDS: tuple[str, ...] = ("quantize", "inspect", "verify", "measure", "pack", "build", "completion")
+COMMANDS: tuple[str, ...] = ("quantize", "inspect", "verify", "measure", "pack", "build", "serve", "completion")
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:

@@ -52,6 +52,7 @@ ENV_DEBUG = "LLMPACK_DEBUG"
 ENV_SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
 ENV_MODEL = "LLMPACK_MODEL"
 ENV_CACHE = "LLMPACK_CACHE"
+ENV_API_KEY = "LLMPACK_API_KEY"  # llmpack serve: the Bearer key (instead of --api-key on the command line)
 
 # --- OCI ------------------------------------------------------------------------------------
 OCI_LAYOUT_FILE = "oci-layout"
