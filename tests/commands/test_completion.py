@@ -24,7 +24,7 @@ def test_bash_completion(capsys) -> None:
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
     assert set(_complete(script, ["llmpack", ""])) >= set(COMMANDS)
     assert _complete(script, ["llmpack", "quantize", "--me"]) == ["--measure", "--method"]
-    assert _complete(script, ["llmpack", "pack", "--runtime", ""]) == ["none", "vllm"]
+    assert _complete(script, ["llmpack", "pack", "--runtime", ""]) == ["none", "llmpack", "vllm", "vllm-cpu"]
     assert _complete(script, ["llmpack", "completion", ""]) == ["bash", "zsh"]
 
 
