@@ -127,7 +127,7 @@ class TiedInt8Head(nn.Module):
         """Logits from the shared int8 table."""
         x2 = x.reshape(-1, self.in_features)
         if torch.compiler.is_compiling() and self._kernel is not None:  # (shapes are static while tracing)
-            kernel = self._kernel_few if x2.shape[0] <= kernels.FEW_TOKENS and self._kernel_few else self._kernel
+            kernel = kernels.prepared_kernel(self._kernel, self._kernel_few, x2.shape[0])
         else:
             kernel = kernels.kernel_for(x2.device.type, self.in_features, self.out_features, x2.shape[0])
         y = kernels.w8a16(x2, self.packed(), kernel)

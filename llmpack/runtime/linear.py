@@ -176,9 +176,7 @@ class Int8Linear(nn.Module):
     def kernel(self, device_type: str, tokens: int | None = None) -> str:
         """The kernel this layer runs on a ``device_type`` input of ``tokens`` tokens."""
         if torch.compiler.is_compiling() and self._kernel is not None:
-            # chosen by prepare() for either size (shapes are static while tracing)
-            few = tokens is not None and tokens <= kernels.FEW_TOKENS and self._kernel_few is not None
-            return self._kernel_few if few else self._kernel  # type: ignore[return-value]
+            return kernels.prepared_kernel(self._kernel, self._kernel_few, tokens)
         return kernels.kernel_for(device_type, self.in_features, self.out_features, tokens)
 
     def prepare(self) -> "Int8Linear":
@@ -189,9 +187,9 @@ class Int8Linear(nn.Module):
             >>> Int8Linear.from_float(torch.nn.Linear(8, 4)).prepare().out_features
             4
         """
-        self._kernel = self._kernel_few = None
-        self._kernel = self.kernel(self.weight.device.type)
-        self._kernel_few = self.kernel(self.weight.device.type, 1)
+        dev = self.weight.device.type
+        self._kernel = kernels.kernel_for(dev, self.in_features, self.out_features)
+        self._kernel_few = kernels.kernel_for(dev, self.in_features, self.out_features, 1)
         packed = self.packed()
         if self.act_quant:
             packed.prepare(self._kernel)

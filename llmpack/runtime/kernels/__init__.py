@@ -37,12 +37,13 @@ from llmpack.runtime.kernels.select import (
     is_native,
     kernel_for,
     native_float_ops_on,
+    prepared_kernel,
     use,
     warn_once,
 )
 
 __all__ = ["PackedWeight", "w8a8", "w8a16", "fp8_linear", "FEW_TOKENS", "cpu_kernel", "kernel_for", "fp8_kernel_for",
-           "is_native", "is_exact", "use", "native_ops", "native_float_ops_on"]
+           "prepared_kernel", "is_native", "is_exact", "use", "native_ops", "native_float_ops_on"]
 
 
 

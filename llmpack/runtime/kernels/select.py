@@ -32,7 +32,7 @@ import torch
 
 from llmpack.runtime.options import APPROXIMATE, kernel_option
 
-__all__ = ["FEW_TOKENS", "cpu_kernel", "few_token_kernel", "many_token_kernel", "kernel_for", "is_native", "is_exact",
+__all__ = ["FEW_TOKENS", "cpu_kernel", "few_token_kernel", "many_token_kernel", "kernel_for", "prepared_kernel", "is_native", "is_exact",
            "use", "reset", "cpu_flags", "native_float_ops_on", "fp8_kernel_for", "FP8_MIN_CAPABILITY", "fallback_reason",
            "cuda_capability", "warn_once"]
 
@@ -280,6 +280,17 @@ def warn_once(message: str) -> None:
     import warnings
 
     warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def prepared_kernel(many: str, few: str | None, tokens: int | None) -> str:
+    """Of a layer's two prepared kernels (long inputs, decode steps), the one for ``tokens`` tokens: what
+    :func:`kernel_for` would say, read from attributes while ``torch.compile`` traces (shapes are static then).
+
+    Example:
+        >>> prepared_kernel("int_mm", "avx2", 1), prepared_kernel("int_mm", "avx2", 128)
+        ('avx2', 'int_mm')
+    """
+    return few if few is not None and tokens is not None and tokens <= FEW_TOKENS else many
 
 
 def is_native(kernel: str) -> bool:
