@@ -10,7 +10,9 @@ so nothing is copied and nothing is written:
    tokens). Within budget: done.
 4. Otherwise measure each layer's sensitivity — the relative output error it adds when quantized
    alone, given float inputs (``sensitivity="local"``, one pass), or the KL of the whole model with
-   only that layer quantized (``sensitivity="e2e"``, one pass per layer) — and apply remedies in
+   only that layer quantized (``sensitivity="e2e"``, one pass per layer), or the KL of the model with one
+   *role* quantized (``sensitivity="role"``, the default for FP8: one pass per role, e.g. every ``down_proj``,
+   shared among the role's layers by local error; :mod:`llmpack.quant.sensitivity`) — and apply remedies in
    order of preference: smoothing (already in), weight-only int8 for the most sensitive layers,
    then float for the most sensitive of those. How many layers get a remedy is found by bisection
    on end-to-end measurements, so the final plan's cost is measured, not estimated.
@@ -39,7 +41,8 @@ from llmpack.config import Recipe
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.quant import smooth as _smooth
 from llmpack.quant.int8_decisions import Int8Decisions
-from llmpack.quant.sensitivity import layer_sensitivity
+from llmpack.quant.roles import fallback_dtype, remedy_order, weight_only_roles
+from llmpack.quant.sensitivity import HOWS, layer_sensitivity
 from llmpack.quant.calibrate import (
     EvalResult,
     LayerSim,
@@ -110,12 +113,15 @@ def _alpha_for(recipe: Recipe, alpha: float | Mapping[str, float] | None) -> dic
 
 
 def _sim_plan(lins: Iterable[str], modes: Mapping[str, str], target_scale: Mapping[str, torch.Tensor],
-              scheme: str = "int8") -> dict[str, LayerSim]:
+              scheme: str = "int8", fallback: torch.dtype | None = None,
+              skip: "set[str] | frozenset[str]" = frozenset()) -> dict[str, LayerSim]:
     plan = {}
     for n in lins:
         mode = modes[n]
         s = target_scale.get(n)
         if mode == "float":
+            if fallback is not None and n not in skip:  # stored narrower than the source: simulate the rounding
+                plan[n] = LayerSim("float", None, scheme, weight_dtype=fallback)
             continue  # float layers run untouched (smoothing is exact in float)
         plan[n] = LayerSim(mode, s if mode == "w8a8" else None, scheme)
     return plan
@@ -152,7 +158,7 @@ def plan_int8(
     alpha: float | Mapping[str, float] | None = None,
     calib_tokens: int = DEFAULT_CALIB_TOKENS,
     seq_len: int = 512,
-    sensitivity: str = "local",
+    sensitivity: str = "auto",
     margin: float = BUDGET_MARGIN,
     act_stats: Mapping[str, torch.Tensor] | None = None,
     skip: Iterable[str] = (),
@@ -175,8 +181,11 @@ def plan_int8(
         alpha: SmoothQuant alpha (one number or per group kind) overriding ``recipe.smooth``.
         calib_tokens: calibration tokens used (cost grows linearly).
         seq_len: tokens per forward window.
-        sensitivity: ``"local"`` (one pass; per-layer output error) or ``"e2e"`` (one pass per layer; KL of
-            the model with that layer alone quantized).
+        sensitivity: ``"local"`` (one pass; per-layer output error), ``"e2e"`` (one pass per layer; KL of
+            the model with that layer alone quantized), ``"role"`` (one pass per role and mode; KL of the model
+            with one role quantized, shared by local error; remedies then go first where they buy the most KL
+            per parameter) or ``"auto"``: ``"role"`` for FP8, whose per-layer local errors are all alike, ``"local"``
+            for int8.
         margin: aim at ``margin × budget`` on the calibration text.
         act_stats: precomputed :func:`~llmpack.quant.calibrate.collect_input_absmax` output (caching).
         skip: layers kept in float regardless (e.g. the recipe's ignore patterns, resolved).
@@ -199,8 +208,10 @@ def plan_int8(
     recipe = recipe or Recipe(method="int8")
     if not recipe.method.is_quantized:
         raise ConfigError(f"plan_int8 needs an int8 or fp8 recipe, got method {recipe.method.value}")
-    if sensitivity not in ("local", "e2e"):
-        raise ConfigError(f"unknown sensitivity {sensitivity!r}: choose 'local' or 'e2e'")
+    if sensitivity == "auto":
+        sensitivity = "local" if str(recipe.method.scheme) == "int8" else "role"
+    if sensitivity not in HOWS:
+        raise ConfigError(f"unknown sensitivity {sensitivity!r}: choose 'auto', " + ", ".join(map(repr, HOWS)))
     say = progress or (lambda _msg: None)
     st, tokenizer = _resolve_streamer(model_or_source, tokenizer, device, need_tokenizer=batches is None)
     model = st.model
@@ -211,6 +222,7 @@ def plan_int8(
 
         batches = token_batches(tokenizer, resolve_text(text, kind="calib"), seq_len=seq_len, max_tokens=calib_tokens)
     skip = set(skip)
+    fallback = fallback_dtype(st.model, recipe)
     # Names only: a streamed block's modules are dropped after each block, so nothing may keep them alive.
     params = {n: int(m.weight.numel()) for n, m in linear_layers(model).items() if not _is_head(model, n, m)}
     lins = list(params)
@@ -249,7 +261,8 @@ def plan_int8(
                                 "cannot stream it; keep it in float with ignore=")
 
         def sim_ctx(m: Mapping[str, str]) -> Callable[[int, torch.nn.Module], Any]:
-            return lambda i, _blk: simulate(model, _sim_plan(per_block.get(i, []), m, target_scale, scheme))
+            return lambda i, _blk: simulate(model, _sim_plan(per_block.get(i, []), m, target_scale, scheme,
+                                                             fallback, frozenset(skip)))
 
         def float_ctx(i: int, _blk: torch.nn.Module) -> Any:
             return None if act_stats is not None else absmax_hooks(model, per_block.get(i, []), stats)
@@ -282,13 +295,21 @@ def plan_int8(
         del float_ws, cand_ws
         reasons = {n: ("kept float (skip / ignore)" if modes[n] == "float" else "default") for n in lins}
         sens: dict[str, dict[str, float]] = {}
+        roles: dict[str, dict[str, float]] = {}
         if has_budget and not _budget_ok(result, recipe, margin):
-            say("measuring per-layer sensitivity")
-            sens = layer_sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip, scheme)
+            say(f"measuring per-layer sensitivity ({sensitivity})")
+            sens = layer_sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip, scheme, roles)
             current = base_mode
+            if roles and base_mode == "w8a8" and "w8a16" in ladder:
+                modes, result = weight_only_roles(modes, result, roles, reasons, measure,
+                                                  lambda r: _over(r, recipe), fuse_siblings)
             for lvl in range(1, len(ladder)):
+                if _budget_ok(result, recipe, margin):
+                    break
                 cur, nxt = current, ladder[lvl]
-                order = sorted((n for n in lins if modes[n] == cur), key=lambda n: -sens[n][cur])
+                # every layer not yet past this rung (after weight_only_roles, w8a16 layers meet float too)
+                order = remedy_order([n for n in lins if _RANK[cur] <= _RANK[modes[n]] < _RANK[nxt]], sens,
+                                      {n: modes[n] for n in lins}, params, per_param=sensitivity == "role")
 
                 def trial(k: int, order: list[str] = order, nxt: str = nxt) -> tuple[dict[str, str], EvalResult]:
                     m = dict(modes)
@@ -331,6 +352,8 @@ def plan_int8(
                                    "params": params[n]}
             if scheme != "int8" and modes[n] != "float":
                 rec["scheme"] = scheme  # "int8" stays the key of the mode: w8a8 / w8a16 / float
+            if modes[n] == "float" and n not in skip and fallback is not None:
+                rec["stored"] = "bf16"
             g = by_target.get(n)
             if g is not None and modes[n] == "w8a8":
                 rec["smooth"] = {"alpha": alphas[g.kind], "from": g.prev, "group": g.kind}
@@ -348,13 +371,17 @@ def plan_int8(
             "streamed": {"blocks": len(st.blocks), "device": str(st.device)} if st.streamed else None,
             "planned": result.to_dict(),
             "sensitivity": sensitivity if sens else None,
+            **({"role_kl": {r: {m: round(v, 6) for m, v in kl.items()} for r, kl in roles.items()}} if roles else {}),
             "int8_share": round(_share(params, modes), 6),
+            "float_fallback_dtype": "bf16" if fallback is not None else None,
         }
         return Int8Decisions(
             method=recipe.method.value, alpha=alphas if used else {}, groups=used,
             smooth_scales={p: scales[p] for p in used},
             weight_only={n for n, m in modes.items() if m == "w8a16"} if recipe.method.act_quant else set(),
-            keep_float={n for n, m in modes.items() if m == "float"}, records=records, summary=summary, params=params,
+            keep_float={n for n, m in modes.items() if m == "float"},
+            float_storage={n: "bf16" for n, m in modes.items() if m == "float" and n not in skip and fallback is not None},
+            records=records, summary=summary, params=params,
             has_bias={p: getattr(model.get_submodule(p), "bias", None) is not None for p in used},
         )
     finally:
@@ -485,7 +512,13 @@ def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Re
 
     from llmpack.quant.apply import quantize_module
 
+    from llmpack.quant.floats import float_dtype
+
     target = model if inplace else copy.deepcopy(model)
     decisions.fold_into(target)
+    with torch.no_grad():  # the budget's narrower float storage, as the written file holds it (values only)
+        for n, dt in decisions.float_storage.items():
+            w = target.get_submodule(n).weight
+            w.copy_(w.to(float_dtype(dt)).to(w.dtype))
     return quantize_module(target, recipe, skip=sorted(decisions.keep_float), weight_only=sorted(decisions.weight_only),
                            inplace=True)

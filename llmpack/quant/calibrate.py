@@ -236,11 +236,14 @@ class LayerSim:
         smooth: optional per-input-channel SmoothQuant scale ``s``: the layer computes
             ``q(x / s) @ q(W * s)ᵀ``, which equals ``x @ Wᵀ`` without quantization.
         scheme: the 8-bit grid of ``q`` (``"int8"`` or ``"fp8"``, :mod:`llmpack.quant.schemes`).
+        weight_dtype: ``"float"`` mode only: the weight as stored in this narrower float dtype (e.g.
+            ``torch.bfloat16`` for a layer an FP32 source keeps in float), rounded to it and back.
     """
 
     mode: str = "w8a8"
     smooth: torch.Tensor | None = None
     scheme: str = "int8"
+    weight_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("w8a8", "w8a16", "float"):
@@ -256,8 +259,10 @@ def _sim_forward(mod: torch.nn.Module, sim: LayerSim):
     def forward(x: torch.Tensor) -> torch.Tensor:
         w = mod.weight
         dt = x.dtype
-        if sim.mode == "float" and sim.smooth is None:
+        if sim.mode == "float" and sim.smooth is None and sim.weight_dtype is None:
             return mod.__class__.forward(mod, x)
+        if sim.mode == "float" and sim.weight_dtype is not None:
+            w = w.to(sim.weight_dtype)
         s = sim.smooth
         if s is not None:
             s = s.to(device=x.device, dtype=torch.float32)
