@@ -29,7 +29,7 @@ Example:
     >>> x = torch.tensor([[1, 2, 3, 4]])
     >>> ref = m(input_ids=x).logits
     >>> groups = find_groups(m)
-    >>> from llmpack.quant.calibrate import collect_input_absmax
+    >>> from llmpack.tune.calibrate import collect_input_absmax
     >>> scales = compute_scales(m, groups, collect_input_absmax(m, [x]), alpha=0.5)
     >>> fold(m, groups, scales)
     >>> bool(torch.allclose(m(input_ids=x).logits, ref, atol=1e-4))
@@ -44,7 +44,7 @@ from typing import Iterable, Mapping
 import torch
 
 from llmpack.errors import BadInputError
-from llmpack.quant.calibrate import in_dim, is_linear
+from llmpack.quant.layers import in_dim, is_linear
 
 __all__ = [
     "SmoothGroup",
@@ -290,7 +290,7 @@ def compute_scales(
 
     Example:
         >>> from llmpack.testing import tiny_model
-        >>> from llmpack.quant.calibrate import collect_input_absmax
+        >>> from llmpack.tune.calibrate import collect_input_absmax
         >>> m = tiny_model("gpt2"); gs = find_groups(m)
         >>> sc = compute_scales(m, gs, collect_input_absmax(m, [torch.tensor([[1, 2, 3]])]), {"mlp_in": 0.5})
         >>> list(sc)
