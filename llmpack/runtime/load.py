@@ -119,12 +119,8 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
             keys.extend(so.keys())
     qcfg = config.get("quantization_config")
     if qcfg:
-        try:
-            from llmpack.runtime.swap import swap_quantized_modules
-        except ModuleNotFoundError as e:
-            if e.name != "llmpack.runtime.swap":
-                raise
-            raise ConfigError(f"{d} is quantized ({qcfg.get('quant_method')}) but this llmpack build has no int8 runtime") from None
+        from llmpack.runtime.swap import swap_quantized_modules
+
         swap_quantized_modules(model, qcfg, keys)
     expected = dict(model.state_dict(keep_vars=True))
     fp32: list[str] = []
