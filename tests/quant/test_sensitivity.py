@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from llmpack.config import Recipe
-from llmpack.quant.budget import plan_int8
-from llmpack.quant.roles import remedy_order
-from llmpack.quant.sensitivity import role_of
+from llmpack.tune.budget import search_budget
+from llmpack.tune.roles import remedy_order
+from llmpack.tune.sensitivity import role_of
 from llmpack.testing import tiny_model
 
 
@@ -44,9 +44,9 @@ def _batches() -> list[torch.Tensor]:
 
 def test_role_sensitivity_is_the_default_for_fp8_and_measures_each_role_end_to_end() -> None:
     m = _o_proj_loud()
-    naive = plan_int8(m, None, Recipe(method="fp8", smooth=0.0), batches=_batches())
+    naive = search_budget(m, None, Recipe(method="fp8", smooth=0.0), batches=_batches())
     budget = naive.summary["planned"]["kl"] / 3
-    d = plan_int8(m, None, Recipe(method="fp8", smooth=0.0, max_kl=budget), batches=_batches())
+    d = search_budget(m, None, Recipe(method="fp8", smooth=0.0, max_kl=budget), batches=_batches())
     assert d.summary["sensitivity"] == "role"
     roles = d.summary["role_kl"]
     assert set(roles) == {"model.layers.*.self_attn.q_proj+k_proj+v_proj", "model.layers.*.self_attn.o_proj",
@@ -67,8 +67,8 @@ def test_role_sensitivity_is_the_default_for_fp8_and_measures_each_role_end_to_e
 
 def test_int8_keeps_the_local_measure() -> None:
     m = _o_proj_loud()
-    naive = plan_int8(m, None, Recipe(method="int8", smooth=0.0), batches=_batches())
-    d = plan_int8(m, None, Recipe(method="int8", smooth=0.0, max_kl=naive.summary["planned"]["kl"] / 3),
+    naive = search_budget(m, None, Recipe(method="int8", smooth=0.0), batches=_batches())
+    d = search_budget(m, None, Recipe(method="int8", smooth=0.0, max_kl=naive.summary["planned"]["kl"] / 3),
                   batches=_batches())
     assert d.summary["sensitivity"] == "local" and "role_kl" not in d.summary
 

@@ -1,4 +1,4 @@
-"""The budget's role-based remedies (the default for FP8, :func:`llmpack.quant.budget.plan_int8` with
+"""The budget's role-based remedies (the default for FP8, :func:`llmpack.tune.budget.search_budget` with
 ``sensitivity="role"``): which layers get a remedy first, the roles that go weight-only because that measures
 better for them, and the narrower dtype the layers moved to float are stored in.
 
@@ -15,8 +15,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from llmpack.config import Recipe
-from llmpack.quant.calibrate import EvalResult
-from llmpack.quant.sensitivity import role_of
+from llmpack.tune.calibrate import EvalResult
+from llmpack.tune.sensitivity import role_of
 
 __all__ = ["fallback_dtype", "weight_only_roles", "remedy_order"]
 

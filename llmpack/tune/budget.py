@@ -1,6 +1,6 @@
-"""INT8 accuracy budget: measure what each layer costs, then pick the cheapest remedy that fits.
+"""The 8-bit accuracy-budget search: measure what each layer costs, then pick the cheapest remedy that fits.
 
-The search runs on one in-memory float model with fake quantization (:mod:`llmpack.quant.calibrate`),
+The search runs on one in-memory float model with fake quantization (:mod:`llmpack.tune.calibrate`),
 so nothing is copied and nothing is written:
 
 1. Collect per-input-channel activation maxima on calibration text (one forward pass).
@@ -12,7 +12,7 @@ so nothing is copied and nothing is written:
    alone, given float inputs (``sensitivity="local"``, one pass), or the KL of the whole model with
    only that layer quantized (``sensitivity="e2e"``, one pass per layer), or the KL of the model with one
    *role* quantized (``sensitivity="role"``, the default for FP8: one pass per role, e.g. every ``down_proj``,
-   shared among the role's layers by local error; :mod:`llmpack.quant.sensitivity`) — and apply remedies in
+   shared among the role's layers by local error; :mod:`llmpack.tune.sensitivity`) — and apply remedies in
    order of preference: smoothing (already in), weight-only int8 for the most sensitive layers,
    then float for the most sensitive of those. How many layers get a remedy is found by bisection
    on end-to-end measurements, so the final plan's cost is measured, not estimated.
@@ -24,7 +24,7 @@ Example:
     >>> from llmpack.config import Recipe
     >>> import torch
     >>> m = tiny_model("llama")
-    >>> d = plan_int8(m, None, Recipe(method="int8", max_kl=0.05), batches=[torch.randint(0, 256, (1, 64))])
+    >>> d = search_budget(m, None, Recipe(method="int8", max_kl=0.05), batches=[torch.randint(0, 256, (1, 64))])
     >>> d.int8_share() > 0
     True
 """
@@ -40,10 +40,10 @@ import torch
 from llmpack.config import Recipe
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.quant import smooth as _smooth
-from llmpack.quant.int8_decisions import Int8Decisions
-from llmpack.quant.roles import fallback_dtype, remedy_order, weight_only_roles
-from llmpack.quant.sensitivity import HOWS, layer_sensitivity
-from llmpack.quant.calibrate import (
+from llmpack.quant.decisions import Int8Decisions
+from llmpack.tune.roles import fallback_dtype, remedy_order, weight_only_roles
+from llmpack.tune.sensitivity import HOWS, layer_sensitivity
+from llmpack.tune.calibrate import (
     EvalResult,
     LayerSim,
     absmax_hooks,
@@ -56,8 +56,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_CALIB_TOKENS",
     "Int8Decisions",
-    "plan_int8",
-    "select_recipe",
+    "search_budget",
     "apply_decisions",
 ]
 
@@ -148,7 +147,7 @@ def _bisect(n: int, ok: Callable[[int], bool], tol: int = 1) -> int:
 
 
 # ---------------------------------------------------------------------- search
-def plan_int8(
+def search_budget(
     model_or_source: "torch.nn.Module | str | os.PathLike[str]",
     tokenizer: Any = None,
     recipe: Recipe | None = None,
@@ -187,7 +186,7 @@ def plan_int8(
             per parameter) or ``"auto"``: ``"role"`` for FP8, whose per-layer local errors are all alike, ``"local"``
             for int8.
         margin: aim at ``margin × budget`` on the calibration text.
-        act_stats: precomputed :func:`~llmpack.quant.calibrate.collect_input_absmax` output (caching).
+        act_stats: precomputed :func:`~llmpack.tune.calibrate.collect_input_absmax` output (caching).
         skip: layers kept in float regardless (e.g. the recipe's ignore patterns, resolved).
         progress: called with a one-line message per step.
         device: where a directory's blocks run (``"cuda"``: one block at a time on the GPU).
@@ -201,13 +200,13 @@ def plan_int8(
 
     Example:
         >>> from llmpack.testing import smollm2_dir        # doctest: +SKIP
-        >>> d = plan_int8(smollm2_dir(), recipe=Recipe(method="int8", max_ppl_increase=2))  # doctest: +SKIP
+        >>> d = search_budget(smollm2_dir(), recipe=Recipe(method="int8", max_ppl_increase=2))  # doctest: +SKIP
         >>> d.summary["planned"]["ppl_increase_pct"] <= 2   # doctest: +SKIP
         True
     """
     recipe = recipe or Recipe(method="int8")
     if not recipe.method.is_quantized:
-        raise ConfigError(f"plan_int8 needs an int8 or fp8 recipe, got method {recipe.method.value}")
+        raise ConfigError(f"search_budget needs an int8 or fp8 recipe, got method {recipe.method.value}")
     if sensitivity == "auto":
         sensitivity = "local" if str(recipe.method.scheme) == "int8" else "role"
     if sensitivity not in HOWS:
@@ -217,7 +216,7 @@ def plan_int8(
     model = st.model
     if batches is None:
         if tokenizer is None:
-            raise BadInputError("plan_int8 needs a tokenizer (or token batches) to read the calibration text")
+            raise BadInputError("search_budget needs a tokenizer (or token batches) to read the calibration text")
         from llmpack.measure.text import resolve_text
 
         batches = token_batches(tokenizer, resolve_text(text, kind="calib"), seq_len=seq_len, max_tokens=calib_tokens)
@@ -486,16 +485,6 @@ def _resolve_model(model_or_source: Any, tokenizer: Any) -> tuple[torch.nn.Modul
     raise BadInputError(f"expected an nn.Module, got {type(model_or_source).__name__}")
 
 
-def select_recipe(model: torch.nn.Module, tokenizer: Any, recipe: Recipe, calib_text: "str | None" = None,
-                  **kwargs: Any) -> Int8Decisions:
-    """The pipeline's entry point: :func:`plan_int8` on an in-memory model (see there for ``kwargs``).
-
-    Example:
-        >>> d = select_recipe(model, tok, Recipe(method="int8", max_ppl_increase=2))   # doctest: +SKIP
-    """
-    return plan_int8(model, tokenizer, recipe, calib_text, **kwargs)
-
-
 def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Recipe, *, inplace: bool = False) -> torch.nn.Module:
     """Fold the smoothing into ``model`` and convert it to int8 with ``quantize_module``.
 
@@ -510,7 +499,7 @@ def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Re
     """
     import copy
 
-    from llmpack.quant.apply import quantize_module
+    from llmpack.runtime.convert import quantize_module
 
     from llmpack.quant.floats import float_dtype
 
