@@ -385,7 +385,7 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
 
 def _labels(name: str, version: str, created: str | None, revision: str, manifest: dict[str, Any] | None,
             rt_desc: str) -> dict[str, str]:
-    from llmpack import __version__
+    from llmpack._version import __version__
 
     labels = {
         ANN_TITLE: name,
