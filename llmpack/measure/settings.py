@@ -19,6 +19,7 @@ import dataclasses
 import os
 from typing import Any, Iterable, Mapping
 
+from llmpack.config import settings_from_keywords
 from llmpack.errors import ConfigError
 from llmpack.measure.gates import validate_gates
 
@@ -111,7 +112,8 @@ class MeasureSettings:
         check_int("seq_len", self.seq_len, 2)
         if self.batch_sizes is not None:
             if isinstance(self.batch_sizes, (str, bytes)) or not isinstance(self.batch_sizes, Iterable):
-                raise ConfigError(f"batch_sizes must be a sequence of integers such as (1, 8), got {self.batch_sizes!r}")
+                raise ConfigError("batch_sizes must be a sequence of integers such as (1, 8), "
+                                  f"got {self.batch_sizes!r}")
             object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
             if not self.batch_sizes:
                 raise ConfigError("batch_sizes is empty: pass e.g. (1, 8)")
@@ -169,7 +171,8 @@ class MeasureSettings:
 
     @classmethod
     def from_keywords(cls, settings: "MeasureSettings | None", **keywords: Any) -> "MeasureSettings":
-        """``settings``, or the settings the keyword arguments of :func:`llmpack.measure` spell.
+        """``settings``, or the settings the keyword arguments of :func:`llmpack.measure` spell
+        (:func:`llmpack.config.settings_from_keywords`).
 
         Raises:
             ConfigError: ``settings`` together with a keyword that differs from its default.
@@ -178,23 +181,7 @@ class MeasureSettings:
             >>> MeasureSettings.from_keywords(None, seq_len=64).seq_len
             64
         """
-        if settings is None:
-            return cls(**keywords)
-        if not isinstance(settings, cls):
-            raise ConfigError(f"settings must be a MeasureSettings, got {type(settings).__name__}")
-        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
-                             else f.default) for f in dataclasses.fields(cls)}
-        both = sorted(k for k, v in keywords.items() if not _same(v, defaults[k]))
-        if both:
-            raise ConfigError(f"pass settings= or the keyword arguments, not both: {', '.join(both)} given with settings")
-        return settings
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a is b or a == b) if not isinstance(a, Mapping) else dict(a) == dict(b or {})
-    except (RuntimeError, TypeError, ValueError):  # no usable == (tensors): only identity counts
-        return a is b
+        return settings_from_keywords(cls, settings, keywords)
 
 
 def gates_from_args(args: Any) -> dict[str, float]:
