@@ -2,8 +2,8 @@
 ``llmpack.__all__``; and the Markdown helpers both generated pages share. ``python -m llmpack._docs`` writes it.
 
 Example:
-    >>> _md_cell("a | b")
-    'a \\| b'
+    >>> _slug("llmpack quantize")
+    'llmpack-quantize'
 """
 
 from __future__ import annotations
