@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from llmpack.errors import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from llmpack.measure.report import Report
 
 __all__ = ["Gate", "GATE_TABLE", "GATE_BY_NAME", "GATE_BY_OPTION", "gate_passes", "gates_from_options",
            "evaluate_recorded", "record_metrics", "GateResult", "GATES", "validate_gates", "evaluate_gates"]
@@ -200,7 +197,7 @@ class GateResult:
 
 
 # name -> (description, metric(report) -> value | None, comparison): a view of the one gate table.
-GATES: dict[str, tuple[str, Callable[["Report"], float | None], str]] = {
+GATES: dict[str, tuple[str, Callable[[Any], float | None], str]] = {
     g.name: (g.description, g.metric, g.op) for g in GATE_TABLE
 }
 
@@ -231,8 +228,9 @@ def validate_gates(gates: Mapping[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def evaluate_gates(report: "Report", gates: Mapping[str, Any] | None) -> list[GateResult]:
-    """Evaluate ``gates`` against a report (a missing metric makes the gate not applicable).
+def evaluate_gates(report: Any, gates: Mapping[str, Any] | None) -> list[GateResult]:
+    """Evaluate ``gates`` against a :class:`~llmpack.measure.report.Report` (a missing metric makes the gate not
+    applicable).
 
     Example:
         >>> from llmpack.measure.report import Report

@@ -1,7 +1,7 @@
 """Rendering a measurement :class:`~llmpack.measure.report.Report`: the Markdown and HTML tables and the PNG plot.
 
 :class:`~llmpack.measure.report.Report`'s ``to_markdown`` / ``to_html`` / ``plot`` call these; the report holds
-the figures, this module only lays them out.
+the figures, this module only lays them out (it does not import the report: ``report`` is typed ``Any``).
 
 Example:
     >>> from llmpack.measure.report import Report
@@ -15,10 +15,7 @@ import html
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from llmpack.measure.report import Report
+from typing import Any
 
 __all__ = ["to_markdown", "to_html", "plot", "size_rows", "latency_rows", "accuracy_rows", "env_line"]
 
@@ -49,7 +46,7 @@ def _fmt_ratio(x: float | None) -> str:
 
 
 
-def size_rows(report: "Report") -> list[tuple[str, str, str, str]]:
+def size_rows(report: Any) -> list[tuple[str, str, str, str]]:
     """(label, baseline, candidate, ratio) rows of the size table."""
     a, b = report.size_baseline, report.size_candidate
     rows = []
@@ -70,13 +67,13 @@ def size_rows(report: "Report") -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def no_latency(report: "Report") -> str:
+def no_latency(report: Any) -> str:
     """The sentence shown instead of the latency table (the note that says why it was not measured)."""
     why = next((n for n in report.notes if n.startswith("latency not measured")), "latency not measured")
     return why[0].upper() + why[1:] + "."
 
 
-def latency_rows(report: "Report") -> list[tuple[str, ...]]:
+def latency_rows(report: Any) -> list[tuple[str, ...]]:
     """(phase, batch×seq, baseline, candidate, tokens/s, speedup, runs) rows of the latency table."""
     rows = []
     for e in report.latency:
@@ -89,7 +86,7 @@ def latency_rows(report: "Report") -> list[tuple[str, ...]]:
     return rows
 
 
-def accuracy_rows(report: "Report") -> list[tuple[str, str, str, str]]:
+def accuracy_rows(report: Any) -> list[tuple[str, str, str, str]]:
     """(label, baseline, candidate, delta) rows of the accuracy table, per task."""
     a = report.accuracy
     if a.task == "causal-lm":
@@ -109,7 +106,7 @@ def accuracy_rows(report: "Report") -> list[tuple[str, str, str, str]]:
     ]
 
 
-def env_line(report: "Report") -> str:
+def env_line(report: Any) -> str:
     """One line: device, threads, library versions and the measurement's wall time."""
     e = report.environment
     return (f"{e.get('device', '?')} ({e.get('device_name', '?')}), {e.get('threads', '?')} threads, "
@@ -117,7 +114,7 @@ def env_line(report: "Report") -> str:
             f"llmpack {e.get('llmpack', '?')}; measured in {report.duration_s:.1f} s")
 
 
-def to_markdown(report: "Report", path: str | os.PathLike[str] | None = None) -> str:
+def to_markdown(report: Any, path: str | os.PathLike[str] | None = None) -> str:
     """A Markdown report (summary, size, latency, accuracy, gates, environment, notes).
 
     Example:
@@ -156,7 +153,7 @@ def to_markdown(report: "Report", path: str | os.PathLike[str] | None = None) ->
     return text
 
 
-def to_html(report: "Report") -> str:
+def to_html(report: Any) -> str:
     """A self-contained HTML fragment (what notebooks show).
 
     Example:
@@ -192,7 +189,7 @@ def to_html(report: "Report") -> str:
     return "\n".join(parts)
 
 
-def plot(report: "Report", path: str | os.PathLike[str]) -> Path:
+def plot(report: Any, path: str | os.PathLike[str]) -> Path:
     """Write a PNG: latency distributions (box plots per phase and batch size) and size bars.
 
     Example:
