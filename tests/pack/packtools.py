@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
-from _fixtures.containers import free_port, need  # noqa: F401  (re-exported for the pack tests)
+from _fixtures.containers import free_port, need
+
+__all__ = ["ULIMITS", "need", "free_port", "sha256_file", "tree_files"]
 
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 
