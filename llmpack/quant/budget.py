@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from llmpack._nn import is_conv1d
 from llmpack.config import Recipe
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.quant import smooth as _smooth
@@ -406,7 +407,7 @@ def _is_head(model: torch.nn.Module, name: str, mod: torch.nn.Module) -> bool:
     if leaf in ("lm_head", "embed_out", "output"):
         return True
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    out = mod.weight.shape[1] if type(mod).__name__ == "Conv1D" else mod.weight.shape[0]
+    out = mod.weight.shape[1] if is_conv1d(mod) else mod.weight.shape[0]
     return isinstance(vocab, int) and out == vocab
 
 

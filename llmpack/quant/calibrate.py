@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from llmpack._nn import forward_hooks, is_conv1d
 from llmpack.errors import BadInputError
 from llmpack.quant.int8 import midrange
 
@@ -51,12 +52,12 @@ ACT_DIVISOR = 127.5  # = llmpack.quant.int8.ACT_DIVISOR (compressed-tensors dyna
 
 def is_linear(module: torch.nn.Module) -> bool:
     """True for ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2, weight stored ``[in, out]``)."""
-    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+    return isinstance(module, torch.nn.Linear) or is_conv1d(module)
 
 
 def in_dim(module: torch.nn.Module) -> int:
     """The weight dimension that indexes input features: 1 for ``nn.Linear``, 0 for ``Conv1D``."""
-    return 0 if type(module).__name__ == "Conv1D" else 1
+    return 0 if is_conv1d(module) else 1
 
 
 def linear_layers(model: torch.nn.Module, skip: Iterable[str] = ("lm_head",)) -> dict[str, torch.nn.Module]:
@@ -152,8 +153,6 @@ def absmax_hooks(model: torch.nn.Module, names: Iterable[str], stats: dict[str, 
         >>> s["model.layers.0.mlp.up_proj"].shape
         torch.Size([64])
     """
-    handles = []
-
     def make_hook(name: str) -> Any:
         def hook(_m: torch.nn.Module, args: tuple) -> None:
             x = args[0].detach()
@@ -162,13 +161,8 @@ def absmax_hooks(model: torch.nn.Module, names: Iterable[str], stats: dict[str, 
             stats[name] = v if prev is None else torch.maximum(prev, v)
         return hook
 
-    for name in names:
-        handles.append(model.get_submodule(name).register_forward_pre_hook(make_hook(name)))
-    try:
+    with forward_hooks(((model.get_submodule(name), make_hook(name)) for name in names), pre=True):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def fake_quant_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
@@ -250,7 +244,7 @@ class LayerSim:
 def _sim_forward(mod: torch.nn.Module, sim: LayerSim):
     from llmpack.quant.schemes import get_scheme
 
-    conv1d = type(mod).__name__ == "Conv1D"
+    conv1d = is_conv1d(mod)
     scheme = get_scheme(sim.scheme)
 
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,8 @@ import dataclasses
 from typing import Any, Iterable, Mapping, Sequence
 
 import llmpack.quant.int8_actions  # noqa: F401  (registers the int8 actions)
+from llmpack._dtypes import short_name, torch_name
+from llmpack._nn import CONV1D, is_conv1d_name
 from llmpack.config import Recipe
 from llmpack.errors import ConfigError
 from llmpack.plan import TensorDecision, module_of
@@ -32,7 +34,7 @@ from llmpack.quant.schemes import QUANT_ACTIONS
 
 __all__ = ["decide", "update_config", "LINEAR_TYPES", "EMBEDDING_TYPES", "OUTPUT_HEAD_NAMES", "int8_modules"]
 
-LINEAR_TYPES = ("Linear", "Conv1D")
+LINEAR_TYPES = ("Linear", CONV1D)
 EMBEDDING_TYPES = ("Embedding",)
 OUTPUT_HEAD_NAMES = ("lm_head", "embed_out", "output")
 INT8_ACTIONS = QUANT_ACTIONS  # (every 8-bit action, int8 and fp8)
@@ -46,9 +48,8 @@ def _is_output_head(module: str, shape: Sequence[int], mtype: str, config: Mappi
 def _scale_dtype_name(recipe: Recipe, in_dtype: Any) -> str:
     if recipe.float_dtype:
         return recipe.float_dtype
-    import torch
-
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(in_dtype, "fp32")
+    name = short_name(torch_name(in_dtype))
+    return name if name in ("fp16", "bf16") else "fp32"
 
 
 def decide(
@@ -111,7 +112,7 @@ def decide(
                 continue
             action = wo_action if module in wo else linear_action
             extra: dict[str, Any] = {"scale_dtype": sdt, "module_type": mtype}
-            if mtype == "Conv1D":
+            if is_conv1d_name(mtype):
                 extra["layout"] = CONV1D_LAYOUT
             mode = "w8a16" if action == wo_action else "w8a8"
             out.append(TensorDecision(name, action, scheme, module, f"{scheme} per-channel ({mode})", extra, **base))
