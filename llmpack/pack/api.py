@@ -33,6 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from llmpack._env import ENV_MODEL
+from llmpack._env import source_date_epoch as env_source_date_epoch
 from llmpack._output import progress
 from llmpack.constants import (
     ANN_CREATED,
@@ -41,8 +43,6 @@ from llmpack.constants import (
     ANN_TITLE,
     ANN_VERSION,
     CONFIG_FILE,
-    ENV_MODEL,
-    ENV_SOURCE_DATE_EPOCH,
     MANIFEST_FILE,
     MODELS_ROOT,
     MT_OCI_CONFIG,
@@ -229,14 +229,9 @@ def default_name(model_dir: str | os.PathLike[str]) -> str:
 
 def _epoch(source_date_epoch: int | None) -> int:
     if source_date_epoch is None:
-        env = os.environ.get(ENV_SOURCE_DATE_EPOCH, "").strip()
-        if not env:
+        source_date_epoch = env_source_date_epoch()
+        if source_date_epoch is None:
             return 0
-        try:
-            source_date_epoch = int(env)
-        except ValueError:
-            raise BadInputError(f"{ENV_SOURCE_DATE_EPOCH}={env!r} is not an integer: "
-                                "set it to seconds since 1970 or unset it") from None
     if not 0 <= int(source_date_epoch) < 8**11:
         raise BadInputError(f"source_date_epoch {source_date_epoch} out of range: use seconds since 1970 (>= 0)")
     return int(source_date_epoch)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from llmpack.constants import ENV_CACHE
+from llmpack._env import cache_root
 
 __all__ = [
     "tiny_config",
@@ -117,8 +117,7 @@ def arch_configs(vocab: int = 300) -> dict[str, Any]:
 
 def cache_dir() -> Path:
     """Where converted real models are cached: ``$LLMPACK_CACHE`` or ``~/.cache/llmpack``."""
-    root = os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache", "llmpack")
-    p = Path(root)
+    p = cache_root()
     p.mkdir(parents=True, exist_ok=True)
     return p
 

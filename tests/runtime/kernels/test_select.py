@@ -6,7 +6,7 @@ import pytest
 
 from llmpack.errors import ConfigError
 from llmpack.runtime.kernels import native, onednn, select
-from llmpack.runtime.options import ENV_KERNEL
+from llmpack._env import ENV_KERNEL
 
 
 @pytest.mark.parametrize("flags, built, want", [
