@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from llmpack.checkpoint.manifest import hash_file, read_json_object
+from llmpack._jsonfile import read_json_object
+from llmpack.checkpoint.manifest import hash_file
 from llmpack.config import Recipe
 from llmpack.constants import MANIFEST_FILE
 from llmpack.errors import LlmpackError, OutputWriteError

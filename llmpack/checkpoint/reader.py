@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 
 from llmpack._dtypes import ST_TORCH_NAMES, torch_dtype
+from llmpack._jsonfile import read_json
 from llmpack.constants import CONFIG_FILE, PICKLE_SUFFIXES, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from llmpack.errors import BadInputError, IntegrityError, SourceNotFoundError, UnsafePathError, UnsupportedFormatError
 from llmpack.checkpoint.validate import check_inside, validate_index, validate_safetensors
@@ -244,13 +245,7 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         if self._config is False:
             p = self.dir / CONFIG_FILE
             if p.is_file():
-                try:
-                    self._config = json.loads(p.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as e:
-                    raise BadInputError(f"{p}: invalid JSON ({e}); fix or re-create config.json") from e
-                if not isinstance(self._config, dict):
-                    raise BadInputError(f"{p}: expected a JSON object, got {type(self._config).__name__}; "
-                                        "fix or re-create config.json")
+                self._config = read_json(p, error=BadInputError, fix="fix or re-create config.json")
             else:
                 self._config = None
         return self._config  # type: ignore[return-value]

@@ -53,7 +53,7 @@ from llmpack.errors import (
     BadInputError,
     IntegrityError,
 )
-from llmpack.checkpoint.manifest import read_json_object
+from llmpack._jsonfile import read_json_object
 from llmpack.pack import modelpack
 from llmpack.pack.context import (
     _CACHE_VERSION,

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import Any, Sequence
 
-from llmpack.checkpoint.manifest import read_json_object
+from llmpack._jsonfile import read_json_object
 from llmpack.constants import MODELS_ROOT, MT_OCI_LAYER_GZIP, MT_OCI_LAYER_TAR, MT_OCI_LAYER_ZSTD, OCI_LAYOUT_FILE
 from llmpack.errors import BadInputError, OutputExistsError, OutputLockedError, OutputWriteError
 from llmpack.pack import modelpack

@@ -9,13 +9,13 @@ the stored tensors straight from each shard's mmap with ``load_state_dict(assign
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 
+from llmpack._jsonfile import read_json
 from llmpack.checkpoint.reader import Checkpoint, find_weight_files
 from llmpack.constants import CONFIG_FILE, MANIFEST_FILE
 from llmpack.errors import BadInputError, ConfigError, IntegrityError, SourceNotFoundError
@@ -37,13 +37,8 @@ def open_checkpoint(path: "str | os.PathLike[str]") -> Checkpoint:
 
 def read_config(path: "str | os.PathLike[str]") -> dict[str, Any]:
     """``config.json`` of a model directory as a dict."""
-    p = Path(path) / CONFIG_FILE
-    if not p.is_file():
-        raise SourceNotFoundError(f"{p} is missing: pass an HF model directory with a config.json")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{p}: invalid JSON ({e}); fix or re-create config.json") from e
+    return read_json(Path(path) / CONFIG_FILE, error=ConfigError, fix="fix or re-create config.json",
+                     missing=SourceNotFoundError, missing_fix="pass an HF model directory with a config.json")
 
 
 def model_class(config: Mapping[str, Any]) -> type:
