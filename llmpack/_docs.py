@@ -25,6 +25,8 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from llmpack._atomic import atomic_write
+
 __all__ = ["render_cli", "render_api", "generated_pages", "main", "DOCS_DIR"]
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
@@ -410,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stale.append(path)
         if not args.check:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            atomic_write(path, text)
             print(f"wrote {path}")
     if args.check and stale:
         for path in stale:

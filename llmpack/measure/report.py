@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from llmpack._atomic import atomic_path, atomic_write
 from llmpack._dtypes import short_name
 from llmpack.constants import REPORT_SCHEMA_VERSION
 from llmpack.errors import BadInputError, ConfigError
@@ -591,9 +592,8 @@ class Report:
         fig.tight_layout()
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
         return out
 
     # ---- a small fixed report for docs and tests ----------------------------------------------
@@ -636,6 +636,4 @@ class Report:
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, text)

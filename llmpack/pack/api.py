@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from llmpack._atomic import atomic_write
 from llmpack._env import ENV_MODEL
 from llmpack._env import source_date_epoch as env_source_date_epoch
 from llmpack._output import progress
@@ -61,7 +62,7 @@ from llmpack.pack.context import (
     LOCK_FILE,
     _cache_key,
     _load_cache,
-    _Lock,
+    pack_lock,
     _plan_layers,
     _prepare_out,
     _stats,
@@ -70,7 +71,7 @@ from llmpack.pack.context import (
 from llmpack.pack.deploy import DEPLOY_DIR, DeploySpec, render_deploy
 from llmpack.pack.dockerfile import NONROOT_USER, render_dockerfile, render_dockerignore, runtime_spec
 from llmpack.pack.files import ModelFile, collect_files
-from llmpack.pack.oci import COMPRESSIONS, BlobStore, Descriptor, atomic_write, write_layer
+from llmpack.pack.oci import COMPRESSIONS, BlobStore, Descriptor, write_layer
 from llmpack.pack.registry_limits import registry_warnings
 from llmpack.pack.tar import layer_members, tar_size
 
@@ -80,6 +81,7 @@ ARTIFACTS = ("image", "modelpack")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_OUT_FIX = "check the output directory"
 _WHEELS_README = """\
 Wheels for the Dockerfile's build stage (runtime llmpack): `pip install --find-links` reads this folder.
 Offline builds: put llmpack's wheel and its dependencies here (pip wheel -w wheels/ ...) and pass
@@ -370,7 +372,7 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
     warnings = list(selection.warnings)
 
     _prepare_out(model_dir, out, overwrite)
-    with _Lock(out):
+    with pack_lock(out):
         return _pack_locked(
             model_dir=model_dir, out=out, files=files, name=name, tag=tag, base_image=base_image, rt_name=rt.name,
             artifact=artifact, compression=compression, epoch=epoch, created=created, plats=plats,
@@ -525,13 +527,13 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
     small_rels = [f.rel for f in files if f.kind != "weight"]
     dockerfile = render_dockerfile(name, weight_rels, small_rels, runtime=rt.name, base_image=base_image,
                                    labels=_labels(name, version, None, revision, manifest, rt.description))
-    atomic_write(out / "Dockerfile", dockerfile.encode("utf-8"))
-    atomic_write(out / ".dockerignore", render_dockerignore().encode("utf-8"))
+    atomic_write(out / "Dockerfile", dockerfile, fix=_OUT_FIX)
+    atomic_write(out / ".dockerignore", render_dockerignore(), fix=_OUT_FIX)
     notes: list[str] = []
     deploy: dict[str, str] = {}
     if rt.build_stage:  # the build stage's COPY wheels/: offline builds drop wheels here
         (out / "wheels").mkdir(exist_ok=True)
-        atomic_write(out / "wheels" / "README.txt", _WHEELS_README.encode("utf-8"))
+        atomic_write(out / "wheels" / "README.txt", _WHEELS_README, fix=_OUT_FIX)
     deploy_dir = out / DEPLOY_DIR
     if artifact == "image":
         spec = DeploySpec(name=name, repository=repository, tag=tag, digest=manifest_desc.digest, runtime=rt.name,
@@ -539,7 +541,7 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
         deploy = render_deploy(spec)
         for rel, text in deploy.items():
             (deploy_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(deploy_dir / rel, text.encode("utf-8"))
+            atomic_write(deploy_dir / rel, text, fix=_OUT_FIX)
         for old in sorted(deploy_dir.rglob("*.yaml")):  # files an earlier pack wrote and this one does not
             if old.relative_to(deploy_dir).as_posix() not in deploy:
                 old.unlink()
@@ -548,8 +550,8 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
                          f"{spec.serving!r}; build and push the Dockerfile's image, then pack with "
                          "--server-image REPO@sha256:...")
     store.gc()
-    atomic_write(out / CACHE_FILE, json.dumps({"version": _CACHE_VERSION, "layers": new_cache},
-                                              sort_keys=True, indent=1).encode("utf-8"))
+    atomic_write(out / CACHE_FILE, json.dumps({"version": _CACHE_VERSION, "layers": new_cache}, sort_keys=True, indent=1),
+                 fix=_OUT_FIX)
 
     warnings.extend(registry_warnings([layer.size for layer in layers], [", ".join(layer.files) for layer in layers]))
     written_meta = store.bytes_written

@@ -10,14 +10,12 @@ Example:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from llmpack._atomic import atomic_dir
 from llmpack._env import cache_root
 
 __all__ = [
@@ -159,18 +157,12 @@ def smollm2_dir() -> Path:
     gguf = smollm2_gguf_path()
     plain = gguf_to_plain_model(gguf)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+    with atomic_dir(target, overwrite=True, wait=True) as tmp:  # a second process waits, then replaces it
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if plain.generation_config is not None:
             plain.generation_config.save_pretrained(tmp)
         (tmp / ".complete").write_text("ok\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
