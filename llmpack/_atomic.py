@@ -98,8 +98,11 @@ def atomic_path(target: "str | os.PathLike[str]", *, fsync: bool = False) -> Ite
     try:
         yield tmp
         if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -4,7 +4,6 @@ needs in memory (a directory's tensors at its run dtype, read from the safetenso
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -132,11 +131,6 @@ class _Side:
             from llmpack.checkpoint.manifest import read_manifest
 
             recipe = getattr(read_manifest(self.path), "recipe", None)
-        except ImportError:
-            try:
-                recipe = json.loads((self.path / MANIFEST_FILE).read_text(encoding="utf-8")).get("recipe")
-            except (OSError, json.JSONDecodeError):
-                return None
         except LlmpackError:
             return None
         if recipe is None:

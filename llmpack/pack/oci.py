@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from llmpack._atomic import atomic_write, temp_path, write_all
+from llmpack._jsonfile import read_json_object
 from llmpack.constants import (
     ANN_REF_NAME,
     MT_OCI_INDEX,
@@ -232,11 +233,8 @@ class BlobStore:
 
     def read_index_manifests(self) -> list[dict[str, Any]]:
         """The ``manifests`` of an existing ``index.json`` ([] when there is none or it is unreadable)."""
-        try:
-            index = json.loads((self.root / OCI_INDEX_FILE).read_bytes())
-            return [m for m in index.get("manifests", []) if isinstance(m, dict)]
-        except (OSError, ValueError, AttributeError):
-            return []
+        manifests = (read_json_object(self.root / OCI_INDEX_FILE) or {}).get("manifests")
+        return [m for m in manifests if isinstance(m, dict)] if isinstance(manifests, list) else []
 
     def referenced(self) -> set[str]:
         """Digests reachable from ``index.json`` (manifests, configs, layers, nested indexes).
@@ -252,11 +250,8 @@ class BlobStore:
             seen.add(digest)
             if media_type not in _PARSED_TYPES:
                 continue
-            try:
-                doc = json.loads(self.path(digest).read_bytes())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(doc, dict):
+            doc = read_json_object(self.path(digest))
+            if doc is None:
                 continue
             for key in ("manifests", "layers", "blobs"):
                 for d in doc.get(key) or []:
