@@ -17,7 +17,8 @@ import stat
 from pathlib import Path
 from typing import Any, Sequence
 
-from llmpack._atomic import atomic_path, file_lock
+from llmpack._atomic import atomic_path
+from llmpack._lock import file_lock
 from llmpack._jsonfile import read_json_object
 from llmpack.constants import MODELS_ROOT, MT_OCI_LAYER_GZIP, MT_OCI_LAYER_TAR, MT_OCI_LAYER_ZSTD, OCI_LAYOUT_FILE
 from llmpack.errors import BadInputError, OutputExistsError, OutputWriteError

@@ -7,7 +7,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from llmpack._nn import forward_hooks
-from llmpack.quant.calibrate import LayerSim, _sim_forward, simulate
+from llmpack.tune.calibrate import LayerSim, _sim_forward, simulate
 
 __all__ = ["layer_sensitivity"]
 
