@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from llmpack._dtypes import long_name
 from llmpack.checkpoint.manifest import Manifest, write_manifest
 from llmpack.checkpoint.sources import Source, copy_aux
 from llmpack.checkpoint.writer import OutSpec, ShardWriter
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["write_output", "refuse_out_in_source", "check_against_config"]
 
-_DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-
-
 def refuse_out_in_source(src: Source, out: Path) -> None:
     if src.kind in ("dir", "file"):
         root = Path(src.path if src.kind == "dir" else Path(src.path).parent).resolve()
@@ -41,9 +39,9 @@ def refuse_out_in_source(src: Source, out: Path) -> None:
 
 def _output_dtype_name(src: Source, recipe: Recipe) -> str | None:
     if recipe.method in (Method.FP16, Method.BF16):
-        return _DTYPE_NAMES[recipe.method.value]
+        return long_name(recipe.method.value)
     if recipe.float_dtype:
-        return _DTYPE_NAMES[recipe.float_dtype]
+        return long_name(recipe.float_dtype)
     return (src.config or {}).get("dtype") or (src.config or {}).get("torch_dtype")
 
 

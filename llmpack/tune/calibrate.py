@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from llmpack._nn import forward_hooks, is_conv1d
 from llmpack.errors import BadInputError
 from llmpack.quant import int8 as _int8
 from llmpack.quant.int8 import ACT_DIVISOR, QMAX, fake_quant_weight
@@ -140,8 +141,6 @@ def absmax_hooks(model: torch.nn.Module, names: Iterable[str], stats: dict[str, 
         >>> s["model.layers.0.mlp.up_proj"].shape
         torch.Size([64])
     """
-    handles = []
-
     def make_hook(name: str) -> Any:
         def hook(_m: torch.nn.Module, args: tuple) -> None:
             x = args[0].detach()
@@ -150,13 +149,8 @@ def absmax_hooks(model: torch.nn.Module, names: Iterable[str], stats: dict[str, 
             stats[name] = v if prev is None else torch.maximum(prev, v)
         return hook
 
-    for name in names:
-        handles.append(model.get_submodule(name).register_forward_pre_hook(make_hook(name)))
-    try:
+    with forward_hooks(((model.get_submodule(name), make_hook(name)) for name in names), pre=True):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +214,7 @@ class LayerSim:
 def _sim_forward(mod: torch.nn.Module, sim: LayerSim):
     from llmpack.quant.schemes import get_scheme
 
-    conv1d = type(mod).__name__ == "Conv1D"
+    conv1d = is_conv1d(mod)
     scheme = get_scheme(sim.scheme)
 
     def forward(x: torch.Tensor) -> torch.Tensor:

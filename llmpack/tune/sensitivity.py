@@ -20,10 +20,11 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from llmpack._nn import forward_hooks
 from llmpack.tune.calibrate import LayerSim, _sim_forward, simulate
 
 __all__ = ["layer_sensitivity", "role_of", "HOWS"]
@@ -64,11 +65,7 @@ class _LocalErrors:
         self.den: dict[str, float] = {}
 
     def hooks(self, model: torch.nn.Module, names: Iterable[str]) -> Any:
-        import contextlib
-
-        @contextlib.contextmanager
-        def ctx() -> Any:
-            handles = []
+        def pairs() -> Iterator[tuple[torch.nn.Module, Any]]:
             for n in names:
                 mod = model.get_submodule(n)
                 self.num.setdefault(n, {m: 0.0 for m in self.modes})
@@ -81,13 +78,9 @@ class _LocalErrors:
                     self.den[n] += float(y.pow(2).sum())
                     for m, f in sims.items():
                         self.num[n][m] += float((f(args[0]).float() - y).pow(2).sum())
-                handles.append(mod.register_forward_hook(hook))
-            try:
-                yield
-            finally:
-                for h in handles:
-                    h.remove()
-        return ctx()
+                yield mod, hook
+
+        return forward_hooks(pairs())
 
     def result(self) -> dict[str, dict[str, float]]:
         return {n: {m: self.num[n][m] / max(self.den[n], 1e-30) for m in self.modes} for n in self.num}

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
+from llmpack._nn import is_conv1d
 from llmpack.config import Recipe
 from llmpack.errors import BadInputError
 from llmpack.stream.evaluate import EvalResult
@@ -175,7 +176,7 @@ def is_head(model: torch.nn.Module, name: str, mod: torch.nn.Module) -> bool:
     if leaf in ("lm_head", "embed_out", "output"):
         return True
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    out = mod.weight.shape[1] if type(mod).__name__ == "Conv1D" else mod.weight.shape[0]
+    out = mod.weight.shape[1] if is_conv1d(mod) else mod.weight.shape[0]
     return isinstance(vocab, int) and out == vocab
 
 
