@@ -190,14 +190,27 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
         """Rebuild a recipe from :meth:`to_dict` output; unknown keys are refused."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown recipe keys {sorted(unknown)}: valid keys are {sorted(names)}")
-        return cls(**dict(d))
+        return settings_from_dict(cls, d, "recipe keys")
 
 
 _S = TypeVar("_S")
+
+
+def settings_from_dict(cls: "type[_S]", d: Mapping[str, Any], what: str) -> _S:
+    """``cls(**d)`` for a frozen settings dataclass, refusing keys it does not have (one :class:`ConfigError`
+    naming ``what`` and the valid keys).
+
+    Example:
+        >>> settings_from_dict(Recipe, {"method": "int8", "speed": 2}, "recipe keys")
+        Traceback (most recent call last):
+        ...
+        llmpack.errors.ConfigError: unknown recipe keys ['speed']: valid keys are ['float_dtype', 'fp16_overflow', 'ignore', 'max_kl', 'max_ppl_increase', 'max_shard_size', 'method', 'quantize_embeddings', 'smooth', 'version']
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown {what} {sorted(unknown)}: valid keys are {sorted(names)}")
+    return cls(**dict(d))
 
 
 def settings_from_keywords(cls: "type[_S]", given: "_S | None", keywords: Mapping[str, Any], *,

@@ -19,7 +19,7 @@ import dataclasses
 import os
 from typing import Any, Iterable, Mapping
 
-from llmpack.config import settings_from_keywords
+from llmpack.config import settings_from_dict, settings_from_keywords
 from llmpack.errors import ConfigError
 from llmpack.measure.gates import validate_gates
 
@@ -163,11 +163,7 @@ class MeasureSettings:
 'device', 'gates', 'latency', 'new_tokens', 'quick', 'quiet', 'runs', 'runtime', 'seq_len', 'stride', 'text', \
 'tokenizer', 'version', 'warmup', 'window']
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown measure settings {sorted(unknown)}: valid keys are {sorted(names)}")
-        return cls(**dict(d))
+        return settings_from_dict(cls, d, "measure settings")
 
     @classmethod
     def from_keywords(cls, settings: "MeasureSettings | None", **keywords: Any) -> "MeasureSettings":

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from llmpack.config import settings_from_keywords
+from llmpack.config import settings_from_dict, settings_from_keywords
 from llmpack._env import source_date_epoch as env_source_date_epoch
 from llmpack.errors import BadInputError, ConfigError
 
@@ -144,11 +144,7 @@ class PackOptions:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PackOptions":
         """Rebuild options from :meth:`to_dict` output; unknown keys are refused (:class:`ConfigError`)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown pack options {sorted(unknown)}: valid keys are {sorted(names)}")
-        return cls(**dict(d))
+        return settings_from_dict(cls, d, "pack options")
 
     @classmethod
     def from_keywords(cls, options: "PackOptions | None", **keywords: Any) -> "PackOptions":
