@@ -44,12 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"llmpack.commands.{name}")
-        except ModuleNotFoundError as e:  # a command not built yet
-            if e.name == f"llmpack.commands.{name}":
-                continue
-            raise
+        mod = importlib.import_module(f"llmpack.commands.{name}")
         p = mod.register(sub)
         add_common_options(p)
         p.set_defaults(_run=mod.run)

@@ -150,14 +150,14 @@ This notebook runs that search on SmolLM2, plots the per-layer sensitivity and s
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmpack.config import Recipe
-from llmpack.quant.budget import plan_int8
+from llmpack.tune.budget import search_budget
 
 tok = AutoTokenizer.from_pretrained(SRC)
 fp32 = AutoModelForCausalLM.from_pretrained(SRC).eval()
 # a tight budget so the search has to work; 128 calibration tokens keep it quick (the default is 1024)
 recipe = Recipe(method="int8", max_ppl_increase=1.0)
 t = time.perf_counter()
-plan = plan_int8(fp32, tok, recipe, calib_tokens=128, seq_len=128)
+plan = search_budget(fp32, tok, recipe, calib_tokens=128, seq_len=128)
 print(f"searched in {time.perf_counter() - t:.1f} s")
 print(json.dumps(plan.summary, indent=1))'''),
     ("md", """\
@@ -202,7 +202,7 @@ for r in plan.records:
 Apply the plan to the in-memory model and check it on held-out text (never used by the search):"""),
     ("code", '''\
 from llmpack.measure.text import default_text
-from llmpack.quant.budget import apply_decisions
+from llmpack.tune.budget import apply_decisions
 
 qmodel = apply_decisions(fp32, plan, recipe)
 ids = tok(default_text("heldout", 4096), return_tensors="pt").input_ids[:, :256]

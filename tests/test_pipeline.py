@@ -17,7 +17,7 @@ from llmpack.config import Recipe
 from llmpack.constants import TEMP_PREFIX
 from llmpack.errors import ConfigError, Fp16OverflowError, Interrupted, OutputExistsError, OutputLockedError
 from llmpack.pipeline import quantize
-from llmpack.plan import TensorDecision, match_pattern, plan
+from llmpack.quant.plan import TensorDecision, match_pattern, plan
 from llmpack.testing import tiny_model
 
 

@@ -196,7 +196,7 @@ def _meta_module_types(config: dict[str, Any] | None) -> dict[str, str]:
     if not config or not config.get("architectures"):
         return {}
     try:
-        from llmpack.runtime.load import build_meta_model
+        from llmpack.checkpoint.architecture import build_meta_model
 
         return module_types_of(build_meta_model(config))
     except Exception:  # noqa: BLE001 - module types are advisory for float methods

@@ -361,7 +361,7 @@ def _measure(
         n_wins = max(1, math.ceil(max(token_ids.numel() - 1, 1) / (stride or win)))
         if streamed:
             from llmpack.stream import open_streamer
-            from llmpack.stream.measure import streamed_causal_lm_accuracy
+            from llmpack.measure.streamed import streamed_causal_lm_accuracy
 
             sa = open_streamer(a.path, device=dev, dtype=_side_dtype(a))  # type: ignore[arg-type]
             sb = open_streamer(b.path, device=dev, dtype=_side_dtype(b))  # type: ignore[arg-type]

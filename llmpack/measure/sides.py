@@ -184,7 +184,7 @@ def _has_dtype(model: torch.nn.Module, dtype: torch.dtype) -> bool:
 
 def _side_dtype(side: _Side) -> torch.dtype | None:
     """The dtype ``llmpack.load`` runs a directory in (config.json's), as the streamed accuracy must."""
-    from llmpack.runtime.load import _config_dtype
+    from llmpack.checkpoint.architecture import _config_dtype
 
     return _config_dtype(side.config)
 

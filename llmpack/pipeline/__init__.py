@@ -2,7 +2,7 @@
 
 * :mod:`~llmpack.pipeline.write` — the streaming write (one tensor at a time);
 * :mod:`~llmpack.pipeline.calibration` — int8 calibration (streamed block by block for directories);
-* :mod:`~llmpack.pipeline.fp16` — the FP16 activation check on the written output (streamed);
+* :mod:`~llmpack.tune.fp16` — the FP16 activation check on the written output (streamed);
 * :mod:`~llmpack.pipeline.memory` — in-memory conversion of an ``nn.Module``.
 """
 
@@ -21,13 +21,13 @@ from llmpack.checkpoint.sources import open_source
 from llmpack.config import Method, Recipe
 from llmpack.errors import BadInputError, ConfigError, Fp16OverflowError
 from llmpack.pipeline.calibration import calibrate_int8
-from llmpack.pipeline.fp16 import CALIB_TOKENS, check_fp16_activations, fp16_guard
+from llmpack.tune.fp16 import CALIB_TOKENS, check_fp16_activations, fp16_guard
 from llmpack.pipeline.memory import quantize_in_memory
 from llmpack.pipeline.result import QuantizeResult, budget_line, budget_summary
 from llmpack.pipeline.write import check_against_config, refuse_out_in_source, write_output
 
 if TYPE_CHECKING:
-    from llmpack.quant.budget import Int8Decisions
+    from llmpack.tune.budget import Int8Decisions
 
 __all__ = ["quantize", "QuantizeResult", "make_recipe", "check_fp16_activations", "CALIB_TOKENS", "budget_line",
            "budget_summary", "check_device"]

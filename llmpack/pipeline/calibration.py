@@ -17,10 +17,10 @@ from llmpack.checkpoint.sources import Source
 from llmpack.config import Recipe
 from llmpack.errors import BadInputError
 from llmpack.pipeline.result import budget_summary
-from llmpack.plan import _ignored_by, module_of
+from llmpack.quant.plan import ignored_by, module_of
 
 if TYPE_CHECKING:
-    from llmpack.quant.budget import Int8Decisions
+    from llmpack.tune.budget import Int8Decisions
 
 __all__ = ["calibrate_int8", "is_causal_lm_config"]
 
@@ -62,7 +62,7 @@ def _ignored_modules(names: Iterable[str], recipe: Recipe) -> set[str]:
     out: set[str] = set()
     for name in names:
         module = module_of(name)
-        if _ignored_by(recipe, name, module) is not None:
+        if ignored_by(recipe, name, module) is not None:
             out.add(module)
     return out
 
@@ -94,7 +94,7 @@ def calibrate_int8(source: "torch.nn.Module | Source", recipe: Recipe, *, tokeni
         The decisions (``None`` when not calibrated) and the :attr:`QuantizeResult.budget` record.
     """
     from llmpack.measure.text import default_text
-    from llmpack.quant.budget import plan_int8
+    from llmpack.tune.budget import search_budget
 
     if not recipe.method.act_quant and not has_budget(recipe):
         return None, {"calibrated": False, "reason": f"{recipe.method.value} without a budget needs no calibration"}
@@ -126,7 +126,7 @@ def calibrate_int8(source: "torch.nn.Module | Source", recipe: Recipe, *, tokeni
             return _no_calibration(recipe, f"no tokenizer files in {target}: plain W8A8 without smoothing")
         names = [i.name for i in source.infos]
     text = calibration_text if calibration_text is not None else default_text("calib")
-    d = plan_int8(target, tokenizer, recipe, text, skip=_ignored_modules(names, recipe), progress=say(quiet),
+    d = search_budget(target, tokenizer, recipe, text, skip=_ignored_modules(names, recipe), progress=say(quiet),
                   device=device)
     from llmpack.stream.memory import free_memory
 

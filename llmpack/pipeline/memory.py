@@ -25,12 +25,12 @@ def quantize_in_memory(model: torch.nn.Module, recipe: Recipe, t0: float, *, tok
     sd, _ = dedupe_state_dict(model)
     src_bytes = sum(t.numel() * t.element_size() for t in sd.values())
     if recipe.method.is_quantized:
-        from llmpack.quant.apply import quantize_module
+        from llmpack.runtime.convert import quantize_module
 
         int8, budget = calibrate_int8(model, recipe, tokenizer=tokenizer, calibration_text=calibration_text,
                                       calibrate=calibrate, quiet=quiet, warn=True)
         if int8 is not None:
-            from llmpack.quant.budget import apply_decisions
+            from llmpack.tune.budget import apply_decisions
 
             new = apply_decisions(model, int8, recipe)
         else:

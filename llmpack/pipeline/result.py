@@ -10,10 +10,10 @@ import torch
 
 from llmpack.checkpoint.manifest import Manifest
 from llmpack.config import Recipe
-from llmpack.plan import TensorDecision
+from llmpack.quant.plan import TensorDecision
 
 if TYPE_CHECKING:
-    from llmpack.quant.budget import Int8Decisions
+    from llmpack.tune.budget import Int8Decisions
 
 __all__ = ["QuantizeResult", "budget_summary", "budget_line", "CALIBRATION_KEY"]
 
@@ -35,7 +35,7 @@ class QuantizeResult:
         model: the converted model for in-memory conversions.
         budget: int8: what the accuracy calibration decided (see :func:`budget_summary`), or
             ``{"calibrated": False, "reason": ...}`` when it did not run; ``None`` for float methods.
-        int8_decisions: int8: the :class:`~llmpack.quant.budget.Int8Decisions` applied (``None`` without calibration).
+        int8_decisions: int8: the :class:`~llmpack.tune.budget.Int8Decisions` applied (``None`` without calibration).
     """
 
     out_dir: Path | None
@@ -83,7 +83,7 @@ def budget_summary(d: "Int8Decisions") -> dict[str, Any]:
     """Compact JSON-ready summary of an int8 calibration for :attr:`QuantizeResult.budget`.
 
     Example:
-        >>> from llmpack.quant.budget import Int8Decisions
+        >>> from llmpack.tune.budget import Int8Decisions
         >>> budget_summary(Int8Decisions(method="int8", weight_only={"b"}, params={"a": 4, "b": 4}))["layers"]
         {'w8a8': 1, 'w8a16': 1, 'float': 0}
     """

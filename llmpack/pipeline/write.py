@@ -19,11 +19,11 @@ from llmpack.config import Method, Recipe
 from llmpack.constants import CONFIG_FILE
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.pipeline.result import CALIBRATION_KEY, QuantizeResult
-from llmpack.plan import TensorDecision, decisions_to_dict, plan
-from llmpack.quant.registry import get_action
+from llmpack.quant.actions import get_action, scheme_of_action
+from llmpack.quant.plan import TensorDecision, decisions_to_dict, plan, quantization_config
 
 if TYPE_CHECKING:
-    from llmpack.quant.budget import Int8Decisions
+    from llmpack.tune.budget import Int8Decisions
 
 __all__ = ["write_output", "refuse_out_in_source", "check_against_config"]
 
@@ -52,7 +52,6 @@ def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str
     """Stream ``src`` through the planned actions into ``tmp``. With a CUDA ``device`` the 8-bit actions run there
     one tensor at a time (the same IEEE arithmetic, so the same bytes as on CPU, measured faster on big models)."""
     from llmpack._output import progress
-    from llmpack.quant.schemes import scheme_of_action
 
     on_device = device is not None and device.type == "cuda"
 
@@ -137,16 +136,16 @@ def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str
 
 
 def _int8_config(cfg: dict[str, Any], decisions: list[TensorDecision], recipe: Recipe) -> dict[str, Any]:
-    try:
-        from llmpack.quant import int8_plan
-    except ModuleNotFoundError as e:
-        if e.name != "llmpack.quant.int8_plan":
-            raise
-        raise ConfigError(f"method {recipe.method.value} is not available in this build") from None
-    update = getattr(int8_plan, "update_config", None)
-    if update is None:
-        raise ConfigError("llmpack.quant.int8_plan.update_config is missing: cannot write the int8 quantization_config")
-    return update(cfg, decisions, recipe)
+    """``cfg`` with the compressed-tensors ``quantization_config``; the Linear layers are listed from the
+    architecture built on the meta device."""
+    from llmpack.checkpoint.sources import module_types_of
+    from llmpack.checkpoint.architecture import build_meta_model
+
+    c = dict(cfg)
+    c.pop("quantization_config", None)
+    if not c.get("architectures"):
+        raise ConfigError("config.json has no 'architectures': cannot list the float Linear layers for int8")
+    return quantization_config(cfg, decisions, recipe, module_types_of(build_meta_model(c)))
 
 
 

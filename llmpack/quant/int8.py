@@ -35,6 +35,8 @@ __all__ = [
     "quantize_per_token",
     "dequantize",
     "sqnr_db",
+    "fake_quant_weight",
+    "fake_quant_act",
 ]
 
 QMAX = 127
@@ -222,3 +224,43 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     if signal == 0.0:
         return -math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+_FAKE_EPS = 1e-8  # the simulator's scale floor (the budget's decisions were measured with it)
+
+
+def fake_quant_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
+    """Quantize-dequantize a weight per output channel, symmetric int8 (``[-127, 127]``).
+
+    Example:
+        >>> w = torch.randn(4, 8)
+        >>> bool((fake_quant_weight(w) - w).abs().max() <= w.abs().max() / 127)
+        True
+    """
+    reduce = 1 - out_dim
+    # max |w| without a weight-sized |w| temporary; one output tensor, rounded and scaled in place
+    amax = torch.maximum(w.amax(dim=reduce, keepdim=True), -w.amin(dim=reduce, keepdim=True))
+    scale = amax.clamp(min=_FAKE_EPS) / QMAX
+    return torch.div(w, scale).round_().clamp_(-QMAX, QMAX).mul_(scale)
+
+
+def fake_quant_act(x: torch.Tensor, grid: "tuple[float, float, float, bool] | None" = None) -> torch.Tensor:
+    """Quantize-dequantize activations per token (last dim reduced), dynamic int8 on ``grid``.
+
+    Args:
+        x: activations.
+        grid: ``(divisor, lo, hi, centred)``; default: the file's compressed-tensors grid (``absmax / 127.5``
+            clamped to ``[-128, 127]``, not centred). A centred grid quantizes ``x - c`` over the token's
+            half-range (:func:`midrange`), as the opt-in 7-bit CPU kernels do.
+
+    Example:
+        >>> fake_quant_act(torch.tensor([[0.51, -1.0]]))
+        tensor([[ 0.5098, -1.0000]])
+    """
+    divisor, lo, hi, centred = grid or (ACT_DIVISOR, -QMAX - 1.0, float(QMAX), False)
+    if centred:
+        c, half = midrange(x, -1)
+        scale = half.clamp(min=_FAKE_EPS) / divisor
+        return torch.clamp(torch.round((x - c) / scale), lo, hi) * scale + c
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_FAKE_EPS) / divisor
+    return torch.clamp(torch.round(x / scale), lo, hi) * scale

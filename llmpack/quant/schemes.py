@@ -1,13 +1,11 @@
 """The 8-bit weight schemes llmpack writes, in one table: int8 (compressed-tensors ``int-quantized``) and FP8 E4M3
 (``float-quantized``). Everything scheme-specific -- the stored dtype, the per-channel quantizer, the simulator's
-fake quantization, the compressed-tensors type and format, the action names -- is looked up here, so planning,
+fake quantization, the compressed-tensors type and format -- is looked up here, so planning,
 the streaming write, the accuracy budget, the config and the runtime share one code path over the scheme.
 
 Example:
     >>> get_scheme("fp8").ct_format, get_scheme("int8").dtype
     ('float-quantized', torch.int8)
-    >>> scheme_of_action("fp8-weight-only").name, scheme_of_action("cast") is None
-    ('fp8', True)
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import torch
 from llmpack.constants import CT_FORMAT_FLOAT, CT_FORMAT_INT
 from llmpack.errors import ConfigError
 
-__all__ = ["Scheme", "SCHEMES", "get_scheme", "scheme_of_action", "QUANT_ACTIONS", "scheme_of_dtype"]
+__all__ = ["Scheme", "SCHEMES", "get_scheme", "scheme_of_dtype"]
 
 
 def _int8_weight(w: torch.Tensor, dim: int = 0, **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +34,7 @@ def _fp8_weight(w: torch.Tensor, dim: int = 0, **kw: object) -> tuple[torch.Tens
 
 
 def _int8_fake_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
-    from llmpack.quant.calibrate import fake_quant_weight
+    from llmpack.quant.int8 import fake_quant_weight
 
     return fake_quant_weight(w, out_dim)
 
@@ -47,13 +45,13 @@ def _fp8_fake_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
     return fake_quant_fp8(w, 1 - out_dim)
 
 
-def _int8_fake_act(x: torch.Tensor) -> torch.Tensor:
-    from llmpack.quant.calibrate import fake_quant_act
+def _int8_fake_act(x: torch.Tensor, grid: "tuple[float, float, float, bool] | None" = None) -> torch.Tensor:
+    from llmpack.quant.int8 import fake_quant_act
 
-    return fake_quant_act(x)
+    return fake_quant_act(x, grid)
 
 
-def _fp8_fake_act(x: torch.Tensor) -> torch.Tensor:
+def _fp8_fake_act(x: torch.Tensor, grid: "tuple[float, float, float, bool] | None" = None) -> torch.Tensor:
     from llmpack.quant.fp8 import fake_quant_fp8
 
     return fake_quant_fp8(x, -1)
@@ -70,7 +68,8 @@ class Scheme:
         ct_format: compressed-tensors format (``"int-quantized"`` / ``"float-quantized"``).
         quantize_weight: ``(w, dim, scale_dtype=, name=) -> (q, scale)``, per channel along ``dim``.
         fake_weight: ``(w, out_dim) -> w'`` quantize-dequantize per output channel (the budget's simulator).
-        fake_act: ``(x) -> x'`` quantize-dequantize per token with the runtime's semantics.
+        fake_act: ``(x, grid) -> x'`` quantize-dequantize per token; ``grid`` is the int8 activation grid the
+            runtime uses (``(divisor, lo, hi, centred)``, ``None``: the file's), FP8 has one grid and ignores it.
     """
 
     name: str
@@ -79,7 +78,7 @@ class Scheme:
     ct_format: str
     quantize_weight: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     fake_weight: Callable[[torch.Tensor, int], torch.Tensor]
-    fake_act: Callable[[torch.Tensor], torch.Tensor]
+    fake_act: Callable[..., torch.Tensor]
 
     @property
     def w8a8_action(self) -> str:
@@ -95,10 +94,6 @@ SCHEMES: dict[str, Scheme] = {
     "fp8": Scheme("fp8", torch.float8_e4m3fn, "float", CT_FORMAT_FLOAT, _fp8_weight, _fp8_fake_weight, _fp8_fake_act),
 }
 
-QUANT_ACTIONS: tuple[str, ...] = ("int8", "int8-weight-only", "int8-embedding", "fp8", "fp8-weight-only")
-"""Every action that stores a weight in 8 bits plus its ``weight_scale``."""
-
-
 def get_scheme(name: str) -> Scheme:
     """The scheme called ``name``; an unknown name lists the valid ones.
 
@@ -112,13 +107,6 @@ def get_scheme(name: str) -> Scheme:
         return SCHEMES[name]
     except KeyError:
         raise ConfigError(f"unknown weight scheme {name!r}: choose one of {', '.join(sorted(SCHEMES))}") from None
-
-
-def scheme_of_action(action: str) -> Scheme | None:
-    """The scheme an action writes (``None`` for float actions such as ``keep`` / ``cast``)."""
-    if action not in QUANT_ACTIONS:
-        return None
-    return SCHEMES[action.split("-", 1)[0]]
 
 
 def scheme_of_dtype(dtype: torch.dtype) -> Scheme | None:

@@ -4,7 +4,7 @@
   time, inputs captured from the model's own forward, logits in token chunks.
 * :mod:`llmpack.stream.weights` — the checkpoint matched against the model ``config.json`` describes.
 * :mod:`llmpack.stream.memory` — what the machine has, and handing freed memory back between steps.
-* :mod:`llmpack.stream.evaluate` / :mod:`llmpack.stream.measure` — calibration passes and ``measure``'s accuracy.
+* :mod:`llmpack.stream.evaluate` / :mod:`llmpack.measure.streamed` — calibration passes and ``measure``'s accuracy.
 * :mod:`llmpack.stream.whole` — the fallback for a model without blocks to stream.
 
 Example:
@@ -40,7 +40,7 @@ def skeleton(path: "str | os.PathLike[str]", ckpt: Any = None) -> tuple[torch.nn
     the config has a ``quantization_config``; ``ckpt``: the directory's already opened
     :class:`~llmpack.checkpoint.reader.Checkpoint`), and the config."""
     from llmpack.checkpoint.reader import Checkpoint
-    from llmpack.runtime.load import build_meta_model, read_config
+    from llmpack.checkpoint.architecture import build_meta_model, read_config
 
     d = Path(path)
     config = read_config(d)

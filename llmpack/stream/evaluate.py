@@ -28,7 +28,38 @@ import torch
 
 from llmpack.stream.blocks import LOGIT_CHUNK, BlockStreamer, Window
 
-__all__ = ["StreamedEvaluator", "Stream", "Score", "logit_chunk"]
+__all__ = ["StreamedEvaluator", "Stream", "Score", "EvalResult", "logit_chunk"]
+
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Accuracy of a (simulated) candidate against the float model on the same tokens.
+
+    Attributes:
+        ppl: candidate perplexity; ``base_ppl``: float perplexity.
+        kl: mean KL(float ‖ candidate) of next-token distributions, nats.
+        top1: share of positions where the arg-max token agrees with the float model.
+
+    Example:
+        >>> EvalResult(ppl=10.1, base_ppl=10.0, kl=0.01, top1=0.99).ppl_increase > 0.99
+        True
+    """
+
+    ppl: float
+    base_ppl: float
+    kl: float
+    top1: float
+
+    @property
+    def ppl_increase(self) -> float:
+        """Relative perplexity increase in percent."""
+        return 100.0 * (self.ppl / self.base_ppl - 1.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"ppl": round(self.ppl, 4), "base_ppl": round(self.base_ppl, 4),
+                "ppl_increase_pct": round(self.ppl_increase, 3), "kl": round(self.kl, 6), "top1": round(self.top1, 4)}
+
 
 BlockContext = Callable[[int, torch.nn.Module], Any]
 """``(block index, materialised block) -> context manager | None`` held while a stream runs through the block."""
@@ -56,7 +87,7 @@ class Stream:
 
 @dataclasses.dataclass
 class Score:
-    """Accuracy of a candidate against the float reference (see :class:`~llmpack.quant.calibrate.EvalResult`)."""
+    """Accuracy of a candidate against the float reference (see :class:`~llmpack.tune.calibrate.EvalResult`)."""
 
     nll: float
     base_nll: float
@@ -146,9 +177,7 @@ class StreamedEvaluator:
         self.run([Stream(ws, context)])
         return self.result(self.score([w.hidden for w in ws]))
 
-    def result(self, s: Score) -> Any:
-        """A :class:`~llmpack.quant.calibrate.EvalResult` from a :class:`Score`."""
-        from llmpack.quant.calibrate import EvalResult
-
+    def result(self, s: Score) -> EvalResult:
+        """An :class:`EvalResult` from a :class:`Score`."""
         n = max(s.n, 1)
         return EvalResult(ppl=math.exp(s.nll / n), base_ppl=math.exp(s.base_nll / n), kl=s.kl / n, top1=s.agree / n)

@@ -10,7 +10,7 @@ Example:
     >>> from llmpack.testing import tiny_model
     >>> d = pathlib.Path(tempfile.mkdtemp()); tiny_model("llama").save_pretrained(d)
     >>> from llmpack.checkpoint.reader import Checkpoint
-    >>> from llmpack.runtime.load import build_meta_model, read_config
+    >>> from llmpack.checkpoint.architecture import build_meta_model, read_config
     >>> get = match_weights(build_meta_model(read_config(d)), Checkpoint(d), read_config(d))
     >>> get("lm_head.weight").shape          # tied: read from model.embed_tokens.weight
     torch.Size([256, 64])

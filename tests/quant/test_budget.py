@@ -10,8 +10,8 @@ import torch
 
 from llmpack.config import Recipe
 from llmpack.errors import BadInputError, ConfigError
-from llmpack.quant.budget import Int8Decisions, apply_decisions, plan_int8
-from llmpack.quant.calibrate import Evaluator, LayerSim, linear_layers, simulate, token_batches
+from llmpack.tune.budget import Int8Decisions, apply_decisions, search_budget
+from llmpack.tune.calibrate import Evaluator, LayerSim, linear_layers, simulate, token_batches
 from llmpack.testing import tiny_model
 
 
@@ -31,7 +31,7 @@ def _with_outliers(kind: str = "llama") -> torch.nn.Module:
 
 def test_defaults_smooth_everything_and_quantize_every_layer() -> None:
     m = tiny_model("llama")
-    d = plan_int8(m, None, Recipe(method="int8"), batches=_batches())
+    d = search_budget(m, None, Recipe(method="int8"), batches=_batches())
     lins = linear_layers(m)
     assert set(d.params) == set(lins) - {"lm_head"}
     assert d.int8_share() == 1.0 and not d.keep_float and not d.weight_only
@@ -45,10 +45,10 @@ def test_defaults_smooth_everything_and_quantize_every_layer() -> None:
 def test_budget_is_met_by_the_cheapest_remedies() -> None:
     m = _with_outliers()
     b = _batches()
-    naive = plan_int8(m, None, Recipe(method="int8", smooth=0.0), batches=b)
+    naive = search_budget(m, None, Recipe(method="int8", smooth=0.0), batches=b)
     budget = naive.summary["planned"]["kl"] / 4
     assert budget > 0
-    d = plan_int8(m, None, Recipe(method="int8", max_kl=budget), batches=b)
+    d = search_budget(m, None, Recipe(method="int8", max_kl=budget), batches=b)
     assert d.summary["met"]
     assert d.summary["planned"]["kl"] <= budget
     # remedies are applied in order: weight-only before float; float only if weight-only everywhere was not enough
@@ -68,14 +68,14 @@ def test_budget_is_met_by_the_cheapest_remedies() -> None:
 
 def test_budget_with_ppl_and_e2e_sensitivity() -> None:
     m = _with_outliers()
-    d = plan_int8(m, None, Recipe(method="int8", max_ppl_increase=0.0, max_kl=1e-9), batches=_batches(24), sensitivity="e2e",
+    d = search_budget(m, None, Recipe(method="int8", max_ppl_increase=0.0, max_kl=1e-9), batches=_batches(24), sensitivity="e2e",
                   alpha=0.5)
     assert any("sensitivity" in r for r in d.records if r.get("kind") == "layer")
     assert d.summary["sensitivity"] == "e2e"
 
 
 def test_weight_only_recipe_never_smooths() -> None:
-    d = plan_int8(tiny_model("llama"), None, Recipe(method="int8-weight-only"), batches=_batches())
+    d = search_budget(tiny_model("llama"), None, Recipe(method="int8-weight-only"), batches=_batches())
     assert not d.groups and not d.alpha
     assert all(d.layer_mode(n) == "w8a16" for n in d.params)
 
@@ -83,7 +83,7 @@ def test_weight_only_recipe_never_smooths() -> None:
 def test_real_int8_model_matches_the_simulation() -> None:
     m = _with_outliers()
     b = _batches()
-    d = plan_int8(m, None, Recipe(method="int8", max_kl=1e-3), batches=b)
+    d = search_budget(m, None, Recipe(method="int8", max_kl=1e-3), batches=b)
     q = apply_decisions(m, d, Recipe(method="int8"))
     for n in d.keep_float:
         assert isinstance(q.get_submodule(n), torch.nn.Linear), n
@@ -104,7 +104,7 @@ def test_decisions_round_trip_through_llmpack_json(tmp_path) -> None:
     from llmpack.checkpoint.manifest import Manifest, read_manifest, write_manifest
 
     m = _with_outliers()
-    d = plan_int8(m, None, Recipe(method="int8", max_kl=1e-4), batches=_batches())
+    d = search_budget(m, None, Recipe(method="int8", max_kl=1e-4), batches=_batches())
     man = Manifest(source={"kind": "module", "path": "<memory>", "fingerprint": ""},
                    recipe=Recipe(method="int8", max_kl=1e-4).to_dict())
     d.annotate_manifest(man)
@@ -121,7 +121,7 @@ def test_decisions_round_trip_through_llmpack_json(tmp_path) -> None:
 
 def test_transform_applies_the_smoothing_while_streaming() -> None:
     m = _with_outliers()
-    d = plan_int8(m, None, Recipe(method="int8"), batches=_batches())
+    d = search_budget(m, None, Recipe(method="int8"), batches=_batches())
     sd = {k: v.clone() for k, v in m.state_dict().items()}
     streamed = {k: d.transform(k, v) for k, v in sd.items()}
     assert d.smoothed_tensors() and all(k in sd for k in d.smoothed_tensors())
@@ -134,11 +134,11 @@ def test_transform_applies_the_smoothing_while_streaming() -> None:
 
 def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ConfigError):
-        plan_int8(tiny_model("llama"), None, Recipe(method="bf16"), batches=_batches())
+        search_budget(tiny_model("llama"), None, Recipe(method="bf16"), batches=_batches())
     with pytest.raises(ConfigError, match="sensitivity"):
-        plan_int8(tiny_model("llama"), None, Recipe(method="int8"), batches=_batches(), sensitivity="magic")
+        search_budget(tiny_model("llama"), None, Recipe(method="int8"), batches=_batches(), sensitivity="magic")
     with pytest.raises(BadInputError, match="causal LM"):
-        plan_int8(tiny_model("bert"), None, Recipe(method="int8"), batches=_batches())
+        search_budget(tiny_model("bert"), None, Recipe(method="int8"), batches=_batches())
     with pytest.raises(BadInputError, match="malformed"):
         Int8Decisions.from_dict({"weight_only": []})
 
@@ -177,7 +177,7 @@ def test_smollm2_targets_on_heldout_text(smollm2, smollm2_dir, tmp_path) -> None
                 n += b.shape[1] - 1
         return math.exp(nll / n)
 
-    default = plan_int8(m, tok, Recipe(method="int8"))
+    default = search_budget(m, tok, Recipe(method="int8"))
     ppl = heldout_ppl(apply_decisions(m, default, Recipe(method="int8")))
     assert ppl <= 1.10 * ev.base_ppl, (ppl, ev.base_ppl)
 

@@ -14,7 +14,7 @@ from llmpack.checkpoint.manifest import read_manifest
 from llmpack.config import Recipe
 from llmpack.errors import BadInputError
 from llmpack.pipeline import quantize
-from llmpack.quant.budget import Int8Decisions, apply_decisions
+from llmpack.tune.budget import Int8Decisions, apply_decisions
 from llmpack.testing import byte_tokenizer, tiny_model
 
 
@@ -37,7 +37,7 @@ def outlier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_plan_and_quantize_module_honour_skip_and_weight_only() -> None:
-    from llmpack.quant.apply import quantize_module
+    from llmpack.runtime.convert import quantize_module
 
     m = tiny_model("llama")
     q = quantize_module(m, Recipe(method="int8"), skip=["model.layers.0.mlp.down_proj"],

@@ -226,7 +226,7 @@ def test_transformers_applies_the_scheme_llmpack_wrote(arch: str, tmp_path: Path
 def test_budget_keeps_fused_siblings_in_one_scheme(arch: str) -> None:
     """vLLM fuses q/k/v and gate/up into one layer and refuses mixed-precision shards: a budget that moves one
     of them to W8A16 or float moves its siblings too (and the plan it measured is that one)."""
-    from llmpack.quant.budget import plan_int8
+    from llmpack.tune.budget import search_budget
     from llmpack.runtime.siblings import SIBLING_GROUPS
     from llmpack.testing import arch_configs
 
@@ -235,8 +235,8 @@ def test_budget_keeps_fused_siblings_in_one_scheme(arch: str) -> None:
     with torch.no_grad():
         model.get_input_embeddings().weight[:, 5] *= 40.0
     batches = [torch.randint(1, 250, (1, 96), generator=torch.Generator().manual_seed(0))]
-    naive = plan_int8(model, None, llmpack.Recipe(method="int8", smooth=0.0), batches=batches)
-    d = plan_int8(model, None, llmpack.Recipe(method="int8", max_kl=naive.summary["planned"]["kl"] / 4),
+    naive = search_budget(model, None, llmpack.Recipe(method="int8", smooth=0.0), batches=batches)
+    d = search_budget(model, None, llmpack.Recipe(method="int8", max_kl=naive.summary["planned"]["kl"] / 4),
                   batches=batches)
     modes = {n: d.layer_mode(n) for n in d.params}
     assert len(set(modes.values())) > 1 or set(modes.values()) == {"float"}

@@ -16,7 +16,8 @@ from llmpack.errors import ConfigError, NonFiniteWeightError
 from llmpack.quant.ct_config import build_quantization_config, parse_quantization_config, scheme_for
 from llmpack.quant.fp8 import FP8_DTYPE, FP8_MAX, fake_quant_fp8, fp8_per_channel, quantize_per_token_fp8
 from llmpack.quant.int8 import dequantize, sqnr_db
-from llmpack.quant.schemes import QUANT_ACTIONS, get_scheme, scheme_of_action
+from llmpack.quant.actions import QUANT_ACTIONS, scheme_of_action
+from llmpack.quant.schemes import get_scheme
 from llmpack.testing import tiny_model
 
 FW = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel", "dynamic": False}
@@ -107,8 +108,8 @@ def test_config_is_llm_compressor_fp8_dynamic_by_the_library_itself() -> None:
 
 def test_plan_writes_fp8_weights_and_keeps_head_float() -> None:
     from llmpack.checkpoint.sources import _module_infos, dedupe_state_dict, module_types_of
-    from llmpack.plan import plan
-    from llmpack.quant.registry import get_action
+    from llmpack.quant.actions import get_action
+    from llmpack.quant.plan import plan
 
     m = tiny_model("llama")
     sd, _ = dedupe_state_dict(m)
@@ -172,15 +173,15 @@ def test_in_memory_fp8_equals_the_written_file(tmp_path: Path) -> None:
 
 
 def test_budget_moves_sensitive_layers_to_weight_only_or_float() -> None:
-    from llmpack.quant.budget import plan_int8
+    from llmpack.tune.budget import search_budget
 
     torch.manual_seed(0)
     m = tiny_model("llama")
     with torch.no_grad():
         m.model.embed_tokens.weight[:, 3] *= 60.0  # an outlier channel that per-token FP8 activations lose
     batches = [torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(0))]
-    naive = plan_int8(m, None, Recipe(method="fp8", smooth=0.0), batches=batches)
-    d = plan_int8(m, None, Recipe(method="fp8", smooth=0.0, max_kl=naive.summary["planned"]["kl"] / 4),
+    naive = search_budget(m, None, Recipe(method="fp8", smooth=0.0), batches=batches)
+    d = search_budget(m, None, Recipe(method="fp8", smooth=0.0, max_kl=naive.summary["planned"]["kl"] / 4),
                   batches=batches)
     modes = {n: d.layer_mode(n) for n in d.params}
     assert set(modes.values()) - {"w8a8"}, modes

@@ -84,7 +84,7 @@ def test_sqnr_on_real_weights_smollm2(smollm2_dir: Path) -> None:
 # --- plan -----------------------------------------------------------------------------------------
 def _plan(kind: str, **recipe: object) -> dict[str, object]:
     from llmpack.checkpoint.sources import open_source
-    from llmpack.plan import plan
+    from llmpack.quant.plan import plan
     from llmpack.testing import tiny_model
 
     src = open_source(tiny_model(kind))
@@ -162,8 +162,8 @@ def test_nan_weight_refused_in_pipeline(tmp_path: Path) -> None:
 
 def _planned_ratio(d: Path, **recipe: object) -> float:
     from llmpack.checkpoint.sources import open_source
-    from llmpack.plan import plan
-    from llmpack.quant.registry import get_action
+    from llmpack.quant.actions import get_action
+    from llmpack.quant.plan import plan
 
     src = open_source(d)
     ds = plan(src.infos, src.module_types, Recipe(**recipe), src.config)

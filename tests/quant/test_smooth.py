@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmpack.quant.calibrate import LayerSim, collect_input_absmax, fake_quant_act, fake_quant_weight, simulate
+from llmpack.tune.calibrate import LayerSim, collect_input_absmax, fake_quant_act, fake_quant_weight, simulate
 from llmpack.quant.smooth import apply_ops, compute_scales, find_groups, fold, tensor_ops
 from llmpack.testing import tiny_model
 

@@ -57,7 +57,7 @@ def test_streamed_blocks_are_dropped(arch_dirs: dict) -> None:
 
 
 def test_streamed_evaluator_matches_whole_model(arch_dirs: dict) -> None:
-    from llmpack.quant.calibrate import Evaluator
+    from llmpack.tune.calibrate import Evaluator
 
     d, model = arch_dirs["gemma2"]
     batches = [torch.randint(0, V, (1, 33), generator=torch.Generator().manual_seed(s)) for s in (2, 3)]
@@ -109,11 +109,11 @@ def test_unstreamable_architecture_runs_whole_when_it_fits(arch_dirs: dict, monk
     import llmpack.stream as S
     import llmpack.stream.blocks as B
     from llmpack.config import Recipe
-    from llmpack.quant.budget import plan_int8
+    from llmpack.tune.budget import search_budget
 
     d, model = arch_dirs["qwen2"]
     batches = [torch.randint(0, V, (1, 24), generator=torch.Generator().manual_seed(4))]
-    streamed = plan_int8(d, None, Recipe(method="int8", max_kl=1e-5), batches=batches)
+    streamed = search_budget(d, None, Recipe(method="int8", max_kl=1e-5), batches=batches)
 
     def no_blocks(m: torch.nn.Module) -> None:
         raise StreamUnsupported(f"{type(m).__name__} has no list of identical blocks: it cannot be streamed")
@@ -125,7 +125,7 @@ def test_unstreamable_architecture_runs_whole_when_it_fits(arch_dirs: dict, monk
     with torch.no_grad():
         torch.testing.assert_close(torch.cat(list(st.logits([{"input_ids": ids}], chunk_tokens=8)[0])),
                                    model(input_ids=ids).logits[0], atol=1e-5, rtol=1e-5)
-    whole = plan_int8(d, None, Recipe(method="int8", max_kl=1e-5), batches=batches)
+    whole = search_budget(d, None, Recipe(method="int8", max_kl=1e-5), batches=batches)
     assert (whole.weight_only, whole.keep_float) == (streamed.weight_only, streamed.keep_float)
     assert whole.summary["planned"]["kl"] == pytest.approx(streamed.summary["planned"]["kl"], rel=1e-4)
     monkeypatch.setattr(S, "available_bytes", lambda device="cpu": 1000)

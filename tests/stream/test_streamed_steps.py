@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 import llmpack
 from llmpack.config import Recipe
-from llmpack.quant.budget import plan_int8
+from llmpack.tune.budget import search_budget
 
 
 def _batches(n: int = 2, seq: int = 48) -> list[torch.Tensor]:
@@ -26,8 +26,8 @@ def test_plan_int8_streamed_equals_in_memory(kind: str, recipe: Recipe, tiny_dir
     d = tiny_dirs[kind]
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     b = _batches()
-    mem = plan_int8(model, None, recipe, batches=b)
-    st = plan_int8(d, None, recipe, batches=b)
+    mem = search_budget(model, None, recipe, batches=b)
+    st = search_budget(d, None, recipe, batches=b)
     assert st.summary["streamed"]["blocks"] == 2 and mem.summary["streamed"] is None
     assert (st.weight_only, st.keep_float, st.alpha) == (mem.weight_only, mem.keep_float, mem.alpha)
     assert sorted(st.smooth_scales) == sorted(mem.smooth_scales)
@@ -107,14 +107,14 @@ def test_smollm2_int8_decisions_streamed_equal_in_memory(smollm2_dir: Path) -> N
     from transformers import AutoTokenizer
 
     from llmpack.measure.text import default_text
-    from llmpack.quant.calibrate import token_batches
+    from llmpack.tune.calibrate import token_batches
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     b = token_batches(tok, default_text("calib"), seq_len=128, max_tokens=256)
     recipe = Recipe(method="int8", max_ppl_increase=0.5)  # tight: the search runs (sensitivity, bisection)
-    st = plan_int8(smollm2_dir, None, recipe, batches=b)
+    st = search_budget(smollm2_dir, None, recipe, batches=b)
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
-    mem = plan_int8(model, None, recipe, batches=b)
+    mem = search_budget(model, None, recipe, batches=b)
     del model
     assert len([r for r in mem.records if r["kind"] == "step"]) > 1, "the search did not run"
     assert (st.weight_only, st.keep_float) == (mem.weight_only, mem.keep_float)

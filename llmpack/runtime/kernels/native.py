@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from llmpack.runtime.kernels import cpu as _cpu
 from llmpack.runtime.options import cache_root, kernel_option
 
 __all__ = ["avx2_ops", "checked_ops", "pack", "has_vnni", "mark_unusable", "native_status"]
@@ -233,9 +234,7 @@ def has_vnni() -> bool:
     """The CPU runs the AVX512-VNNI kernel (``avx512_vnni`` and ``avx512bw`` flags; read once, a plain dict
     lookup afterwards, so torch.compile traces through it)."""
     if "vnni" not in _flags:
-        from llmpack.runtime.kernels.select import cpu_flags
-
-        flags = cpu_flags()
+        flags = _cpu.cpu_flags()
         _flags["vnni"] = {"avx512_vnni", "avx512bw"} <= flags or {"avx512vnni", "avx512bw"} <= flags
     return _flags["vnni"]
 

@@ -30,27 +30,16 @@ from typing import Iterator
 
 import torch
 
+from llmpack.runtime.kernels import cpu as _cpu
 from llmpack.runtime.options import APPROXIMATE, kernel_option
 
 __all__ = ["FEW_TOKENS", "cpu_kernel", "few_token_kernel", "many_token_kernel", "kernel_for", "prepared_kernel", "is_native", "is_exact",
-           "use", "reset", "cpu_flags", "native_float_ops_on", "fp8_kernel_for", "FP8_MIN_CAPABILITY", "fallback_reason",
+           "use", "reset", "native_float_ops_on", "fp8_kernel_for", "FP8_MIN_CAPABILITY", "fallback_reason",
            "cuda_capability", "warn_once"]
 
 FEW_TOKENS = 8
 """Inputs of at most this many tokens may take :func:`few_token_kernel`."""
 _override: list[str] = []
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``; empty where unreadable)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,7 +57,7 @@ def _chosen() -> str:
         return forced if onednn.onednn_available() else "dequant"
     if forced != "auto":
         return forced
-    flags = cpu_flags()
+    flags = _cpu.cpu_flags()
     from llmpack.runtime.kernels import native
 
     if native.has_vnni() and native.checked_ops() is not None:
@@ -105,7 +94,7 @@ def few_token_kernel() -> str | None:
         True
     """
     chosen = _chosen()
-    if kernel_option() != "auto" or chosen not in ("int_mm", "vnni") or "avx2" not in cpu_flags():
+    if kernel_option() != "auto" or chosen not in ("int_mm", "vnni") or "avx2" not in _cpu.cpu_flags():
         return None
     from llmpack.runtime.kernels import native, reference
 
@@ -147,16 +136,23 @@ def many_token_kernel() -> str | None:
     """
     if kernel_option() != "auto" or _chosen() != "vnni":
         return None
-    from llmpack.runtime.kernels import PackedWeight, native, w8a8
+    from llmpack.runtime.kernels import native
 
-    if native.checked_ops() is None:
+    ops = native.checked_ops()
+    if ops is None:
         return None
     g = torch.Generator().manual_seed(0)
-    pack = PackedWeight(torch.randint(-127, 128, (1024, 1024), dtype=torch.int8, generator=g), torch.full((1024,), 1e-3),
-                        None)
-    x = torch.randn(256, 1024, generator=g)
-    t_vnni = _best(lambda: w8a8(x, [pack], "vnni"), 5)
-    t_int_mm = _best(lambda: w8a8(x, [pack], "int_mm"), 5)
+    w = torch.randint(-127, 128, (1024, 1024), dtype=torch.int8, generator=g)
+    scale, x = torch.full((1024,), 1e-3), torch.randn(256, 1024, generator=g)
+    panels, corr = native.pack(ops, w)
+    wt = w.t()
+
+    def int_mm() -> torch.Tensor:  # what the dispatcher runs for "int_mm": native quantization and rescale around it
+        q, tok = ops.quantize_rows(x)
+        return ops.int_mm_epilogue(torch._int_mm(q, wt), tok, scale, None)
+
+    t_vnni = _best(lambda: ops.w8a8_vnni(x, [panels], [corr], [scale], [None]), 5)
+    t_int_mm = _best(int_mm, 5)
     return "int_mm" if t_int_mm < t_vnni else None
 
 

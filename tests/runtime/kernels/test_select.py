@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmpack.errors import ConfigError
-from llmpack.runtime.kernels import native, onednn, select
+from llmpack.runtime.kernels import cpu, native, onednn, select
 from llmpack.runtime.options import ENV_KERNEL
 
 
@@ -21,7 +21,7 @@ from llmpack.runtime.options import ENV_KERNEL
 ])
 def test_auto_ladder(flags: set, built: bool, want: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_KERNEL, raising=False)
-    monkeypatch.setattr(select, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
     monkeypatch.setattr(native, "checked_ops", lambda: object() if built else None)
     select.reset()
     assert select.cpu_kernel() == want
@@ -68,7 +68,7 @@ def test_decode_steps_take_the_native_kernel_where_it_measures_faster(monkeypatc
     """On the int_mm rung, inputs of at most FEW_TOKENS tokens run the native kernel when few_token_kernel()
     measured it faster (both exact); longer inputs, forced kernels and use() blocks are left alone."""
     monkeypatch.delenv(ENV_KERNEL, raising=False)
-    monkeypatch.setattr(select, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
     select.reset()
     monkeypatch.setattr(select, "few_token_kernel", lambda: "avx2")
     assert select.kernel_for("cpu", 64, 64, tokens=1) == "avx2"
@@ -84,7 +84,7 @@ def test_few_token_kernel_only_on_the_int_mm_rung(monkeypatch: pytest.MonkeyPatc
     select.reset()
     assert select.few_token_kernel() is None
     monkeypatch.delenv(ENV_KERNEL)
-    monkeypatch.setattr(select, "cpu_flags", lambda: {"avx2", "fma"})  # AVX2 only: avx2 already
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "fma"})  # AVX2 only: avx2 already
     monkeypatch.setattr(native, "checked_ops", lambda: object())
     select.reset()
     assert select.cpu_kernel() == "avx2" and select.few_token_kernel() is None

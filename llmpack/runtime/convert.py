@@ -2,7 +2,7 @@
 Conv1D layers are :class:`~llmpack.runtime.linear.Int8Linear` (and embeddings
 :class:`~llmpack.runtime.embedding.Int8Embedding` with ``quantize_embeddings``), without writing files.
 
-It plans with the same :func:`llmpack.plan.plan` and quantizes with the same action functions as
+It plans with the same :func:`llmpack.quant.plan.plan` and quantizes with the same action functions as
 the streaming pipeline, so ``llmpack.quantize(model, method="int8")`` and
 ``llmpack.load(llmpack.quantize(model, method="int8", out=d).out_dir)`` give identical logits.
 
@@ -25,9 +25,8 @@ from torch import nn
 from llmpack.config import Recipe
 from llmpack.errors import ConfigError
 from llmpack.quant.floats import float_dtype
-from llmpack.quant.registry import get_action
+from llmpack.quant.actions import QUANT_ACTIONS, get_action, scheme_of_action
 from llmpack.runtime.embedding import Int8Embedding, TiedInt8Head
-from llmpack.quant.schemes import scheme_of_action
 from llmpack.runtime.linear import Int8Linear, is_conv1d, linear_class
 from llmpack.runtime.swap import set_module
 
@@ -65,8 +64,7 @@ def quantize_module(
         False
     """
     from llmpack.checkpoint.sources import _config_of_model, _module_infos, dedupe_state_dict, module_types_of
-    from llmpack.plan import plan
-    from llmpack.quant import int8_plan
+    from llmpack.quant.plan import plan
 
     if not recipe.method.is_quantized:
         raise ConfigError(f"quantize_module converts to int8; method {recipe.method.value} is a float method")
@@ -75,14 +73,14 @@ def quantize_module(
     infos = _module_infos(sd)
     mtypes = module_types_of(target)
     config = _config_of_model(target)
-    # One planning pass, as the streaming pipeline does: plan() hands skip / weight_only to int8_plan.decide
+    # One planning pass, as the streaming pipeline does: plan() decides skip / weight_only
     # together with the float decisions, so skipped layers really stay float.
     decisions = plan(infos, mtypes, recipe, config, weight_only=tuple(weight_only), skip=tuple(skip))
     embeddings: list[str] = []
     with torch.no_grad():
         for d in decisions:
             t = sd[d.name]
-            if d.action in int8_plan.INT8_ACTIONS:
+            if d.action in QUANT_ACTIONS:
                 tensors = get_action(d.action)(d.name, t.detach(), d, recipe)
                 old = target.get_submodule(d.module)
                 q, scale = tensors[d.name], tensors[f"{d.name}_scale"]

@@ -1,5 +1,5 @@
 """What the INT8 accuracy search decided (:class:`Int8Decisions`), ready to apply while streaming or in memory,
-and its records for ``llmpack.json``. The search itself is :func:`llmpack.quant.budget.plan_int8`."""
+and its records for ``llmpack.json``. The search itself is :func:`llmpack.tune.budget.search_budget`."""
 
 from __future__ import annotations
 

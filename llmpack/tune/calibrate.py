@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from llmpack.errors import BadInputError
-from llmpack.quant.int8 import midrange
+from llmpack.quant import int8 as _int8
+from llmpack.quant.int8 import ACT_DIVISOR, QMAX, fake_quant_weight
+from llmpack.quant.layers import in_dim, is_linear
+from llmpack.stream.evaluate import EvalResult
 
 __all__ = [
     "LayerSim",
@@ -43,21 +46,6 @@ __all__ = [
     "simulate",
     "Evaluator",
 ]
-
-_EPS = 1e-8
-QMAX = 127.0
-ACT_DIVISOR = 127.5  # = llmpack.quant.int8.ACT_DIVISOR (compressed-tensors dynamic activation semantics)
-
-
-def is_linear(module: torch.nn.Module) -> bool:
-    """True for ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2, weight stored ``[in, out]``)."""
-    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-def in_dim(module: torch.nn.Module) -> int:
-    """The weight dimension that indexes input features: 1 for ``nn.Linear``, 0 for ``Conv1D``."""
-    return 0 if type(module).__name__ == "Conv1D" else 1
-
 
 def linear_layers(model: torch.nn.Module, skip: Iterable[str] = ("lm_head",)) -> dict[str, torch.nn.Module]:
     """Name → module for every linear layer INT8 may quantize (``lm_head`` and ``skip`` names excluded).
@@ -171,38 +159,17 @@ def absmax_hooks(model: torch.nn.Module, names: Iterable[str], stats: dict[str, 
             h.remove()
 
 
-def fake_quant_weight(w: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
-    """Quantize-dequantize a weight per output channel, symmetric int8 (``[-127, 127]``).
-
-    Example:
-        >>> w = torch.randn(4, 8)
-        >>> bool((fake_quant_weight(w) - w).abs().max() <= w.abs().max() / 127)
-        True
-    """
-    reduce = 1 - out_dim
-    # max |w| without a weight-sized |w| temporary; one output tensor, rounded and scaled in place
-    amax = torch.maximum(w.amax(dim=reduce, keepdim=True), -w.amin(dim=reduce, keepdim=True))
-    scale = amax.clamp(min=_EPS) / QMAX
-    return torch.div(w, scale).round_().clamp_(-QMAX, QMAX).mul_(scale)
-
-
 def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
-    """Quantize-dequantize activations per token (last dim reduced), dynamic int8 with the runtime's
-    semantics on ``x``'s device (:func:`act_grid`: ``absmax / 127.5`` clamped to ``[-128, 127]``, or the
-    AVX2 kernels' 7-bit grid centred on each token), as ``Int8Linear`` computes.
+    """Quantize-dequantize activations per token with the runtime's semantics on ``x``'s device (:func:`act_grid`):
+    ``absmax / 127.5`` clamped to ``[-128, 127]``, or the opt-in 7-bit CPU kernels' grid centred on each token,
+    as ``Int8Linear`` computes (:func:`llmpack.quant.int8.fake_quant_act` on that grid).
 
     Example:
         >>> x = torch.randn(2, 3, 8)
         >>> fake_quant_act(x).shape
         torch.Size([2, 3, 8])
     """
-    divisor, lo, hi, centred = act_grid(x.device)
-    if centred:
-        c, half = midrange(x, -1)
-        scale = half.clamp(min=_EPS) / divisor
-        return torch.clamp(torch.round((x - c) / scale), lo, hi) * scale + c
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / divisor
-    return torch.clamp(torch.round(x / scale), lo, hi) * scale
+    return _int8.fake_quant_act(x, act_grid(x.device))
 
 
 def act_grid(device: "torch.device | str" = "cpu") -> tuple[float, float, float, bool]:
@@ -223,7 +190,7 @@ def act_grid(device: "torch.device | str" = "cpu") -> tuple[float, float, float,
 
         if not is_exact(cpu_kernel()):
             return 64.0, -64.0, 64.0, True
-    return ACT_DIVISOR, -QMAX - 1, QMAX, False
+    return ACT_DIVISOR, float(-QMAX - 1), float(QMAX), False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +233,7 @@ def _sim_forward(mod: torch.nn.Module, sim: LayerSim):
         if sim.mode != "float":
             w = scheme.fake_weight(w, 1 if conv1d else 0)
         if sim.mode == "w8a8":
-            x = scheme.fake_act(x)
+            x = scheme.fake_act(x, act_grid(x.device))
         w = w.to(dt)
         x = x.to(dt)
         if conv1d:
@@ -306,31 +273,6 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalResult:
-    """Accuracy of a (simulated) candidate against the float model on the same tokens.
-
-    Attributes:
-        ppl: candidate perplexity; ``base_ppl``: float perplexity.
-        kl: mean KL(float ‖ candidate) of next-token distributions, nats.
-        top1: share of positions where the arg-max token agrees with the float model.
-    """
-
-    ppl: float
-    base_ppl: float
-    kl: float
-    top1: float
-
-    @property
-    def ppl_increase(self) -> float:
-        """Relative perplexity increase in percent."""
-        return 100.0 * (self.ppl / self.base_ppl - 1.0)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"ppl": round(self.ppl, 4), "base_ppl": round(self.base_ppl, 4),
-                "ppl_increase_pct": round(self.ppl_increase, 3), "kl": round(self.kl, 6), "top1": round(self.top1, 4)}
 
 
 class Evaluator:

@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from llmpack.quant.calibrate import LayerSim, _sim_forward, simulate
+from llmpack.tune.calibrate import LayerSim, _sim_forward, simulate
 
 __all__ = ["layer_sensitivity"]
 

@@ -1,6 +1,6 @@
-"""INT8 accuracy budget: measure what each layer costs, then pick the cheapest remedy that fits.
+"""The 8-bit accuracy-budget search: measure what each layer costs, then pick the cheapest remedy that fits.
 
-The search runs on one in-memory float model with fake quantization (:mod:`llmpack.quant.calibrate`),
+The search runs on one in-memory float model with fake quantization (:mod:`llmpack.tune.calibrate`),
 so nothing is copied and nothing is written:
 
 1. Collect per-input-channel activation maxima on calibration text (one forward pass).
@@ -22,7 +22,7 @@ Example:
     >>> from llmpack.config import Recipe
     >>> import torch
     >>> m = tiny_model("llama")
-    >>> d = plan_int8(m, None, Recipe(method="int8", max_kl=0.05), batches=[torch.randint(0, 256, (1, 64))])
+    >>> d = search_budget(m, None, Recipe(method="int8", max_kl=0.05), batches=[torch.randint(0, 256, (1, 64))])
     >>> d.int8_share() > 0
     True
 """
@@ -38,9 +38,9 @@ import torch
 from llmpack.config import Recipe
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.quant import smooth as _smooth
-from llmpack.quant.int8_decisions import Int8Decisions
-from llmpack.quant.sensitivity import layer_sensitivity
-from llmpack.quant.calibrate import (
+from llmpack.quant.decisions import Int8Decisions
+from llmpack.tune.sensitivity import layer_sensitivity
+from llmpack.tune.calibrate import (
     EvalResult,
     LayerSim,
     absmax_hooks,
@@ -53,8 +53,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_CALIB_TOKENS",
     "Int8Decisions",
-    "plan_int8",
-    "select_recipe",
+    "search_budget",
     "apply_decisions",
 ]
 
@@ -142,7 +141,7 @@ def _bisect(n: int, ok: Callable[[int], bool], tol: int = 1) -> int:
 
 
 # ---------------------------------------------------------------------- search
-def plan_int8(
+def search_budget(
     model_or_source: "torch.nn.Module | str | os.PathLike[str]",
     tokenizer: Any = None,
     recipe: Recipe | None = None,
@@ -178,7 +177,7 @@ def plan_int8(
         sensitivity: ``"local"`` (one pass; per-layer output error) or ``"e2e"`` (one pass per layer; KL of
             the model with that layer alone quantized).
         margin: aim at ``margin × budget`` on the calibration text.
-        act_stats: precomputed :func:`~llmpack.quant.calibrate.collect_input_absmax` output (caching).
+        act_stats: precomputed :func:`~llmpack.tune.calibrate.collect_input_absmax` output (caching).
         skip: layers kept in float regardless (e.g. the recipe's ignore patterns, resolved).
         progress: called with a one-line message per step.
         device: where a directory's blocks run (``"cuda"``: one block at a time on the GPU).
@@ -192,13 +191,13 @@ def plan_int8(
 
     Example:
         >>> from llmpack.testing import smollm2_dir        # doctest: +SKIP
-        >>> d = plan_int8(smollm2_dir(), recipe=Recipe(method="int8", max_ppl_increase=2))  # doctest: +SKIP
+        >>> d = search_budget(smollm2_dir(), recipe=Recipe(method="int8", max_ppl_increase=2))  # doctest: +SKIP
         >>> d.summary["planned"]["ppl_increase_pct"] <= 2   # doctest: +SKIP
         True
     """
     recipe = recipe or Recipe(method="int8")
     if not recipe.method.is_quantized:
-        raise ConfigError(f"plan_int8 needs an int8 or fp8 recipe, got method {recipe.method.value}")
+        raise ConfigError(f"search_budget needs an int8 or fp8 recipe, got method {recipe.method.value}")
     if sensitivity not in ("local", "e2e"):
         raise ConfigError(f"unknown sensitivity {sensitivity!r}: choose 'local' or 'e2e'")
     say = progress or (lambda _msg: None)
@@ -206,7 +205,7 @@ def plan_int8(
     model = st.model
     if batches is None:
         if tokenizer is None:
-            raise BadInputError("plan_int8 needs a tokenizer (or token batches) to read the calibration text")
+            raise BadInputError("search_budget needs a tokenizer (or token batches) to read the calibration text")
         from llmpack.measure.text import resolve_text
 
         batches = token_batches(tokenizer, resolve_text(text, kind="calib"), seq_len=seq_len, max_tokens=calib_tokens)
@@ -459,16 +458,6 @@ def _resolve_model(model_or_source: Any, tokenizer: Any) -> tuple[torch.nn.Modul
     raise BadInputError(f"expected an nn.Module, got {type(model_or_source).__name__}")
 
 
-def select_recipe(model: torch.nn.Module, tokenizer: Any, recipe: Recipe, calib_text: "str | None" = None,
-                  **kwargs: Any) -> Int8Decisions:
-    """The pipeline's entry point: :func:`plan_int8` on an in-memory model (see there for ``kwargs``).
-
-    Example:
-        >>> d = select_recipe(model, tok, Recipe(method="int8", max_ppl_increase=2))   # doctest: +SKIP
-    """
-    return plan_int8(model, tokenizer, recipe, calib_text, **kwargs)
-
-
 def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Recipe, *, inplace: bool = False) -> torch.nn.Module:
     """Fold the smoothing into ``model`` and convert it to int8 with ``quantize_module``.
 
@@ -483,7 +472,7 @@ def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Re
     """
     import copy
 
-    from llmpack.quant.apply import quantize_module
+    from llmpack.runtime.convert import quantize_module
 
     target = model if inplace else copy.deepcopy(model)
     decisions.fold_into(target)
