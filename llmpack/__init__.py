@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from llmpack._version import __version__
 
 # public name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -28,8 +28,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "inspect": ("llmpack.checkpoint.inspect", "inspect"),
     "measure": ("llmpack.measure.api", "measure"),
     "Report": ("llmpack.measure.report", "Report"),
+    "MeasureSettings": ("llmpack.measure.settings", "MeasureSettings"),
     "pack": ("llmpack.pack.api", "pack"),
     "PackResult": ("llmpack.pack.api", "PackResult"),
+    "PackOptions": ("llmpack.pack.options", "PackOptions"),
     "build": ("llmpack.build", "build"),
     "Recipe": ("llmpack.config", "Recipe"),
     "Method": ("llmpack.config", "Method"),
@@ -60,7 +62,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from llmpack.errors import LlmpackError
     from llmpack.measure.api import measure
     from llmpack.measure.report import Report
+    from llmpack.measure.settings import MeasureSettings
     from llmpack.pack.api import PackResult, pack
+    from llmpack.pack.options import PackOptions
     from llmpack.pipeline import QuantizeResult, quantize
     from llmpack.runtime.load import load, open_checkpoint as open
     from llmpack.verify import VerifyResult, verify

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 from llmpack.constants import DEFAULT_MAX_SHARD_SIZE
 from llmpack.errors import ConfigError
 
-__all__ = ["Method", "Recipe", "parse_size"]
+__all__ = ["Method", "Recipe", "parse_size", "settings_from_keywords"]
 
 RECIPE_VERSION = 1
 
@@ -197,3 +197,50 @@ class Recipe:
         if unknown:
             raise ConfigError(f"unknown recipe keys {sorted(unknown)}: valid keys are {sorted(names)}")
         return cls(**dict(d))
+
+
+_S = TypeVar("_S")
+
+
+def settings_from_keywords(cls: "type[_S]", given: "_S | None", keywords: Mapping[str, Any], *,
+                           arg: str = "settings") -> _S:
+    """``given``, or ``cls(**keywords)``: how a function that takes both a settings object (``arg=``) and the
+    keyword arguments it bundles decides (``measure(settings=...)``, ``pack(options=...)``).
+
+    A keyword left at the field's default does not count; any other one together with ``given`` is refused,
+    so a call never silently mixes the two.
+
+    Raises:
+        ConfigError: ``given`` is not a ``cls``, or comes with a keyword that differs from its default.
+
+    Example:
+        >>> settings_from_keywords(Recipe, None, {"method": "bf16"}).method
+        <Method.BF16: 'bf16'>
+        >>> settings_from_keywords(Recipe, Recipe(method="bf16"), {"method": "int8"})
+        Traceback (most recent call last):
+        ...
+        llmpack.errors.ConfigError: pass settings= or the keyword arguments, not both: method given with settings
+    """
+    if given is None:
+        return cls(**keywords)
+    if not isinstance(given, cls):
+        raise ConfigError(f"{arg} must be a {cls.__name__}, got {type(given).__name__}")
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    both = sorted(k for k, v in keywords.items() if not _same(v, defaults[k]))
+    if both:
+        raise ConfigError(f"pass {arg}= or the keyword arguments, not both: {', '.join(both)} given with {arg}")
+    return given
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        if isinstance(a, Mapping) or isinstance(b, Mapping):
+            return dict(a or {}) == dict(b or {})
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return tuple(a) == tuple(b)
+        return bool(a == b)
+    except (RuntimeError, TypeError, ValueError):  # no usable == (tensors): only identity counts
+        return False

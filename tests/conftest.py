@@ -12,6 +12,9 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("LLMPACK_PROGRESS", "0")
 
+# fixtures shared by several test directories (tests/ is on sys.path: pytest prepends the conftest's folder)
+pytest_plugins = ["_fixtures.containers"]
+
 
 def _devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]

@@ -219,7 +219,7 @@ def test_quantize_reruns_when_an_input_changes(project: Path, fakes: Fakes, monk
         fakes.fingerprint = "fp-2"
         reason = "source changed"
     elif change == "version":
-        monkeypatch.setattr(llmpack, "__version__", "9.9.9")
+        monkeypatch.setattr(llmpack._version, "__version__", "9.9.9")
         reason = "llmpack version changed"
     elif change == "file":
         (project / "build/model/model.safetensors").unlink()
@@ -388,28 +388,6 @@ def test_fast_fingerprint_matches_the_quantizers(tiny_dirs: dict[str, Path], tmp
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_pack_fixtures() -> Any:
-    """The pack tests' ``registry`` / ``podman_env`` fixtures (tests/pack/conftest.py), imported in place."""
-    import importlib.util
-
-    pack_tests = Path(__file__).resolve().parent / "pack"
-    if not (pack_tests / "conftest.py").is_file():
-        return None
-    if str(pack_tests) not in sys.path:
-        sys.path.insert(0, str(pack_tests))
-    spec = importlib.util.spec_from_file_location("llmpack_pack_test_fixtures", pack_tests / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_pack_fixtures = _load_pack_fixtures()
-if _pack_fixtures is not None:
-    registry = _pack_fixtures.registry
-    podman_env = _pack_fixtures.podman_env
-
-
 def _tiny_source(root: Path) -> Path:
     from llmpack.testing import byte_tokenizer, tiny_model
 
@@ -473,8 +451,6 @@ def test_ci_example_steps_against_a_local_registry(tmp_path: Path, request: pyte
         text = (ROOT / "examples/ci" / name).read_text()
         yaml.safe_load(text)
         assert "ci/prebuild.sh" in text and "llmpack build -c llmpack.toml --check" in text
-    if _pack_fixtures is None:
-        pytest.skip("tests/pack/conftest.py (registry fixture) not present")
     reg = request.getfixturevalue("registry")
     env = _env()
     with_buildah = shutil.which("buildah") is not None and shutil.which("busybox") is not None

@@ -175,9 +175,11 @@ def build(config: "str | os.PathLike[str] | Mapping[str, Any] | BuildConfig" = D
         >>> res = llmpack.build("llmpack.toml")                # doctest: +SKIP
         >>> print(res.human())                                 # doctest: +SKIP
         quantize  up to date  /repo/build/model
-        measure   up to date  /repo/build/report.json  int8: 0.41x size, 2.7x faster (b1), +1.8% ppl
-        pack      up to date  /repo/build/image
+        measure   up to date  /repo/build/report.json  int8: 0.41× size, 2.7× faster (b1), +1.8% ppl
+        pack      up to date  /repo/build/image  smollm2:int8 sha256:4f1c…
         build: ok in 0.41 s
+
+        (:meth:`BuildResult.human` shows the same lines on a hand-made result, as a doctest that runs.)
         >>> llmpack.build("llmpack.toml", check=True).changed  # doctest: +SKIP
         False
     """

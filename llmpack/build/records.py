@@ -103,14 +103,28 @@ class BuildResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--format json`` summary."""
-        from llmpack import __version__
+        from llmpack._version import __version__
 
         return {"config": self.config, "llmpack_version": __version__, "check": self.check,
                 "changed": self.changed, "passed": self.passed, "failed_gates": list(self.failed_gates),
                 "seconds": round(self.seconds, 3), "stages": [s.to_dict() for s in self.stages]}
 
     def human(self) -> str:
-        """A few lines for the terminal, one per stage."""
+        """A few lines for the terminal, one per stage: name, status, output, the stage's summary line.
+
+        Example:
+            >>> res = BuildResult(config="llmpack.toml", check=False, seconds=0.41, stages=[
+            ...     StageResult("quantize", UP_TO_DATE, output="/repo/build/model"),
+            ...     StageResult("measure", UP_TO_DATE, output="/repo/build/report.json",
+            ...                 details={"summary": "int8: 0.41× size, 2.7× faster (b1), +1.8% ppl"}),
+            ...     StageResult("pack", BUILT, "no output yet", "/repo/build/image", seconds=1.25,
+            ...                 details={"summary": "smollm2:int8 sha256:4f1c…"})])
+            >>> print(res.human())
+            quantize  up to date  /repo/build/model
+            measure   up to date  /repo/build/report.json  int8: 0.41× size, 2.7× faster (b1), +1.8% ppl
+            pack      built (no output yet)  /repo/build/image  smollm2:int8 sha256:4f1c…  [1.2 s]
+            build: ok in 0.41 s
+        """
         lines = []
         for s in self.stages:
             extra = f" ({s.reason})" if s.reason else ""
@@ -194,7 +208,7 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
 def quantize_state(cfg: BuildConfig, fingerprint: str) -> tuple[bool, str]:
     """(up to date?, reason) of the quantized model dir against the source fingerprint and recipe."""
-    from llmpack import __version__
+    from llmpack._version import __version__
     from llmpack.checkpoint.manifest import read_manifest
 
     out = cfg.quantize.out

@@ -72,7 +72,7 @@ class BuildContext:
     @property
     def llmpack_version(self) -> str:
         """llmpack's version (read at call time: tests change it)."""
-        from llmpack import __version__
+        from llmpack._version import __version__
 
         return __version__
 

@@ -76,7 +76,7 @@ class Manifest:
 
     def __post_init__(self) -> None:
         if not self.llmpack_version:
-            from llmpack import __version__
+            from llmpack._version import __version__
 
             self.llmpack_version = __version__
 

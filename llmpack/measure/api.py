@@ -23,97 +23,38 @@ import torch
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.measure.accuracy import AccuracyStats, causal_lm_accuracy, encoder_accuracy
 from llmpack.measure.latency import _load_avg, environment, time_models
-from llmpack.measure.report import ModelInfo, Report, evaluate_gates, validate_gates
+from llmpack.measure.report import ModelInfo, Report, evaluate_gates
+from llmpack.measure.runtimes import describe_fp8_runtime, describe_runtime
+from llmpack.measure.settings import (
+    DEFAULT_WINDOW,
+    DEFAULTS,
+    FP16_CPU_CAP,
+    QUICK,
+    RUNTIMES,
+    MeasureSettings,
+    gates_from_args,
+    parse_batch_sizes,
+)
 from llmpack.measure.sides import (
     _header_bytes,
     _resident_bytes,
     _resolve_tokenizer,
     _Side,
     _side_dtype,
+    _cpu_has_bf16,
+    _dominant_dtype,
+    _max_positions,
+    _module_device,
     _side_fp16,
     detect_task,
+    load_model,
 )
 from llmpack.measure.size import PeakMemory, SizeStats, disk_usage, memory_method, param_bytes, touch_weights
 from llmpack.measure.text import looks_like_file, resolve_text
 
-__all__ = ["measure", "measure_after_quantize", "detect_task", "load_model", "DEFAULTS", "QUICK"]
+__all__ = ["measure", "measure_after_quantize", "detect_task", "load_model", "DEFAULTS", "QUICK", "MeasureSettings",
+           "RUNTIMES", "describe_runtime", "describe_fp8_runtime", "gates_from_args", "parse_batch_sizes"]
 
-# Budgets: timed run pairs per batch size are chosen as budget_s / (time of one warm-up pair),
-# clamped to [min_runs, max_runs], unless runs= is given.
-DEFAULTS: dict[str, Any] = {"batch_sizes": (1, 8), "new_tokens": 32, "warmup": 1, "budget_s": 20.0, "min_runs": 3,
-                            "max_runs": 30, "max_tokens": None, "max_sentences": 64}
-QUICK: dict[str, Any] = {"batch_sizes": (1,), "new_tokens": 8, "warmup": 1, "budget_s": 3.0, "min_runs": 2,
-                         "max_runs": 10, "max_tokens": 1024, "max_sentences": 16}
-# FP16 on CPU has no fast kernels (40-60x slower than FP32): cap the work.
-FP16_CPU_CAP: dict[str, Any] = {"batch_sizes": (1,), "seq_len": 32, "new_tokens": 4, "warmup": 1, "runs": 1,
-                                "max_tokens": 256}
-DEFAULT_WINDOW = 512
-
-# ---- sources ------------------------------------------------------------------------------------
-def load_model(path: str | os.PathLike[str], task: str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a model directory (or a ``.gguf`` file) for measuring. The ONE place measure loads models.
-
-    Uses :func:`llmpack.load` (which also runs llmpack's int8 layers); falls back to transformers'
-    ``from_pretrained`` (stored dtype kept) where ``llmpack.runtime.load`` is not installed, and for ``.gguf``.
-
-    Example:
-        >>> m = load_model("models/smollm2", "causal-lm")  # doctest: +SKIP
-    """
-    p = Path(path)
-    dev = torch.device(device)
-    if p.is_dir():
-        try:
-            from llmpack.runtime.load import load as _llmpack_load
-        except ImportError:
-            _llmpack_load = None
-        if _llmpack_load is not None:
-            return _llmpack_load(p, device=str(dev)).eval()
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    cls = AutoModelForCausalLM if task == "causal-lm" else AutoModel
-    kw: dict[str, Any] = {"gguf_file": p.name} if p.is_file() else {}
-    where = p.parent if p.is_file() else p
-    try:
-        model = cls.from_pretrained(where, dtype="auto", **kw)
-    except TypeError:  # transformers < 4.56 spells it torch_dtype
-        model = cls.from_pretrained(where, torch_dtype="auto", **kw)
-    return model.to(dev).eval()
-
-
-def _dominant_dtype(by_dtype: Mapping[str, int]) -> str:
-    return max(by_dtype.items(), key=lambda kv: kv[1])[0] if by_dtype else ""
-
-
-def _max_positions(cfg: Mapping[str, Any]) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
-        v = cfg.get(key)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
-
-
-def _check_int(name: str, v: Any, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
-    return v
-
-
-def _module_device(m: torch.nn.Module) -> torch.device | None:
-    for p in m.parameters():
-        return p.device
-    return None
-
-
-# ---- the API -----------------------------------------------------------------------------------
 def measure(
     baseline: Any,
     candidate: Any,
@@ -133,6 +74,7 @@ def measure(
     stride: int | None = None,
     latency: bool = True,
     runtime: str = "default",
+    settings: MeasureSettings | None = None,
 ) -> Report:
     """Measure a candidate model against its baseline: size, latency and accuracy, and check gates.
 
@@ -160,12 +102,14 @@ def measure(
         runtime: int8 models' kernels: ``"default"`` (what ``llmpack.load`` runs here) or ``"reference"``
             (compressed-tensors' arithmetic, op for op: what transformers + compressed-tensors compute). The
             report's ``settings["int8_runtime"]`` and a note name the kernel that produced every figure.
+        settings: all of the above as one :class:`~llmpack.measure.settings.MeasureSettings` (then leave the
+            keywords at their defaults).
 
     Returns:
         A :class:`~llmpack.measure.report.Report`; ``report.passed`` / ``report.failed_gates`` tell the gates.
 
     Raises:
-        ConfigError: an unknown gate or an invalid setting. BadInputError: models that cannot be compared
+        ConfigError: an unknown gate or an invalid setting, or ``settings`` with a keyword. BadInputError: models that cannot be compared
         (different tokenizers or tasks), missing files, no tokenizer.
 
     Example:
@@ -174,15 +118,18 @@ def measure(
         >>> r = measure(m, m, tokenizer=byte_tokenizer(), quick=True, quiet=True, seq_len=16, text="hello " * 50)
         >>> r.accuracy.top1
         1.0
+        >>> s = MeasureSettings(tokenizer=byte_tokenizer(), quick=True, quiet=True, seq_len=16, text="hello " * 50)
+        >>> measure(m, m, settings=s).accuracy.top1
+        1.0
     """
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    s = MeasureSettings.from_keywords(
+        settings, text=text, device=device, batch_sizes=batch_sizes, seq_len=seq_len, new_tokens=new_tokens,
+        warmup=warmup, runs=runs, quick=quick, gates=dict(gates or {}), tokenizer=tokenizer, quiet=quiet,
+        window=window, stride=stride, latency=latency, runtime=runtime)
     from llmpack.runtime import kernels
 
-    with kernels.use("dequant") if runtime == "reference" else contextlib.nullcontext():
-        report = _measure(baseline, candidate, text=text, device=device, batch_sizes=batch_sizes, seq_len=seq_len,
-                          new_tokens=new_tokens, warmup=warmup, runs=runs, quick=quick, gates=gates,
-                          tokenizer=tokenizer, quiet=quiet, window=window, stride=stride, latency=latency)
+    with kernels.use("dequant") if s.runtime == "reference" else contextlib.nullcontext():
+        report = _measure(baseline, candidate, s)
         if any((side.method or "").startswith("int8") or side.dtype == "int8"
                for side in (report.baseline, report.candidate)):
             report.settings["int8_runtime"] = describe_runtime(report.environment.get("device", "cpu"))
@@ -193,66 +140,14 @@ def measure(
     return report
 
 
-def describe_fp8_runtime(device: str = "cpu") -> str:
-    """The FP8 kernel in effect on ``device``, in words (what ``measure`` records for fp8 models).
-
-    Example:
-        >>> describe_fp8_runtime("cpu")
-        "dequant (compressed-tensors' arithmetic in float32: FP8 tokens, dequantized FP8 weights)"
-    """
-    from llmpack.runtime import kernels
-    from llmpack.runtime.kernels.select import cuda_capability
-
-    dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    k = kernels.fp8_kernel_for(dev, cuda_capability() if dev == "cuda" else None, 4096, 4096)
-    words = {"dequant": "compressed-tensors' arithmetic in float32: FP8 tokens, dequantized FP8 weights",
-             "scaled_mm": "torch._scaled_mm on FP8 tensor cores, row-wise scales, bf16 output"}
-    return f"{k} ({words[k]})"
-
-
-RUNTIMES = ("default", "reference")
-"""Values of :func:`measure`'s ``runtime`` (``--runtime``)."""
-
-
-def describe_runtime(device: str = "cpu") -> str:
-    """The int8 kernel in effect, in words (what ``measure`` records).
-
-    Example:
-        >>> from llmpack.runtime import kernels
-        >>> with kernels.use("dequant"):
-        ...     describe_runtime()
-        "dequant (compressed-tensors' arithmetic op for op, as transformers + compressed-tensors run it)"
-    """
-    from llmpack.runtime import kernels
-
-    words = {
-        "dequant": "compressed-tensors' arithmetic op for op, as transformers + compressed-tensors run it",
-        "int_mm": "torch._int_mm, the file's semantics up to float rounding",
-        "vnni": "llmpack's native AVX512-VNNI kernel, the file's semantics up to float rounding",
-        "avx2": "llmpack's native AVX2 kernel, the file's semantics up to float rounding",
-        "avx2-7bit": "llmpack's native AVX2 kernel with opt-in 7-bit centred tokens (not the file's semantics)",
-        "onednn-7bit": "oneDNN / FBGEMM with opt-in 7-bit centred tokens (not the file's semantics)",
-    }
-    dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    k = kernels.kernel_for(dev, 8, 8)
-    out = f"{k} ({words[k]})"
-    few = kernels.kernel_for(dev, 8, 8, tokens=1)
-    if few != k:
-        out += f"; decode steps {few} ({words[few]})"
-    return out
-
-
-def _measure(
-    baseline: Any, candidate: Any, *, text: Any, device: Any, batch_sizes: Sequence[int] | None, seq_len: int,
-    new_tokens: int | None, warmup: int | None, runs: int | None, quick: bool, gates: Mapping[str, float] | None,
-    tokenizer: Any, quiet: bool, window: int | None, stride: int | None, latency: bool,
-) -> Report:
+def _measure(baseline: Any, candidate: Any, s: MeasureSettings) -> Report:
     from llmpack._output import progress
 
     t_start = time.perf_counter()
     load0 = _load_avg()
-    gates_v = validate_gates(gates)
-    seq_len = _check_int("seq_len", seq_len, 2)
+    text, device, quick, tokenizer, quiet, window, stride, latency, runs = (
+        s.text, s.device, s.quick, s.tokenizer, s.quiet, s.window, s.stride, s.latency, s.runs)
+    gates_v, seq_len = dict(s.gates), s.seq_len
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -261,17 +156,9 @@ def _measure(
     if dev.type not in ("cpu", "cuda"):
         raise BadInputError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
     prof = dict(QUICK if quick else DEFAULTS)
-    bs_list = tuple(batch_sizes) if batch_sizes is not None else tuple(prof["batch_sizes"])
-    if not bs_list:
-        raise ConfigError("batch_sizes is empty: pass e.g. (1, 8)")
-    for b in bs_list:
-        _check_int("batch size", b, 1)
-    n_new = _check_int("new_tokens", new_tokens if new_tokens is not None else prof["new_tokens"], 0)
-    n_warm = _check_int("warmup", warmup if warmup is not None else prof["warmup"], 0)
-    if not latency and "min_speedup" in gates_v:
-        raise ConfigError("the min_speedup gate needs latency: drop latency=False (--no-latency) or the gate")
-    if runs is not None:
-        _check_int("runs", runs, 1)
+    bs_list = s.batch_sizes if s.batch_sizes is not None else tuple(prof["batch_sizes"])
+    n_new = s.new_tokens if s.new_tokens is not None else int(prof["new_tokens"])
+    n_warm = s.warmup if s.warmup is not None else int(prof["warmup"])
     notes: list[str] = []
 
     a, b = _Side(baseline, "baseline"), _Side(candidate, "candidate")
@@ -457,20 +344,6 @@ def _text_source(text: Any) -> str:
     return "string" if isinstance(text, str) else "iterable"
 
 
-def gates_from_args(args: Any) -> dict[str, float]:
-    """Gate dict from CLI arguments (``--max-ppl-increase``, ``--min-top1``, ``--min-speedup``,
-    ``--max-size-ratio``, ``--max-kl``, ``--min-cosine``; missing attributes are ignored).
-
-    Example:
-        >>> import argparse
-        >>> gates_from_args(argparse.Namespace(max_ppl_increase=2.0, min_top1=None))
-        {'max_ppl_increase_pct': 2.0}
-    """
-    from llmpack.measure.gates import gates_from_options
-
-    return gates_from_options(lambda option: getattr(args, option, None))
-
-
 def measure_after_quantize(source: Any, out_dir: str | os.PathLike[str], args: Any = None, **overrides: Any) -> Report:
     """Measure a freshly quantized ``out_dir`` against its ``source`` (what ``quantize --measure`` runs).
 
@@ -495,19 +368,3 @@ def measure_after_quantize(source: Any, out_dir: str | os.PathLike[str], args: A
             kw["gates"] = gates
     kw.update(overrides)
     return measure(source, out_dir, **kw)
-
-
-def parse_batch_sizes(value: str) -> tuple[int, ...]:
-    """``"1,8"`` -> ``(1, 8)``.
-
-    Example:
-        >>> parse_batch_sizes("1, 8")
-        (1, 8)
-    """
-    try:
-        out = tuple(int(x) for x in str(value).split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"invalid batch sizes {value!r}: use comma-separated integers such as 1,8") from None
-    if not out or any(x < 1 for x in out):
-        raise ConfigError(f"invalid batch sizes {value!r}: use comma-separated integers >= 1 such as 1,8")
-    return out

@@ -20,8 +20,10 @@ import dataclasses
 import math
 from typing import Any, Callable, Iterable, Mapping
 
+from llmpack.errors import ConfigError
+
 __all__ = ["Gate", "GATE_TABLE", "GATE_BY_NAME", "GATE_BY_OPTION", "gate_passes", "gates_from_options",
-           "evaluate_recorded", "record_metrics"]
+           "evaluate_recorded", "record_metrics", "GateResult", "GATES", "validate_gates", "evaluate_gates"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,3 +157,92 @@ def record_metrics(report: Any, names: Iterable[str] | None = None) -> dict[str,
         value = g.metric(report)
         out[name] = {"value": None if value is None else float(value), "op": g.op}
     return out
+
+
+# --- gate outcomes on a report ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class GateResult:
+    """One gate's outcome. ``applicable`` is False when the metric does not exist for the task
+    (e.g. ``min_top1`` on an encoder); such a gate is skipped, never failed.
+
+    Example:
+        >>> GateResult("min_top1", 0.9, 0.95, True).line()
+        'min_top1: 0.95 >= 0.9 ok'
+    """
+
+    name: str
+    threshold: float
+    value: float | None
+    passed: bool
+    applicable: bool = True
+
+    def line(self) -> str:
+        """One human line: ``name: value op threshold ok|FAILED``."""
+        if not self.applicable:
+            return f"{self.name}: not applicable to this model (skipped)"
+        op = GATES[self.name][2] if self.name in GATES else "?"
+        val = "n/a" if self.value is None else f"{self.value:.4g}"
+        return f"{self.name}: {val} {op} {self.threshold:g} {'ok' if self.passed else 'FAILED'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GateResult":
+        """Inverse of :meth:`to_dict`."""
+        return cls(name=d["name"], threshold=d["threshold"], value=d.get("value"), passed=bool(d["passed"]),
+                   applicable=bool(d.get("applicable", True)))
+
+
+# name -> (description, metric(report) -> value | None, comparison): a view of the one gate table.
+GATES: dict[str, tuple[str, Callable[[Any], float | None], str]] = {
+    g.name: (g.description, g.metric, g.op) for g in GATE_TABLE
+}
+
+
+def validate_gates(gates: Mapping[str, Any] | None) -> dict[str, float]:
+    """Check gate names and values; returns ``{name: float}``.
+
+    Raises:
+        ConfigError: an unknown gate name (the message lists the valid ones) or a non-numeric value.
+
+    Example:
+        >>> validate_gates({"min_top1": "0.9"})
+        {'min_top1': 0.9}
+    """
+    out: dict[str, float] = {}
+    for name, value in (gates or {}).items():
+        if name not in GATES:
+            raise ConfigError(f"unknown gate {name!r}: valid gates are {', '.join(GATES)}")
+        if value is None:
+            continue
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"gate {name} needs a number, got {value!r}") from None
+        if math.isnan(v):
+            raise ConfigError(f"gate {name} needs a number, got NaN")
+        out[name] = v
+    return out
+
+
+def evaluate_gates(report: Any, gates: Mapping[str, Any] | None) -> list[GateResult]:
+    """Evaluate ``gates`` against a :class:`~llmpack.measure.report.Report` (a missing metric makes the gate not
+    applicable).
+
+    Example:
+        >>> from llmpack.measure.report import Report
+        >>> [g.passed for g in evaluate_gates(Report.example(), {"max_size_ratio": 0.4})]
+        [False]
+    """
+    results = []
+    for name, thr in validate_gates(gates).items():
+        _, metric, op = GATES[name]
+        value = metric(report)
+        if value is None:
+            results.append(GateResult(name, thr, None, True, applicable=False))
+            continue
+        results.append(GateResult(name, thr, float(value), gate_passes(float(value), op, thr)))
+    return results

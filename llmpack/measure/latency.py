@@ -152,7 +152,7 @@ def environment(device: str | torch.device) -> dict[str, Any]:
     """
     import transformers
 
-    from llmpack import __version__
+    from llmpack._version import __version__
 
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_model()

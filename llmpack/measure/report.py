@@ -12,18 +12,19 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from llmpack.constants import REPORT_SCHEMA_VERSION
-from llmpack.errors import BadInputError, ConfigError
+from llmpack.errors import BadInputError
 from llmpack.measure.accuracy import AccuracyStats
-from llmpack.measure.gates import GATE_TABLE, gate_passes
+from llmpack.measure import render
+from llmpack.measure.gates import GATES, GateResult, evaluate_gates, validate_gates
 from llmpack.measure.latency import LatencyEntry, Timing
+from llmpack.measure.render import _ratio, _write_text
 from llmpack.measure.size import SizeStats
 
 __all__ = ["Report", "ModelInfo", "GateResult", "GATES", "validate_gates", "evaluate_gates", "REPORT_SCHEMA_NAME"]
@@ -75,97 +76,6 @@ class ModelInfo:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-@dataclasses.dataclass
-class GateResult:
-    """One gate's outcome. ``applicable`` is False when the metric does not exist for the task
-    (e.g. ``min_top1`` on an encoder); such a gate is skipped, never failed.
-
-    Example:
-        >>> GateResult("min_top1", 0.9, 0.95, True).line()
-        'min_top1: 0.95 >= 0.9 ok'
-    """
-
-    name: str
-    threshold: float
-    value: float | None
-    passed: bool
-    applicable: bool = True
-
-    def line(self) -> str:
-        """One human line: ``name: value op threshold ok|FAILED``."""
-        if not self.applicable:
-            return f"{self.name}: not applicable to this model (skipped)"
-        op = GATES[self.name][2] if self.name in GATES else "?"
-        val = "n/a" if self.value is None else f"{self.value:.4g}"
-        return f"{self.name}: {val} {op} {self.threshold:g} {'ok' if self.passed else 'FAILED'}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GateResult":
-        """Inverse of :meth:`to_dict`."""
-        return cls(name=d["name"], threshold=d["threshold"], value=d.get("value"), passed=bool(d["passed"]),
-                   applicable=bool(d.get("applicable", True)))
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or a == 0:
-        return None
-    return b / a
-
-
-# name -> (description, metric(report) -> value | None, comparison): a view of the one gate table.
-GATES: dict[str, tuple[str, Callable[["Report"], float | None], str]] = {
-    g.name: (g.description, g.metric, g.op) for g in GATE_TABLE
-}
-
-
-def validate_gates(gates: Mapping[str, Any] | None) -> dict[str, float]:
-    """Check gate names and values; returns ``{name: float}``.
-
-    Raises:
-        ConfigError: an unknown gate name (the message lists the valid ones) or a non-numeric value.
-
-    Example:
-        >>> validate_gates({"min_top1": "0.9"})
-        {'min_top1': 0.9}
-    """
-    out: dict[str, float] = {}
-    for name, value in (gates or {}).items():
-        if name not in GATES:
-            raise ConfigError(f"unknown gate {name!r}: valid gates are {', '.join(GATES)}")
-        if value is None:
-            continue
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"gate {name} needs a number, got {value!r}") from None
-        if math.isnan(v):
-            raise ConfigError(f"gate {name} needs a number, got NaN")
-        out[name] = v
-    return out
-
-
-def evaluate_gates(report: "Report", gates: Mapping[str, Any] | None) -> list[GateResult]:
-    """Evaluate ``gates`` against a report (a missing metric makes the gate not applicable).
-
-    Example:
-        >>> [g.passed for g in evaluate_gates(Report.example(), {"max_size_ratio": 0.4})]
-        [False]
-    """
-    results = []
-    for name, thr in validate_gates(gates).items():
-        _, metric, op = GATES[name]
-        value = metric(report)
-        if value is None:
-            results.append(GateResult(name, thr, None, True, applicable=False))
-            continue
-        results.append(GateResult(name, thr, float(value), gate_passes(float(value), op, thr)))
-    return results
-
-
 def _finite(x: Any) -> Any:
     """Replace non-finite floats by ``None`` (strict JSON) recursively."""
     if isinstance(x, float):
@@ -175,25 +85,6 @@ def _finite(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= div:
-            return f"{n / div:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def _fmt(x: float | None, spec: str = ".4g", suffix: str = "") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:{spec}}{suffix}"
-
-
-def _fmt_ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}×"
 
 
 @dataclasses.dataclass
@@ -407,101 +298,16 @@ class Report:
         except json.JSONDecodeError as e:
             raise BadInputError(f"report is not valid JSON: {e}") from e
 
-    # ---- rendering ----------------------------------------------------------------------------
-    def _size_rows(self) -> list[tuple[str, str, str, str]]:
-        a, b = self.size_baseline, self.size_candidate
-        rows = []
-        if a.disk_bytes is not None or b.disk_bytes is not None:
-            rows.append(("weight files on disk", _fmt_bytes(a.weight_file_bytes), _fmt_bytes(b.weight_file_bytes),
-                         _fmt_ratio(self.disk_ratio)))
-            rows.append(("all files on disk", _fmt_bytes(a.disk_bytes), _fmt_bytes(b.disk_bytes),
-                         _fmt_ratio(_ratio(a.disk_bytes, b.disk_bytes))))
-        rows.append(("parameters + buffers", _fmt_bytes(a.total_param_bytes), _fmt_bytes(b.total_param_bytes),
-                     _fmt_ratio(self.param_ratio)))
-        for dt in sorted(set(a.param_bytes_by_dtype) | set(b.param_bytes_by_dtype)):
-            rows.append((f"  {dt}", _fmt_bytes(a.param_bytes_by_dtype.get(dt, 0)),
-                         _fmt_bytes(b.param_bytes_by_dtype.get(dt, 0)), ""))
-        rows.append(("peak memory, loading", _fmt_bytes(a.load_peak_bytes), _fmt_bytes(b.load_peak_bytes),
-                     _fmt_ratio(_ratio(a.load_peak_bytes, b.load_peak_bytes))))
-        rows.append(("peak memory, running", _fmt_bytes(a.run_peak_bytes), _fmt_bytes(b.run_peak_bytes),
-                     _fmt_ratio(_ratio(a.run_peak_bytes, b.run_peak_bytes))))
-        return rows
-
-    def _no_latency(self) -> str:
-        why = next((n for n in self.notes if n.startswith("latency not measured")), "latency not measured")
-        return why[0].upper() + why[1:] + "."
-
-    def _latency_rows(self) -> list[tuple[str, ...]]:
-        rows = []
-        for e in self.latency:
-            shape = f"{e.batch_size}×{e.seq_len}" + (f" +{e.new_tokens}" if e.new_tokens else "")
-            unit = "ms/step" if e.phase == "decode" else "ms"
-            rows.append((e.phase, shape, f"{e.baseline.p50_ms:.2f} / {e.baseline.p95_ms:.2f} {unit}",
-                         f"{e.candidate.p50_ms:.2f} / {e.candidate.p95_ms:.2f} {unit}",
-                         f"{e.baseline.tokens_per_s:.1f} → {e.candidate.tokens_per_s:.1f}",
-                         f"{e.speedup:.2f}×", str(len(e.baseline.samples_ms))))
-        return rows
-
-    def _accuracy_rows(self) -> list[tuple[str, str, str, str]]:
-        a = self.accuracy
-        if a.task == "causal-lm":
-            return [
-                ("perplexity", _fmt(a.ppl_baseline), _fmt(a.ppl_candidate), _fmt(a.ppl_delta_pct, "+.2f", "%")),
-                ("KL divergence mean / p99 (nats)", "", f"{_fmt(a.kl_mean, '.3g')} / {_fmt(a.kl_p99, '.3g')}", ""),
-                ("top-1 agreement", "", _fmt(a.top1, ".4f"), ""),
-                ("scored tokens / windows", "", f"{a.tokens} / {a.windows} (window {a.window}, stride {a.stride})", ""),
-            ]
-        return [
-            ("embedding cosine mean / min", "", f"{_fmt(a.cosine_mean, '.5f')} / {_fmt(a.cosine_min, '.5f')}", ""),
-            ("paraphrase pair similarity", _fmt(a.paraphrase_sim_baseline, ".3f"),
-             _fmt(a.paraphrase_sim_candidate, ".3f"), ""),
-            ("unrelated pair similarity", _fmt(a.unrelated_sim_baseline, ".3f"),
-             _fmt(a.unrelated_sim_candidate, ".3f"), ""),
-            ("sentences", "", str(a.sentences), ""),
-        ]
-
-    def _env_line(self) -> str:
-        e = self.environment
-        return (f"{e.get('device', '?')} ({e.get('device_name', '?')}), {e.get('threads', '?')} threads, "
-                f"torch {e.get('torch', '?')}, transformers {e.get('transformers', '?')}, "
-                f"llmpack {e.get('llmpack', '?')}; measured in {self.duration_s:.1f} s")
-
+    # ---- rendering (llmpack.measure.render) ----------------------------------------------------
     def to_markdown(self, path: str | os.PathLike[str] | None = None) -> str:
-        """A Markdown report (summary, size, latency, accuracy, gates, environment, notes).
+        """A Markdown report (summary, size, latency, accuracy, gates, environment, notes); also written to
+        ``path`` when given.
 
         Example:
             >>> Report.example().to_markdown().splitlines()[0]
             '## llmpack measure: base → cand'
         """
-        def table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-            out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-            out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-            return out
-
-        b, c = self.baseline, self.candidate
-        lines = [f"## llmpack measure: {b.name} → {c.name}", "", f"**{self.summary()}**", ""]
-        lines.append(f"Baseline `{b.name}` ({b.architecture}, {b.dtype}); candidate `{c.name}` "
-                     f"({c.architecture}, {c.dtype}{', method ' + c.method if c.method else ''}); task {self.task}.")
-        lines += ["", "### Size", ""]
-        lines += table(("", "baseline", "candidate", "ratio"), self._size_rows())
-        lines += ["", "### Latency (p50 / p95, interleaved)", ""]
-        if self.latency:
-            lines += table(("phase", "batch×seq", "baseline", "candidate", "tokens/s", "speedup", "runs"),
-                           self._latency_rows())
-        else:
-            lines.append(self._no_latency())
-        lines += ["", "### Accuracy", ""]
-        lines += table(("", "baseline", "candidate", "delta"), self._accuracy_rows())
-        if self.gate_results:
-            lines += ["", f"### Gates: {'passed' if self.passed else 'FAILED'}", ""]
-            lines += [f"- {g.line()}" for g in self.gate_results]
-        lines += ["", "### Environment", "", self._env_line()]
-        if self.notes:
-            lines += ["", "### Notes", ""] + [f"- {n}" for n in self.notes]
-        text = "\n".join(lines) + "\n"
-        if path is not None:
-            _write_text(Path(path), text)
-        return text
+        return render.to_markdown(self, path)
 
     def to_html(self) -> str:
         """A self-contained HTML fragment (what notebooks show).
@@ -510,32 +316,7 @@ class Report:
             >>> "<table" in Report.example().to_html()
             True
         """
-        esc = html.escape
-
-        def table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-            h = "".join(f"<th>{esc(x)}</th>" for x in head)
-            body = "".join("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in r) + "</tr>" for r in rows)
-            return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
-
-        colour = "#1a7f37" if self.passed else "#cf222e"
-        parts = [
-            "<div class=\"llmpack-report\">",
-            f"<h3>llmpack measure: {esc(self.baseline.name)} → {esc(self.candidate.name)}</h3>",
-            f"<p style=\"font-weight:bold;color:{colour}\">{esc(self.summary())}</p>",
-            "<h4>Size</h4>", table(("", "baseline", "candidate", "ratio"), self._size_rows()),
-            "<h4>Latency (p50 / p95, interleaved)</h4>",
-            table(("phase", "batch×seq", "baseline", "candidate", "tokens/s", "speedup", "runs"),
-                  self._latency_rows()) if self.latency else f"<p>{esc(self._no_latency())}</p>",
-            "<h4>Accuracy</h4>", table(("", "baseline", "candidate", "delta"), self._accuracy_rows()),
-        ]
-        if self.gate_results:
-            parts.append(f"<h4>Gates: {'passed' if self.passed else 'FAILED'}</h4><ul>"
-                         + "".join(f"<li>{esc(g.line())}</li>" for g in self.gate_results) + "</ul>")
-        parts.append(f"<p><small>{esc(self._env_line())}</small></p>")
-        if self.notes:
-            parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in self.notes) + "</ul>")
-        parts.append("</div>")
-        return "\n".join(parts)
+        return render.to_html(self)
 
     def _repr_html_(self) -> str:
         return self.to_html()
@@ -552,51 +333,7 @@ class Report:
             >>> p.stat().st_size > 1000
             True
         """
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(12, 4.5), dpi=100)
-        ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-        data, labels, colours = [], [], []
-        for e in self.latency:
-            tag = f"{e.phase}\nb{e.batch_size}"
-            for who, t, col in (("A", e.baseline, "#8c959f"), ("B", e.candidate, "#0969da")):
-                data.append(t.samples_ms or [t.p50_ms])
-                labels.append(f"{tag} {who}")
-                colours.append(col)
-        if data:
-            bp = ax1.boxplot(data, patch_artist=True, showfliers=True)
-            for patch, col in zip(bp["boxes"], colours):
-                patch.set_facecolor(col)
-            ax1.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
-            ax1.set_yscale("log")
-        ax1.set_ylabel("ms (decode: ms per step)")
-        ax1.set_title(f"latency — A = {self.baseline.label}, B = {self.candidate.label}")
-        a, b = self.size_baseline, self.size_candidate
-        cats = [("weights on disk", a.weight_file_bytes, b.weight_file_bytes),
-                ("params+buffers", a.total_param_bytes, b.total_param_bytes),
-                ("peak load", a.load_peak_bytes, b.load_peak_bytes),
-                ("peak run", a.run_peak_bytes, b.run_peak_bytes)]
-        cats = [c for c in cats if c[1] is not None or c[2] is not None]
-        xs = list(range(len(cats)))
-        ax2.bar([x - 0.2 for x in xs], [(c[1] or 0) / 2**20 for c in cats], 0.4, label=self.baseline.label,
-                color="#8c959f")
-        ax2.bar([x + 0.2 for x in xs], [(c[2] or 0) / 2**20 for c in cats], 0.4, label=self.candidate.label,
-                color="#0969da")
-        ax2.set_xticks(xs, [c[0] for c in cats], fontsize=8)
-        ax2.set_ylabel("MiB")
-        ax2.set_title("size and memory")
-        ax2.legend()
-        fig.suptitle(self.summary(), fontsize=10)
-        fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-        return out
+        return render.plot(self, path)
 
     # ---- a small fixed report for docs and tests ----------------------------------------------
     @classmethod
@@ -634,10 +371,3 @@ class Report:
         rep.gates = {"max_ppl_increase_pct": 2.0}
         rep.gate_results = evaluate_gates(rep, rep.gates)
         return rep
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -15,7 +15,7 @@ from llmpack.checkpoint.manifest import hash_file
 from llmpack.constants import CONFIG_FILE, MANIFEST_FILE
 from llmpack.errors import BadInputError, LlmpackError, SourceNotFoundError
 
-__all__ = ["detect_task"]
+__all__ = ["detect_task", "load_model"]
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 _ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2",
@@ -226,3 +226,66 @@ def _resident_bytes(a: _Side, b: _Side, dev: torch.device) -> tuple[int, int]:
     from llmpack.stream import available_bytes
 
     return int(need * 1.1), available_bytes(dev)
+
+
+# --- loading a side's model ------------------------------------------------------------------------
+
+
+def load_model(path: str | os.PathLike[str], task: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a model directory (or a ``.gguf`` file) for measuring. The ONE place measure loads models.
+
+    Uses :func:`llmpack.load` (which also runs llmpack's int8 layers); falls back to transformers'
+    ``from_pretrained`` (stored dtype kept) where ``llmpack.runtime.load`` is not installed, and for ``.gguf``.
+
+    Example:
+        >>> m = load_model("models/smollm2", "causal-lm")  # doctest: +SKIP
+    """
+    p = Path(path)
+    dev = torch.device(device)
+    if p.is_dir():
+        try:
+            from llmpack.runtime.load import load as _llmpack_load
+        except ImportError:
+            _llmpack_load = None
+        if _llmpack_load is not None:
+            return _llmpack_load(p, device=str(dev)).eval()
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    cls = AutoModelForCausalLM if task == "causal-lm" else AutoModel
+    kw: dict[str, Any] = {"gguf_file": p.name} if p.is_file() else {}
+    where = p.parent if p.is_file() else p
+    try:
+        model = cls.from_pretrained(where, dtype="auto", **kw)
+    except TypeError:  # transformers < 4.56 spells it torch_dtype
+        model = cls.from_pretrained(where, torch_dtype="auto", **kw)
+    return model.to(dev).eval()
+
+
+def _dominant_dtype(by_dtype: Mapping[str, int]) -> str:
+    return max(by_dtype.items(), key=lambda kv: kv[1])[0] if by_dtype else ""
+
+
+def _max_positions(cfg: Mapping[str, Any]) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        v = cfg.get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def _module_device(m: torch.nn.Module) -> torch.device | None:
+    for p in m.parameters():
+        return p.device
+    return None
+
+
+# ---- the API -----------------------------------------------------------------------------------

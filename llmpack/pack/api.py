@@ -24,12 +24,9 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -42,17 +39,13 @@ from llmpack.constants import (
     ANN_VERSION,
     CONFIG_FILE,
     ENV_MODEL,
-    ENV_SOURCE_DATE_EPOCH,
     MANIFEST_FILE,
     MODELS_ROOT,
     MT_OCI_CONFIG,
     MT_OCI_INDEX,
     MT_OCI_MANIFEST,
 )
-from llmpack.errors import (
-    BadInputError,
-    IntegrityError,
-)
+from llmpack.errors import IntegrityError
 from llmpack.checkpoint.manifest import read_json_object
 from llmpack.pack import modelpack
 from llmpack.pack.context import (
@@ -70,200 +63,23 @@ from llmpack.pack.context import (
 from llmpack.pack.deploy import DEPLOY_DIR, DeploySpec, render_deploy
 from llmpack.pack.dockerfile import NONROOT_USER, render_dockerfile, render_dockerignore, runtime_spec
 from llmpack.pack.files import ModelFile, collect_files
-from llmpack.pack.oci import COMPRESSIONS, BlobStore, Descriptor, atomic_write, write_layer
+from llmpack.pack.oci import BlobStore, Descriptor, atomic_write, write_layer
+from llmpack.pack.options import ARTIFACTS, PackOptions, check_name, default_name
+from llmpack.pack.options import epoch as _epoch
+from llmpack.pack.options import platforms as _platforms
+from llmpack.pack.options import rfc3339 as _rfc3339
 from llmpack.pack.registry_limits import registry_warnings
+from llmpack.pack.result import LayerResult, PackResult
 from llmpack.pack.tar import layer_members, tar_size
 
-__all__ = ["pack", "PackResult", "LayerResult", "ARTIFACTS", "CACHE_FILE", "LOCK_FILE"]
+__all__ = ["pack", "PackResult", "LayerResult", "PackOptions", "ARTIFACTS", "CACHE_FILE", "LOCK_FILE", "default_name"]
 
-ARTIFACTS = ("image", "modelpack")
-_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _WHEELS_README = """\
 Wheels for the Dockerfile's build stage (runtime llmpack): `pip install --find-links` reads this folder.
 Offline builds: put llmpack's wheel and its dependencies here (pip wheel -w wheels/ ...) and pass
 --build-arg PIP_ARGS=--no-index.
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerResult:
-    """One layer of the packed image.
-
-    Attributes:
-        digest: ``sha256:…`` of the blob (compressed bytes when compressed).
-        size: blob size in bytes.
-        media_type: the layer media type.
-        diff_id: ``sha256:…`` of the uncompressed tar.
-        files: model files in the layer (relative to the model directory).
-        reused: the blob was already in ``oci/`` (nothing written).
-    """
-
-    digest: str
-    size: int
-    media_type: str
-    diff_id: str
-    files: tuple[str, ...]
-    reused: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        d = dataclasses.asdict(self)
-        d["files"] = list(self.files)
-        return d
-
-
-@dataclasses.dataclass
-class PackResult:
-    """What :func:`pack` produced.
-
-    Attributes:
-        name / tag: image name and tag (``ref.name`` in ``index.json``).
-        artifact: ``image`` or ``modelpack``.
-        manifest_digest: digest of the image manifest (what a registry reports after a push).
-        config_digest: digest of the image (or ModelPack) config.
-        layers: the layers, bottom first.
-        out: the output directory.
-        paths: ``dockerfile``, ``dockerignore``, ``context`` (model/), ``oci``, ``index``.
-        bytes_written: bytes of new blobs written (incremental re-pack: only the changed layers).
-        blobs_written / blobs_reused: how many blobs were new / already present.
-        warnings: registry-limit and skipped-file warnings.
-        seconds: wall time.
-        platforms: ``os/arch`` of each image manifest (several: the tag names an OCI image index).
-        notes: what was not written and why (e.g. no Kubernetes files without a pinned server image).
-        deploy: deploy files written (``compose.yaml``, ``k8s/…``) -> their paths.
-    """
-
-    name: str
-    tag: str
-    artifact: str
-    runtime: str
-    compression: str
-    manifest_digest: str
-    config_digest: str
-    layers: list[LayerResult]
-    out: Path
-    paths: dict[str, str]
-    bytes_written: int
-    blobs_written: int
-    blobs_reused: int
-    warnings: list[str]
-    seconds: float
-    platforms: list[str] = dataclasses.field(default_factory=lambda: ["linux/amd64"])
-    notes: list[str] = dataclasses.field(default_factory=list)
-    deploy: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    @property
-    def reference(self) -> str:
-        """``name:tag``."""
-        return f"{self.name}:{self.tag}"
-
-    @property
-    def total_size(self) -> int:
-        """Sum of the layer sizes."""
-        return sum(layer.size for layer in self.layers)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the ``--format json`` output of ``llmpack pack``).
-
-        Example:
-            >>> sorted(PackResult.__dataclass_fields__)[:3]
-            ['artifact', 'blobs_reused', 'blobs_written']
-        """
-        return {
-            "name": self.name,
-            "tag": self.tag,
-            "reference": self.reference,
-            "artifact": self.artifact,
-            "runtime": self.runtime,
-            "compression": self.compression,
-            "manifest_digest": self.manifest_digest,
-            "config_digest": self.config_digest,
-            "layers": [layer.to_dict() for layer in self.layers],
-            "total_size": self.total_size,
-            "out": str(self.out),
-            "paths": dict(self.paths),
-            "bytes_written": self.bytes_written,
-            "blobs_written": self.blobs_written,
-            "blobs_reused": self.blobs_reused,
-            "warnings": list(self.warnings),
-            "seconds": round(self.seconds, 3),
-            "platforms": list(self.platforms),
-            "notes": list(self.notes),
-            "deploy": dict(self.deploy),
-        }
-
-    def summary(self) -> str:
-        """A few human-readable lines."""
-        lines = [
-            f"packed {self.reference} ({self.artifact}) into {self.out}",
-            f"  manifest {self.manifest_digest}",
-            f"  {len(self.layers)} layers, {self.total_size / 1e6:.1f} MB; wrote {self.bytes_written / 1e6:.1f} MB "
-            f"({self.blobs_written} new blobs, {self.blobs_reused} reused) in {self.seconds:.1f} s",
-        ]
-        for layer in self.layers:
-            files = ", ".join(layer.files[:3]) + (f" +{len(layer.files) - 3}" if len(layer.files) > 3 else "")
-            lines.append(f"  {layer.digest[:19]}  {layer.size:>14,d}  {files}")
-        lines.append(f"  Dockerfile: {self.paths['dockerfile']}   OCI layout: {self.paths['oci']}:{self.tag}")
-        if self.deploy:
-            lines.append(f"  deploy files: {', '.join(self.deploy)} in {Path(next(iter(self.deploy.values()))).parent}")
-        lines.extend(f"note: {n}" for n in self.notes)
-        lines.extend(f"warning: {w}" for w in self.warnings)
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-def default_name(model_dir: str | os.PathLike[str]) -> str:
-    """An image name from the directory name: lower case, ``[a-z0-9._-]``.
-
-    Example:
-        >>> default_name("/m/SmolLM2-135M_Instruct")
-        'smollm2-135m_instruct'
-    """
-    base = Path(os.path.abspath(model_dir)).name.lower()
-    base = re.sub(r"[^a-z0-9._-]+", "-", base)
-    base = re.sub(r"[._-]{2,}", "-", base).strip("._-")
-    return base or "model"
-
-
-def _epoch(source_date_epoch: int | None) -> int:
-    if source_date_epoch is None:
-        env = os.environ.get(ENV_SOURCE_DATE_EPOCH, "").strip()
-        if not env:
-            return 0
-        try:
-            source_date_epoch = int(env)
-        except ValueError:
-            raise BadInputError(f"{ENV_SOURCE_DATE_EPOCH}={env!r} is not an integer: "
-                                "set it to seconds since 1970 or unset it") from None
-    if not 0 <= int(source_date_epoch) < 8**11:
-        raise BadInputError(f"source_date_epoch {source_date_epoch} out of range: use seconds since 1970 (>= 0)")
-    return int(source_date_epoch)
-
-
-def _rfc3339(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _platform(platform: str) -> dict[str, str]:
-    parts = platform.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise BadInputError(f"platform {platform!r} is not os/arch[/variant]: e.g. linux/amd64")
-    d = {"os": parts[0], "architecture": parts[1]}
-    if len(parts) == 3:
-        d["variant"] = parts[2]
-    return d
-
-
-def _platforms(platform: str) -> list[dict[str, str]]:
-    """``"linux/amd64,linux/arm64"`` -> platform dicts (one image manifest each, in an image index)."""
-    names = [x.strip() for x in platform.split(",") if x.strip()]
-    if not names:
-        raise BadInputError(f"platform {platform!r} is empty: e.g. linux/amd64 or linux/amd64,linux/arm64")
-    if len(set(names)) != len(names):
-        raise BadInputError(f"platform {platform!r} names a platform twice")
-    return [_platform(x) for x in names]
 
 
 def _read_llmpack_manifest(model_dir: Path) -> dict[str, Any] | None:
@@ -297,7 +113,7 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
          tag: str = "latest", base_image: str | None = None, runtime: str = "none", artifact: str = "image",
          compression: str = "none", source_date_epoch: int | None = None, allow_files: Iterable[str] = (),
          overwrite: bool = False, platform: str = "linux/amd64", registry: str | None = None,
-         server_image: str | None = None, quiet: bool = False) -> PackResult:
+         server_image: str | None = None, quiet: bool = False, options: PackOptions | None = None) -> PackResult:
     """Pack a model directory into ``out/``: Dockerfile stub, build context and OCI image layout.
 
     Args:
@@ -320,6 +136,8 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
         server_image: the serving image for the deploy files, pinned by digest (default: the runtime's base
             where it is the server and pinned, as for ``vllm``).
         quiet: no progress bar.
+        options: all of the above as one :class:`~llmpack.pack.options.PackOptions` (then leave the keywords
+            at their defaults).
 
     Returns:
         A :class:`PackResult` with the manifest digest, layers, paths and bytes written.
@@ -335,46 +153,33 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
         ('config.json', 'llmpack.json', 'model.safetensors.index.json', 'tokenizer.json')
     """
     t0 = time.perf_counter()
+    allowed = (allow_files,) if isinstance(allow_files, str) else tuple(allow_files)
+    o = PackOptions.from_keywords(
+        options, name=name, tag=tag, base_image=base_image, runtime=runtime, artifact=artifact,
+        compression=compression, source_date_epoch=source_date_epoch, allow_files=allowed,
+        overwrite=overwrite, platform=platform, registry=registry, server_image=server_image, quiet=quiet)
     model_dir = Path(model_dir)
     out = Path(out)
-    rt = runtime_spec(runtime)
-    if artifact not in ARTIFACTS:
-        raise BadInputError(f"unknown artifact {artifact!r}: choose one of {', '.join(ARTIFACTS)}")
-    if compression not in COMPRESSIONS:
-        raise BadInputError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
-    if compression == "zstd":
+    rt = runtime_spec(o.runtime)
+    if o.compression == "zstd":
         from llmpack.pack.oci import _zstd_module
 
         _zstd_module()
-    name = name if name is not None else default_name(model_dir)
-    if not _NAME_RE.match(name) or len(name) > 128:
-        raise BadInputError(f"invalid image name {name!r}: use lower-case letters, digits and single . _ - "
-                            "between them, e.g. --name smollm2-int8")
-    if not _TAG_RE.match(tag):
-        raise BadInputError(f"invalid tag {tag!r}: use letters, digits, '_', '.', '-' (max 128, not starting "
-                            "with '.' or '-')")
-    plats = _platforms(platform)
-    if len(plats) > 1 and artifact != "image":
-        raise BadInputError(f"a multi-platform index needs artifact 'image', not {artifact!r}: pack one platform")
-    if registry is not None and (not registry.strip("/") or any(c.isspace() for c in registry)):
-        raise BadInputError(f"invalid registry {registry!r}: e.g. ghcr.io/my-org or localhost:5000")
-    if server_image is not None:
-        from llmpack.pack.deploy import is_pinned
-
-        if not is_pinned(server_image):
-            raise BadInputError(f"server image {server_image!r} is not pinned by digest: use "
-                                "REPOSITORY[:TAG]@sha256:<digest> (`skopeo inspect docker://IMAGE` prints it)")
-    epoch = _epoch(source_date_epoch)
+    name = o.name if o.name is not None else check_name(default_name(model_dir))
+    tag, base_image, artifact, compression = o.tag, o.base_image, o.artifact, o.compression
+    registry, server_image, quiet = o.registry, o.server_image, o.quiet
+    plats = _platforms(o.platform)
+    epoch = _epoch(o.source_date_epoch)
     created = _rfc3339(epoch)
 
-    selection = collect_files(model_dir, allow_files)
+    selection = collect_files(model_dir, o.allow_files)
     files = selection.files
     manifest = _read_llmpack_manifest(model_dir)
     _check_manifest_sizes(model_dir, files, manifest)
     hf_config = read_json_object(model_dir / CONFIG_FILE)
     warnings = list(selection.warnings)
 
-    _prepare_out(model_dir, out, overwrite)
+    _prepare_out(model_dir, out, o.overwrite)
     with _Lock(out):
         return _pack_locked(
             model_dir=model_dir, out=out, files=files, name=name, tag=tag, base_image=base_image, rt_name=rt.name,
@@ -385,7 +190,7 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
 
 def _labels(name: str, version: str, created: str | None, revision: str, manifest: dict[str, Any] | None,
             rt_desc: str) -> dict[str, str]:
-    from llmpack import __version__
+    from llmpack._version import __version__
 
     labels = {
         ANN_TITLE: name,

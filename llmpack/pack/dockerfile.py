@@ -226,7 +226,7 @@ def render_dockerfile(name: str, weight_files: Sequence[str], small_files: Seque
         "",
     ]
     if rt.build_stage:
-        from llmpack import __version__
+        from llmpack._version import __version__
 
         out.extend(line.replace("{version}", __version__) for line in rt.build_stage)
     out.extend(["FROM ${BASE_IMAGE}", ""])

@@ -98,7 +98,7 @@ class Engine:
         import torch
         from transformers import AutoTokenizer, GenerationConfig
 
-        from llmpack import __version__
+        from llmpack._version import __version__
         from llmpack.runtime.load import load, read_config
 
         cfg = self.config

@@ -76,7 +76,7 @@ def _prepare_int8_rest(st: BlockStreamer) -> Any:
 def _whole(model: torch.nn.Module, get: Any, config: dict, device: "str | torch.device", dtype: torch.dtype | None,
            why: Exception) -> BlockStreamer:
     """An architecture without blocks to stream: load it whole when it fits (a :class:`WholeModel`), else say so."""
-    from llmpack.stream.blocks import _set_tensor
+    from llmpack.stream.skeleton import set_tensor as _set_tensor
     from llmpack.stream.weights import expected_tensors
 
     want = expected_tensors(model)

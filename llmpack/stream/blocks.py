@@ -38,34 +38,12 @@ import torch
 
 from llmpack.errors import BadInputError, ConfigMismatchError, StreamUnsupported
 from llmpack.stream.memory import free_memory, trim_heap
+from llmpack.stream.skeleton import WeightGetter, find_blocks, persistent_buffers, set_tensor, tie_parameter
 
 __all__ = ["BlockStreamer", "Window", "find_blocks", "StreamUnsupported", "LOGIT_CHUNK", "free_memory"]
 
 LOGIT_CHUNK = 128
 """Tokens per logits chunk in :meth:`BlockStreamer.logits` (``chunk × vocab`` float32 at a time)."""
-
-
-def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
-    """The decoder (or encoder) block list: the ``ModuleList`` of same-class modules holding most parameters.
-
-    Example:
-        >>> from llmpack.testing import tiny_model
-        >>> find_blocks(tiny_model("gpt2"))[0]
-        'transformer.h'
-    """
-    best: tuple[int, str, torch.nn.ModuleList] | None = None
-    for name, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.ModuleList) or len(mod) == 0:
-            continue
-        kinds = {type(c) for c in mod}
-        if len(kinds) != 1:
-            continue
-        n = sum(p.numel() for p in mod.parameters())
-        if n and (best is None or n > best[0]):
-            best = (n, name, mod)
-    if best is None:
-        raise StreamUnsupported(f"{type(model).__name__} has no list of identical blocks: it cannot be streamed")
-    return best[1], best[2]
 
 
 class _Caught(Exception):
@@ -85,30 +63,6 @@ class Window:
     inputs: dict[str, torch.Tensor]
     hidden: torch.Tensor | None = None
     calls: list[tuple[tuple[Any, ...], dict[str, Any], str | int]] = dataclasses.field(default_factory=list)
-
-
-WeightGetter = Callable[[str], torch.Tensor]
-
-
-def _set_tensor(root: torch.nn.Module, name: str, t: torch.Tensor) -> None:
-    mod_name, _, attr = name.rpartition(".")
-    mod = root.get_submodule(mod_name) if mod_name else root
-    if attr in mod._parameters:
-        old = mod._parameters[attr]
-        mod._parameters[attr] = torch.nn.Parameter(t, requires_grad=False) if old is not None else None
-    elif attr in mod._buffers:
-        mod._buffers[attr] = t
-    else:  # pragma: no cover - names come from named_parameters/buffers
-        raise BadInputError(f"{name} is neither a parameter nor a buffer of the model")
-
-
-def _persistent_buffers(module: torch.nn.Module, prefix: str = "") -> list[str]:
-    out = []
-    for name, mod in module.named_modules():
-        for b in mod._buffers:
-            if mod._buffers[b] is not None and b not in mod._non_persistent_buffers_set:
-                out.append(f"{prefix}{name + '.' if name else ''}{b}")
-    return out
 
 
 class BlockStreamer:
@@ -186,14 +140,14 @@ class BlockStreamer:
 
     def _names(self, module: torch.nn.Module, prefix: str) -> list[str]:
         names = [f"{prefix}{n}" for n, _ in module.named_parameters(remove_duplicate=False)]
-        return names + _persistent_buffers(module, prefix)
+        return names + persistent_buffers(module, prefix)
 
     def _load_into(self, module: torch.nn.Module, prefix: str) -> None:
         for full in self._names(module, prefix):
-            _set_tensor(self.model, full, self._cast(full, self._weight(full)))
+            set_tensor(self.model, full, self._cast(full, self._weight(full)))
         for name, b in list(module.named_buffers()):  # non-persistent buffers follow the block to the device
             if b.device != self.device and b.device.type != "meta":
-                _set_tensor(self.model, f"{prefix}{name}", b.to(self.device))
+                set_tensor(self.model, f"{prefix}{name}", b.to(self.device))
 
     def prepare(self) -> None:
         """Materialise everything outside the blocks (embeddings, norms, head), once."""
@@ -209,9 +163,9 @@ class BlockStreamer:
             # from_pretrained's tie_weights: a tied head costs no second copy
             key = (stored_as(full) if stored_as is not None else None) or id(p)
             if key in seen or id(p) in seen:
-                self._tie(full, seen.get(key, seen.get(id(p))))
+                tie_parameter(self.model, full, seen.get(key, seen.get(id(p))))
                 continue
-            _set_tensor(self.model, full, self._cast(full, self._weight(full)))
+            set_tensor(self.model, full, self._cast(full, self._weight(full)))
             seen[key] = seen[id(p)] = self.model.get_parameter(full)
         block_mods = {id(m) for m in self.blocks.modules()}
         for mname, mod in self.model.named_modules():
@@ -232,11 +186,6 @@ class BlockStreamer:
             fn(self.model)
         self._rest_ready = True
         trim_heap()  # the stored-dtype copies read on the way
-
-    def _tie(self, name: str, param: torch.nn.Parameter | None) -> None:
-        mod_name, _, attr = name.rpartition(".")
-        mod = self.model.get_submodule(mod_name) if mod_name else self.model
-        mod._parameters[attr] = param
 
     def _apply_fp32(self, names: list[str]) -> None:
         """Modules kept in float32 (FP16 overflow remedies) cast their inputs up and outputs back."""
