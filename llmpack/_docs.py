@@ -24,6 +24,7 @@ import textwrap
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from llmpack._atomic import atomic_write
 from llmpack._docs_api import HEADER as _HEADER
 from llmpack._docs_api import _md_cell, _slug, api_objects, render_api
 
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stale.append(path)
         if not args.check:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            atomic_write(path, text)
             print(f"wrote {path}")
     if args.check and stale:
         for path in stale:

@@ -9,6 +9,8 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
+from llmpack._env import progress_enabled
+
 __all__ = ["progress", "emit", "color_enabled"]
 
 
@@ -26,7 +28,7 @@ def progress(total: int | None, desc: str, *, unit: str = "B", quiet: bool = Fal
         >>> with progress(10, "work", quiet=True) as bar:
         ...     bar.update(10)
     """
-    disable = quiet or not _tty() or os.environ.get("LLMPACK_PROGRESS", "") == "0"
+    disable = quiet or not _tty() or not progress_enabled()
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=(unit == "B"), unit_divisor=1024 if unit == "B" else 1000,
                 disable=disable, file=sys.stderr, leave=False, dynamic_ncols=True, **kw)
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import traceback
 from typing import Sequence
 
 from llmpack import __version__
-from llmpack.constants import ENV_DEBUG
+from llmpack._env import debug as _env_debug
 from llmpack.errors import Interrupted, LlmpackError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _debug() -> bool:
-    return os.environ.get(ENV_DEBUG, "").strip() not in ("", "0", "false", "no")
+    return _env_debug()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

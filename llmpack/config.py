@@ -7,6 +7,7 @@ import re
 from enum import Enum
 from typing import Any, Mapping, TypeVar
 
+from llmpack._dtypes import FLOAT_SHORT_NAMES, short_name
 from llmpack.constants import DEFAULT_MAX_SHARD_SIZE
 from llmpack.errors import ConfigError
 
@@ -41,14 +42,11 @@ class Method(str, Enum):
             "w8a8": "int8",
             "w8a16": "int8-weight-only",
             "int8-wo": "int8-weight-only",
-            "float16": "fp16",
-            "half": "fp16",
-            "bfloat16": "bf16",
             "fp8-dynamic": "fp8",
             "float8": "fp8",
             "fp8-wo": "fp8-weight-only",
         }
-        key = aliases.get(key, key)
+        key = aliases.get(key) or short_name(key)
         try:
             return cls(key)
         except ValueError:
@@ -163,8 +161,8 @@ class Recipe:
         object.__setattr__(self, "ignore", tuple(str(p) for p in self.ignore))
         if self.float_dtype is not None:
             fd = str(self.float_dtype).lower()
-            fd = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32"}.get(fd, fd)
-            if fd not in ("fp16", "bf16", "fp32"):
+            fd = short_name(fd)
+            if fd not in FLOAT_SHORT_NAMES:
                 raise ConfigError(f"invalid float_dtype {self.float_dtype!r}: choose fp16, bf16 or fp32")
             object.__setattr__(self, "float_dtype", fd)
         if self.fp16_overflow not in ("error", "keep"):

@@ -47,12 +47,7 @@ CT_FORMAT_FLOAT = "float-quantized"
 CT_STATUS_COMPRESSED = "compressed"
 WEIGHT_SCALE_SUFFIX = "weight_scale"
 
-# --- environment ----------------------------------------------------------------------------
-ENV_DEBUG = "LLMPACK_DEBUG"
-ENV_SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
-ENV_MODEL = "LLMPACK_MODEL"
-ENV_CACHE = "LLMPACK_CACHE"
-ENV_API_KEY = "LLMPACK_API_KEY"  # llmpack serve: the Bearer key (instead of --api-key on the command line)
+# --- environment: the variables and their readers are in llmpack._env -----------------------
 
 # --- OCI ------------------------------------------------------------------------------------
 OCI_LAYOUT_FILE = "oci-layout"

@@ -89,7 +89,7 @@ def step_measure(st: DemoState) -> None:
         if method not in st.outputs:
             continue
         report = measure(st.source, st.outputs[method], quick=True, quiet=True, gates={"max_ppl_increase_pct": 5})
-        (st.out / f"report-{method}.md").write_text(report.to_markdown())
+        report.to_markdown(st.out / f"report-{method}.md")
         report.plot(st.out / f"report-{method}.png")
         st.notes.append(f"measure {report.summary()}  gates {'passed' if report.passed else 'FAILED'}"
                         f"  (report-{method}.md/.png)")

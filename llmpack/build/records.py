@@ -15,14 +15,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from llmpack.checkpoint.manifest import hash_file, read_json_object
+from llmpack._atomic import atomic_write
+from llmpack._jsonfile import read_json_object
+from llmpack.checkpoint.manifest import hash_file
 from llmpack.config import Recipe
 from llmpack.constants import MANIFEST_FILE
-from llmpack.errors import LlmpackError, OutputWriteError
+from llmpack.errors import LlmpackError
 
 if TYPE_CHECKING:
     from llmpack.build.config import BuildConfig, SourceSection
@@ -271,22 +272,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
         >>> json.loads(p.read_text())
         {'a': 1}
     """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise OutputWriteError(f"cannot write {path}: {e.strerror}; check the folder and its permissions") from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n", fsync=True,
+                 fix="check the folder and its permissions")
 
 
 def read_history(path: "str | os.PathLike[str]") -> dict[str, list[dict[str, Any]]]:

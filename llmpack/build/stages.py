@@ -37,7 +37,8 @@ from llmpack.build.records import (
     record_state,
     write_json_atomic,
 )
-from llmpack.checkpoint.manifest import hash_file, read_json_object
+from llmpack._jsonfile import read_json_object
+from llmpack.checkpoint.manifest import hash_file
 from llmpack.constants import MANIFEST_FILE
 from llmpack.errors import OutputExistsError
 from llmpack.measure.gates import evaluate_recorded

@@ -12,13 +12,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 
+from llmpack._dtypes import torch_dtype
+from llmpack._jsonfile import read_json
 from llmpack.constants import CONFIG_FILE
 from llmpack.errors import ConfigError, SourceNotFoundError
 
@@ -27,13 +28,8 @@ __all__ = ["read_config", "model_class", "build_meta_model"]
 
 def read_config(path: "str | os.PathLike[str]") -> dict[str, Any]:
     """``config.json`` of a model directory as a dict."""
-    p = Path(path) / CONFIG_FILE
-    if not p.is_file():
-        raise SourceNotFoundError(f"{p} is missing: pass an HF model directory with a config.json")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{p}: invalid JSON ({e}); fix or re-create config.json") from e
+    return read_json(Path(path) / CONFIG_FILE, error=ConfigError, fix="fix or re-create config.json",
+                     missing=SourceNotFoundError, missing_fix="pass an HF model directory with a config.json")
 
 
 def model_class(config: Mapping[str, Any]) -> type:
@@ -97,9 +93,7 @@ def _default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
 
 def _config_dtype(config: Mapping[str, Any]) -> torch.dtype | None:
     name = config.get("dtype") or config.get("torch_dtype")
-    if isinstance(name, str) and hasattr(torch, name) and isinstance(getattr(torch, name), torch.dtype):
-        return getattr(torch, name)
-    return None
+    return torch_dtype(name) if isinstance(name, str) else None
 
 
 def build_meta_model(config: Mapping[str, Any], dtype: torch.dtype | None = None) -> torch.nn.Module:

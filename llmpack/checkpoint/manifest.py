@@ -16,24 +16,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from llmpack._jsonfile import read_json, read_json_object
 from llmpack.constants import MANIFEST_FILE, MANIFEST_FORMAT_VERSION
 from llmpack.errors import BadInputError, IntegrityError
 
 __all__ = ["Manifest", "read_manifest", "write_manifest", "hash_file", "file_entry", "read_json_object"]
-
-
-def read_json_object(path: "str | os.PathLike[str]") -> dict[str, Any] | None:
-    """The JSON object stored at ``path``, or ``None`` when it is missing, unreadable or not an object.
-
-    Example:
-        >>> read_json_object("/nonexistent/config.json") is None
-        True
-    """
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def hash_file(path: "str | os.PathLike[str]", chunk: int = 8 * 1024 * 1024) -> str:
@@ -131,19 +118,8 @@ def read_manifest(directory: "str | os.PathLike[str]") -> Manifest:
         >>> read_manifest("model-bf16").recipe["method"]  # doctest: +SKIP
         'bf16'
     """
-    p = Path(directory) / MANIFEST_FILE
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise IntegrityError(f"{p} is missing: not an llmpack model dir (re-create it with `llmpack quantize`)") from None
-    except OSError as e:
-        raise IntegrityError(f"cannot read {p}: {e}") from e
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise IntegrityError(f"{p} is not valid JSON ({e}); re-create the model") from e
-    if not isinstance(data, dict):
-        raise IntegrityError(f"{p} is not a JSON object; re-create the model")
+    data = read_json(Path(directory) / MANIFEST_FILE, error=IntegrityError, fix="re-create the model",
+                     missing_fix="not an llmpack model dir (re-create it with `llmpack quantize`)")
     return Manifest.from_dict(data)
 
 

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
+from llmpack._dtypes import ST_TORCH_NAMES, torch_dtype
+from llmpack._jsonfile import read_json
 from llmpack.constants import CONFIG_FILE, PICKLE_SUFFIXES, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from llmpack.errors import BadInputError, IntegrityError, SourceNotFoundError, UnsafePathError, UnsupportedFormatError
 from llmpack.checkpoint.validate import check_inside, validate_index, validate_safetensors
@@ -35,20 +37,8 @@ HASH_CHUNK = 8 * 1024 * 1024
 MAX_HEADER = 100 * 1024 * 1024
 
 DTYPE_FROM_ST: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+    st: dt for st, dt in ((st, torch_dtype(name)) for st, name in ST_TORCH_NAMES.items()) if dt is not None
 }
-if hasattr(torch, "float8_e4m3fn"):
-    DTYPE_FROM_ST["F8_E4M3"] = torch.float8_e4m3fn
-    DTYPE_FROM_ST["F8_E5M2"] = torch.float8_e5m2
 DTYPE_TO_ST: dict[torch.dtype, str] = {v: k for k, v in DTYPE_FROM_ST.items()}
 
 
@@ -255,13 +245,7 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         if self._config is False:
             p = self.dir / CONFIG_FILE
             if p.is_file():
-                try:
-                    self._config = json.loads(p.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as e:
-                    raise BadInputError(f"{p}: invalid JSON ({e}); fix or re-create config.json") from e
-                if not isinstance(self._config, dict):
-                    raise BadInputError(f"{p}: expected a JSON object, got {type(self._config).__name__}; "
-                                        "fix or re-create config.json")
+                self._config = read_json(p, error=BadInputError, fix="fix or re-create config.json")
             else:
                 self._config = None
         return self._config  # type: ignore[return-value]

@@ -39,6 +39,7 @@ import stat
 from pathlib import Path
 from typing import Any, Mapping
 
+from llmpack._dtypes import ST_SIZES
 from llmpack.errors import IntegrityError, UnsafePathError, UnsupportedFormatError
 
 __all__ = [
@@ -55,20 +56,7 @@ __all__ = [
 MAX_HEADER_BYTES = 100_000_000
 
 #: safetensors dtype name -> bytes per element, for every dtype llmpack reads.
-DTYPE_SIZES: dict[str, int] = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "I16": 2,
-    "F16": 2,
-    "BF16": 2,
-    "I32": 4,
-    "F32": 4,
-    "I64": 8,
-    "F64": 8,
-}
+DTYPE_SIZES: dict[str, int] = dict(ST_SIZES)
 
 _FIX = "the file is corrupt or truncated; re-download the source or re-quantize"
 _INDEX_FIX = "re-download the model or re-create the index"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from llmpack._atomic import atomic_write
 from llmpack.errors import GateFailedError
 
 __all__ = ["register", "run", "add_gate_arguments", "add_measure_arguments", "write_outputs", "finish"]
@@ -93,7 +94,7 @@ def write_outputs(report: Any, args: Any) -> list[str]:
     if getattr(args, "html", None):
         p = Path(args.html)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("<!doctype html><meta charset=\"utf-8\">\n" + report.to_html() + "\n", encoding="utf-8")
+        atomic_write(p, "<!doctype html><meta charset=\"utf-8\">\n" + report.to_html() + "\n")
         written.append(args.html)
     if getattr(args, "plot", None):
         report.plot(args.plot)

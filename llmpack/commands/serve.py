@@ -25,7 +25,7 @@ Example:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand."""
-    from llmpack.constants import ENV_API_KEY
+    from llmpack._env import ENV_API_KEY
 
     p = subparsers.add_parser("serve", help="OpenAI-compatible server with dynamic batching, probes and metrics",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``llmpack serve``."""
     import importlib.util
 
-    from llmpack.constants import ENV_API_KEY
+    from llmpack._env import api_key
     from llmpack.errors import BadInputError
     from llmpack.serve.config import ServeConfig
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         model_dir=args.model, host=args.host, port=args.port, device=args.device,
         served_model_name=args.served_model_name, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, drain_timeout=args.drain_timeout,
-        api_key=args.api_key or os.environ.get(ENV_API_KEY) or None, threads=args.threads,
+        api_key=args.api_key or api_key(), threads=args.threads,
         continuous=not args.static_batching, default_max_tokens=args.default_max_tokens, warmup=not args.no_warmup,
     )
     return serve(config, quiet=args.quiet, log_format=args.format)

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmpack._atomic import atomic_path, atomic_write
+
 __all__ = ["to_markdown", "to_html", "plot", "size_rows", "latency_rows", "accuracy_rows", "env_line"]
 
 
@@ -240,14 +242,11 @@ def plot(report: Any, path: str | os.PathLike[str]) -> Path:
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
     return out
 
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, text)

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from llmpack._dtypes import short_name
 from llmpack.constants import REPORT_SCHEMA_VERSION
 from llmpack.errors import BadInputError
 from llmpack.measure.accuracy import AccuracyStats
@@ -30,9 +31,6 @@ from llmpack.measure.size import SizeStats
 __all__ = ["Report", "ModelInfo", "GateResult", "GATES", "validate_gates", "evaluate_gates", "REPORT_SCHEMA_NAME"]
 
 REPORT_SCHEMA_NAME = "llmpack.measure.report"
-
-_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64", "int8": "int8"}
-
 
 @dataclasses.dataclass
 class ModelInfo:
@@ -63,7 +61,7 @@ class ModelInfo:
     @property
     def label(self) -> str:
         """Short label used in the summary line: the llmpack method, else the dominant dtype."""
-        return self.method or _SHORT_DTYPES.get(self.dtype, self.dtype) or self.name
+        return self.method or (self.dtype and short_name(self.dtype)) or self.name
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

@@ -4,13 +4,13 @@ needs in memory (a directory's tensors at its run dtype, read from the safetenso
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from llmpack._jsonfile import read_json
 from llmpack.checkpoint.manifest import hash_file
 from llmpack.constants import CONFIG_FILE, MANIFEST_FILE
 from llmpack.errors import BadInputError, LlmpackError, SourceNotFoundError
@@ -25,13 +25,8 @@ _ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "elec
 def _read_config(path: Path) -> dict[str, Any]:
     if path.is_file() and path.suffix == ".gguf":
         return {}
-    f = path / CONFIG_FILE
-    if not f.is_file():
-        raise BadInputError(f"{f} is missing: pass a Hugging Face model directory (config.json + safetensors)")
-    try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise BadInputError(f"cannot read {f}: {e}; fix or regenerate config.json") from e
+    return read_json(path / CONFIG_FILE, error=BadInputError, fix="fix or regenerate config.json",
+                     missing_fix="pass a Hugging Face model directory (config.json + safetensors)")
 
 
 def detect_task(config: Mapping[str, Any] | Any, model: torch.nn.Module | None = None) -> str:
@@ -136,11 +131,6 @@ class _Side:
             from llmpack.checkpoint.manifest import read_manifest
 
             recipe = getattr(read_manifest(self.path), "recipe", None)
-        except ImportError:
-            try:
-                recipe = json.loads((self.path / MANIFEST_FILE).read_text(encoding="utf-8")).get("recipe")
-            except (OSError, json.JSONDecodeError):
-                return None
         except LlmpackError:
             return None
         if recipe is None:

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from llmpack._dtypes import torch_name
 from llmpack.stream.memory import free_memory
 
 __all__ = ["disk_usage", "param_bytes", "touch_weights", "PeakMemory", "current_rss", "SizeStats", "dtype_name", "memory_method"]
@@ -95,7 +96,7 @@ def dtype_name(dtype: torch.dtype) -> str:
         >>> dtype_name(torch.int8)
         'int8'
     """
-    return str(dtype).replace("torch.", "")
+    return torch_name(dtype)
 
 
 def disk_usage(path: str | os.PathLike[str]) -> dict[str, int]:

@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from llmpack._atomic import atomic_write
+from llmpack._jsonfile import read_json_object
+from llmpack._env import ENV_MODEL
 from llmpack._output import progress
 from llmpack.constants import (
     ANN_CREATED,
@@ -38,7 +41,6 @@ from llmpack.constants import (
     ANN_TITLE,
     ANN_VERSION,
     CONFIG_FILE,
-    ENV_MODEL,
     MANIFEST_FILE,
     MODELS_ROOT,
     MT_OCI_CONFIG,
@@ -46,7 +48,6 @@ from llmpack.constants import (
     MT_OCI_MANIFEST,
 )
 from llmpack.errors import IntegrityError
-from llmpack.checkpoint.manifest import read_json_object
 from llmpack.pack import modelpack
 from llmpack.pack.context import (
     _CACHE_VERSION,
@@ -54,7 +55,7 @@ from llmpack.pack.context import (
     LOCK_FILE,
     _cache_key,
     _load_cache,
-    _Lock,
+    pack_lock,
     _plan_layers,
     _prepare_out,
     _stats,
@@ -63,7 +64,7 @@ from llmpack.pack.context import (
 from llmpack.pack.deploy import DEPLOY_DIR, DeploySpec, render_deploy
 from llmpack.pack.dockerfile import NONROOT_USER, render_dockerfile, render_dockerignore, runtime_spec
 from llmpack.pack.files import ModelFile, collect_files
-from llmpack.pack.oci import BlobStore, Descriptor, atomic_write, write_layer
+from llmpack.pack.oci import BlobStore, Descriptor, write_layer
 from llmpack.pack.options import ARTIFACTS, PackOptions, check_name, default_name
 from llmpack.pack.options import epoch as _epoch
 from llmpack.pack.options import platforms as _platforms
@@ -75,6 +76,7 @@ from llmpack.pack.tar import layer_members, tar_size
 __all__ = ["pack", "PackResult", "LayerResult", "PackOptions", "ARTIFACTS", "CACHE_FILE", "LOCK_FILE", "default_name"]
 
 _DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_OUT_FIX = "check the output directory"
 _WHEELS_README = """\
 Wheels for the Dockerfile's build stage (runtime llmpack): `pip install --find-links` reads this folder.
 Offline builds: put llmpack's wheel and its dependencies here (pip wheel -w wheels/ ...) and pass
@@ -180,7 +182,7 @@ def pack(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, name
     warnings = list(selection.warnings)
 
     _prepare_out(model_dir, out, o.overwrite)
-    with _Lock(out):
+    with pack_lock(out):
         return _pack_locked(
             model_dir=model_dir, out=out, files=files, name=name, tag=tag, base_image=base_image, rt_name=rt.name,
             artifact=artifact, compression=compression, epoch=epoch, created=created, plats=plats,
@@ -335,13 +337,13 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
     small_rels = [f.rel for f in files if f.kind != "weight"]
     dockerfile = render_dockerfile(name, weight_rels, small_rels, runtime=rt.name, base_image=base_image,
                                    labels=_labels(name, version, None, revision, manifest, rt.description))
-    atomic_write(out / "Dockerfile", dockerfile.encode("utf-8"))
-    atomic_write(out / ".dockerignore", render_dockerignore().encode("utf-8"))
+    atomic_write(out / "Dockerfile", dockerfile, fix=_OUT_FIX)
+    atomic_write(out / ".dockerignore", render_dockerignore(), fix=_OUT_FIX)
     notes: list[str] = []
     deploy: dict[str, str] = {}
     if rt.build_stage:  # the build stage's COPY wheels/: offline builds drop wheels here
         (out / "wheels").mkdir(exist_ok=True)
-        atomic_write(out / "wheels" / "README.txt", _WHEELS_README.encode("utf-8"))
+        atomic_write(out / "wheels" / "README.txt", _WHEELS_README, fix=_OUT_FIX)
     deploy_dir = out / DEPLOY_DIR
     if artifact == "image":
         spec = DeploySpec(name=name, repository=repository, tag=tag, digest=manifest_desc.digest, runtime=rt.name,
@@ -349,7 +351,7 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
         deploy = render_deploy(spec)
         for rel, text in deploy.items():
             (deploy_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(deploy_dir / rel, text.encode("utf-8"))
+            atomic_write(deploy_dir / rel, text, fix=_OUT_FIX)
         for old in sorted(deploy_dir.rglob("*.yaml")):  # files an earlier pack wrote and this one does not
             if old.relative_to(deploy_dir).as_posix() not in deploy:
                 old.unlink()
@@ -358,8 +360,8 @@ def _pack_locked(*, model_dir: Path, out: Path, files: list[ModelFile], name: st
                          f"{spec.serving!r}; build and push the Dockerfile's image, then pack with "
                          "--server-image REPO@sha256:...")
     store.gc()
-    atomic_write(out / CACHE_FILE, json.dumps({"version": _CACHE_VERSION, "layers": new_cache},
-                                              sort_keys=True, indent=1).encode("utf-8"))
+    atomic_write(out / CACHE_FILE, json.dumps({"version": _CACHE_VERSION, "layers": new_cache}, sort_keys=True, indent=1),
+                 fix=_OUT_FIX)
 
     warnings.extend(registry_warnings([layer.size for layer in layers], [", ".join(layer.files) for layer in layers]))
     written_meta = store.bytes_written

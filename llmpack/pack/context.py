@@ -8,9 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import errno
-import fcntl
 import json
 import os
 import shutil
@@ -18,9 +17,11 @@ import stat
 from pathlib import Path
 from typing import Any, Sequence
 
-from llmpack.checkpoint.manifest import read_json_object
+from llmpack._atomic import atomic_path
+from llmpack._lock import file_lock
+from llmpack._jsonfile import read_json_object
 from llmpack.constants import MODELS_ROOT, MT_OCI_LAYER_GZIP, MT_OCI_LAYER_TAR, MT_OCI_LAYER_ZSTD, OCI_LAYOUT_FILE
-from llmpack.errors import BadInputError, OutputExistsError, OutputLockedError, OutputWriteError
+from llmpack.errors import BadInputError, OutputExistsError, OutputWriteError
 from llmpack.pack import modelpack
 from llmpack.pack.files import ModelFile
 
@@ -30,34 +31,11 @@ _CACHE_VERSION = 1
 _LAYER_MT = {"none": MT_OCI_LAYER_TAR, "gzip": MT_OCI_LAYER_GZIP, "zstd": MT_OCI_LAYER_ZSTD}
 
 
-class _Lock:
-    """An exclusive, non-blocking ``flock`` on ``out/.llmpack-pack.lock``."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / LOCK_FILE
-        self.fd = -1
-
-    def __enter__(self) -> "_Lock":
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise OutputWriteError(f"cannot create {self.path}: {e.strerror}; check the output directory") from e
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(self.fd)
-            self.fd = -1
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise OutputLockedError(f"another llmpack pack is writing {self.path.parent}: wait for it to "
-                                        "finish or choose another --out") from None
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:  # the lock file stays: unlinking it would race with a waiting process
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
+def pack_lock(out: Path) -> "contextlib.AbstractContextManager[None]":
+    """The pack lock on ``out/.llmpack-pack.lock`` (:func:`llmpack._atomic.file_lock`; the file is kept, so an
+    interrupted or killed pack's folder is still recognised as a pack output)."""
+    return file_lock(out / LOCK_FILE, keep=True, fix="check the output directory",
+                     busy=lambda pid: f"another llmpack pack is writing {out}: wait for it to finish or choose another --out")
 
 
 def _is_pack_output(out: Path) -> bool:
@@ -121,26 +99,21 @@ def _sync_context(files: Sequence[ModelFile], ctx: Path) -> int:
         src_st = os.stat(f.path)
         if _same_content_copy(src_st, dst):
             continue
-        tmp = dst.with_name(f".llmpack-tmp-{dst.name}")
-        if tmp.exists() or tmp.is_symlink():
-            tmp.unlink()
-        try:
-            os.link(f.path, tmp)
-            linked = True
-        except OSError:  # another file system, or links not permitted
-            linked = False
-        if not linked:
+        with atomic_path(dst) as tmp:
             try:
-                shutil.copyfile(f.path, tmp)
-                os.chmod(tmp, 0o644)
-                os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
-            except OSError as e:
-                if tmp.exists():
-                    tmp.unlink()
-                raise OutputWriteError(f"cannot copy {f.path} to {dst}: {e.strerror}; free space or check "
-                                       "permissions") from e
-            copied += f.size
-        os.replace(tmp, dst)
+                os.link(f.path, tmp)
+                linked = True
+            except OSError:  # another file system, or links not permitted
+                linked = False
+            if not linked:
+                try:
+                    shutil.copyfile(f.path, tmp)
+                    os.chmod(tmp, 0o644)
+                    os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
+                except OSError as e:
+                    raise OutputWriteError(f"cannot copy {f.path} to {dst}: {e.strerror}; free space or check "
+                                           "permissions") from e
+                copied += f.size
     # drop files a previous pack left behind
     for dirpath, dirnames, filenames in os.walk(ctx, topdown=False):
         for fn in filenames:

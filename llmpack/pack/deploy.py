@@ -30,7 +30,8 @@ import math
 import re
 from typing import Any, Mapping
 
-from llmpack.constants import ENV_MODEL, MODELS_ROOT
+from llmpack._env import ENV_MODEL
+from llmpack.constants import MODELS_ROOT
 from llmpack.errors import BadInputError
 from llmpack.pack.dockerfile import HEALTH_PATH, NONROOT_USER, READY_PATH, RUNTIMES, runtime_spec
 

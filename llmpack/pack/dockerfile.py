@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from llmpack.constants import ENV_MODEL, MODELS_ROOT
+from llmpack._env import ENV_MODEL
+from llmpack.constants import MODELS_ROOT
 from llmpack.errors import BadInputError
 
 __all__ = ["Runtime", "RUNTIMES", "NONROOT_USER", "VLLM_IMAGE", "VLLM_CPU_IMAGE", "PYTHON_IMAGE", "HEALTH_PATH",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
+from llmpack._dtypes import short_name
 from llmpack.constants import ANN_MODELPACK_FILEPATH, MT_MODELPACK_ARTIFACT, MT_MODELPACK_CONFIG
 
 __all__ = [
@@ -56,12 +57,6 @@ def file_metadata(name: str, size: int, created: str) -> str:
                        "typeflag": ord("0")}, sort_keys=True, separators=(",", ":"))
 
 
-_PRECISION = {
-    "float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
-    "float64": "fp64", "int8": "int8",
-}
-
-
 def precision_of(hf_config: Mapping[str, Any] | None) -> tuple[str, str]:
     """(precision, quantization) from an HF ``config.json`` dict ("" when unknown).
 
@@ -82,7 +77,7 @@ def precision_of(hf_config: Mapping[str, Any] | None) -> tuple[str, str]:
                 break
         return bits or "mixed", method
     dtype = hf_config.get("torch_dtype") or hf_config.get("dtype") or ""
-    return _PRECISION.get(str(dtype), str(dtype)), ""
+    return short_name(str(dtype)), ""
 
 
 def model_config(*, name: str, version: str, created: str, diff_ids: Sequence[str],

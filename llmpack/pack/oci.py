@@ -19,11 +19,12 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from llmpack._atomic import atomic_write, temp_path, write_all
+from llmpack._jsonfile import read_json_object
 from llmpack.constants import (
     ANN_REF_NAME,
     MT_OCI_INDEX,
@@ -31,6 +32,7 @@ from llmpack.constants import (
     OCI_INDEX_FILE,
     OCI_LAYOUT_FILE,
     OCI_LAYOUT_VERSION,
+    TEMP_PREFIX,
 )
 from llmpack.errors import BadInputError, IntegrityError, OutputWriteError
 from llmpack.pack.tar import TarMember, write_tar
@@ -47,10 +49,11 @@ __all__ = [
 
 COMPRESSIONS = ("none", "gzip", "zstd")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_TMP_PREFIX = ".tmp-"
+_LEGACY_TMP_PREFIX = ".tmp-"  # temp blobs of earlier llmpack versions (still removed by gc)
 _PARSED_TYPES = (MT_OCI_INDEX, MT_OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json",
                  "application/vnd.docker.distribution.manifest.list.v2+json")
 _FILE_MODE = 0o644
+_FIX = "check the output directory"
 _DIR_MODE = 0o755
 
 
@@ -99,17 +102,11 @@ def _mkdir(path: Path) -> None:
     os.chmod(path, _DIR_MODE)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
-
-
 class _TempBlob:
     """A temp file in ``blobs/sha256`` that hashes everything written to it."""
 
     def __init__(self, blob_dir: Path) -> None:
-        self.path = blob_dir / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        self.path = temp_path(blob_dir / "blob")
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         except OSError as e:
@@ -122,7 +119,7 @@ class _TempBlob:
         mv = memoryview(data)
         self.sha.update(mv)
         try:
-            _write_all(self.fd, mv)
+            write_all(self.fd, mv)
         except OSError as e:
             raise OutputWriteError(f"writing {self.path} failed: {e.strerror}; free space and pack again") from e
         self.size += len(mv)
@@ -222,7 +219,7 @@ class BlobStore:
 
     def write_layout_file(self) -> None:
         """Write ``oci-layout`` (``{"imageLayoutVersion": "1.0.0"}``)."""
-        atomic_write(self.root / OCI_LAYOUT_FILE, canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
+        atomic_write(self.root / OCI_LAYOUT_FILE, canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}), fix=_FIX)
 
     def write_index(self, manifests: Sequence[Descriptor]) -> bytes:
         """Write ``index.json`` listing ``manifests`` (atomically); returns its bytes."""
@@ -231,16 +228,13 @@ class BlobStore:
             "mediaType": MT_OCI_INDEX,
             "manifests": [m.to_json() for m in manifests],
         })
-        atomic_write(self.root / OCI_INDEX_FILE, data)
+        atomic_write(self.root / OCI_INDEX_FILE, data, fix=_FIX)
         return data
 
     def read_index_manifests(self) -> list[dict[str, Any]]:
         """The ``manifests`` of an existing ``index.json`` ([] when there is none or it is unreadable)."""
-        try:
-            index = json.loads((self.root / OCI_INDEX_FILE).read_bytes())
-            return [m for m in index.get("manifests", []) if isinstance(m, dict)]
-        except (OSError, ValueError, AttributeError):
-            return []
+        manifests = (read_json_object(self.root / OCI_INDEX_FILE) or {}).get("manifests")
+        return [m for m in manifests if isinstance(m, dict)] if isinstance(manifests, list) else []
 
     def referenced(self) -> set[str]:
         """Digests reachable from ``index.json`` (manifests, configs, layers, nested indexes).
@@ -256,11 +250,8 @@ class BlobStore:
             seen.add(digest)
             if media_type not in _PARSED_TYPES:
                 continue
-            try:
-                doc = json.loads(self.path(digest).read_bytes())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(doc, dict):
+            doc = read_json_object(self.path(digest))
+            if doc is None:
                 continue
             for key in ("manifests", "layers", "blobs"):
                 for d in doc.get(key) or []:
@@ -276,29 +267,10 @@ class BlobStore:
         keep = {d.split(":", 1)[1] for d in self.referenced()}
         removed = []
         for p in sorted(self.blob_dir.iterdir()):
-            if p.name not in keep and (p.name.startswith(_TMP_PREFIX) or re.fullmatch(r"[0-9a-f]{64}", p.name)):
+            if p.name not in keep and (p.name.startswith((TEMP_PREFIX, _LEGACY_TMP_PREFIX)) or re.fullmatch(r"[0-9a-f]{64}", p.name)):
                 p.unlink()
                 removed.append(p.name)
         return removed
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and a rename (mode 0644)."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{secrets.token_hex(4)}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        try:
-            os.fchmod(fd, _FILE_MODE)
-            _write_all(fd, memoryview(data))
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise OutputWriteError(f"cannot write {path}: {e.strerror}; check the output directory") from e
 
 
 def _zstd_module() -> Any:

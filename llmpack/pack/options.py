@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llmpack.config import settings_from_keywords
-from llmpack.constants import ENV_SOURCE_DATE_EPOCH
+from llmpack._env import source_date_epoch as env_source_date_epoch
 from llmpack.errors import BadInputError, ConfigError
 
 __all__ = ["PackOptions", "PACK_OPTIONS_VERSION", "ARTIFACTS", "default_name", "check_name", "epoch", "rfc3339",
@@ -185,14 +185,9 @@ def epoch(source_date_epoch: int | None) -> int:
         1700000000
     """
     if source_date_epoch is None:
-        env = os.environ.get(ENV_SOURCE_DATE_EPOCH, "").strip()
-        if not env:
+        source_date_epoch = env_source_date_epoch()
+        if source_date_epoch is None:
             return 0
-        try:
-            source_date_epoch = int(env)
-        except ValueError:
-            raise BadInputError(f"{ENV_SOURCE_DATE_EPOCH}={env!r} is not an integer: "
-                                "set it to seconds since 1970 or unset it") from None
     if not 0 <= int(source_date_epoch) < 8**11:
         raise BadInputError(f"source_date_epoch {source_date_epoch} out of range: use seconds since 1970 (>= 0)")
     return int(source_date_epoch)

@@ -26,12 +26,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import json
 import re
 import zlib
 from pathlib import Path
 from typing import Any, Callable
 
+from llmpack._jsonfile import read_json
 from llmpack.constants import (
     MT_MODELPACK_CONFIG,
     MT_OCI_INDEX,
@@ -99,12 +99,7 @@ def find_layout(path: str | Path) -> Path | None:
 
 
 def _load_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise IntegrityError(f"{path} is missing: {what}; re-run `llmpack pack`") from None
-    except ValueError as e:
-        raise IntegrityError(f"{path} is not valid JSON ({e}): {what}; re-run `llmpack pack`") from None
+    return read_json(path, error=IntegrityError, fix=f"{what}; re-run `llmpack pack`", want_object=False)
 
 
 class _Hasher:

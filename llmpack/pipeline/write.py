@@ -6,12 +6,14 @@ model size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from llmpack._dtypes import long_name
 from llmpack.checkpoint.manifest import Manifest, write_manifest
 from llmpack.checkpoint.sources import Source, copy_aux
 from llmpack.checkpoint.writer import OutSpec, ShardWriter
@@ -27,9 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["write_output", "refuse_out_in_source", "check_against_config"]
 
-_DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-
-
 def refuse_out_in_source(src: Source, out: Path) -> None:
     if src.kind in ("dir", "file"):
         root = Path(src.path if src.kind == "dir" else Path(src.path).parent).resolve()
@@ -40,10 +39,31 @@ def refuse_out_in_source(src: Source, out: Path) -> None:
 
 def _output_dtype_name(src: Source, recipe: Recipe) -> str | None:
     if recipe.method in (Method.FP16, Method.BF16):
-        return _DTYPE_NAMES[recipe.method.value]
+        return long_name(recipe.method.value)
     if recipe.float_dtype:
-        return _DTYPE_NAMES[recipe.float_dtype]
+        return long_name(recipe.float_dtype)
     return (src.config or {}).get("dtype") or (src.config or {}).get("torch_dtype")
+
+
+def _narrow_fallbacks(decisions: list[TensorDecision], storage: Mapping[str, str]) -> list[TensorDecision]:
+    """The weights of the layers the accuracy budget moved to float, cast to the dtype it decided for them
+    (:attr:`Int8Decisions.float_storage`, e.g. bf16 for an FP32 source) instead of kept as in the source.
+
+    Example:
+        >>> d = TensorDecision("fc.weight", "keep", None, "fc", "source dtype", in_dtype=torch.float32)
+        >>> _narrow_fallbacks([d], {"fc": "bf16"})[0].out_dtype
+        'bf16'
+    """
+    if not storage:
+        return decisions
+    out = []
+    for d in decisions:
+        dt = storage.get(d.module)
+        if dt is not None and d.name == f"{d.module}.weight" and d.action in ("keep", "cast") \
+                and d.in_dtype is not None and d.in_dtype.is_floating_point and d.in_dtype.itemsize > 2:
+            d = dataclasses.replace(d, action="cast", out_dtype=dt, reason=f"{d.reason}; stored {dt} (budget fallback)")
+        out.append(d)
+    return out
 
 
 def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str, str], quiet: bool, *,
@@ -58,6 +78,7 @@ def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str
     if int8 is not None:
         decisions = plan(src.infos, src.module_types, recipe, src.config, keep_float=keep_float,
                          weight_only=sorted(int8.weight_only), skip=sorted(int8.keep_float))
+        decisions = _narrow_fallbacks(decisions, int8.float_storage)
         missing = sorted(int8.smoothed_tensors() - {i.name for i in src.infos})
         if missing:
             raise BadInputError(

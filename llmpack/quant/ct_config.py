@@ -22,6 +22,7 @@ import dataclasses
 import re
 from typing import Any, Iterable, Mapping
 
+from llmpack._nn import is_conv1d_name
 from llmpack.config import Method
 from llmpack.constants import CT_FORMAT_FLOAT, CT_FORMAT_INT, CT_QUANT_METHOD, CT_STATUS_COMPRESSED
 from llmpack.errors import ConfigError
@@ -254,7 +255,7 @@ def scheme_for(name: str, class_name: str, qcfg: Mapping[str, Any] | None) -> st
     for pat in parsed.ignore:
         if _matches(pat, name, class_name):
             return None
-    cls = "Linear" if class_name == "Conv1D" else class_name
+    cls = "Linear" if is_conv1d_name(class_name) else class_name
     by_name = [act for targets, act in parsed.groups if any(t.startswith("re:") or t == name for t in targets)
                and any(_matches(t, name, cls) for t in targets)]
     if by_name:

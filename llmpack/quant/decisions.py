@@ -30,6 +30,8 @@ class Int8Decisions:
         smooth_scales: ``prev`` name → producer-side scale ``s`` (float32).
         weight_only: linear layers stored W8A16 inside a W8A8 model.
         keep_float: linear layers kept in float.
+        float_storage: layers of ``keep_float`` the budget moved there, stored in this dtype (``"bf16"``) because
+            the source stores them wider; empty: kept as in the source (ignored layers always are).
         records: one JSON-ready record per linear layer, plus the search steps.
         summary: float vs planned accuracy on the calibration text, the budget and the int8 share.
         params: linear layer name → parameter count (for :meth:`int8_share`).
@@ -47,6 +49,7 @@ class Int8Decisions:
     smooth_scales: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     weight_only: set[str] = dataclasses.field(default_factory=set)
     keep_float: set[str] = dataclasses.field(default_factory=set)
+    float_storage: dict[str, str] = dataclasses.field(default_factory=dict)
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
     params: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -139,6 +142,7 @@ class Int8Decisions:
             },
             "weight_only": sorted(self.weight_only),
             "keep_float": sorted(self.keep_float),
+            **({"float_storage": dict(sorted(self.float_storage.items()))} if self.float_storage else {}),
             "int8_share": round(self.int8_share(), 6),
             "params": dict(sorted(self.params.items())),
             "summary": self.summary,
@@ -170,7 +174,8 @@ class Int8Decisions:
         """Rebuild the decisions recorded by :meth:`to_dict` (without scale vectors)."""
         try:
             return cls(method=str(d["method"]), alpha=dict(d.get("alpha", {})), weight_only=set(d.get("weight_only", ())),
-                       keep_float=set(d.get("keep_float", ())), records=list(d.get("records", ())),
+                       keep_float=set(d.get("keep_float", ())),
+                       float_storage={str(k): str(v) for k, v in d.get("float_storage", {}).items()}, records=list(d.get("records", ())),
                        summary=dict(d.get("summary", {})), params={k: int(v) for k, v in d.get("params", {}).items()})
         except (KeyError, TypeError, ValueError) as e:
             raise BadInputError(f"llmpack.json int8 budget record is malformed ({e}): re-run quantize") from e

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from llmpack._dtypes import short_name
 from llmpack.constants import FP16_MAX
 from llmpack.errors import Fp16OverflowError, NonFiniteWeightError
 
@@ -24,7 +27,7 @@ def float_dtype(name: "str | torch.dtype") -> torch.dtype:
     """
     if isinstance(name, torch.dtype):
         return name
-    key = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32"}.get(name, name)
+    key = short_name(name)
     try:
         return FLOAT_DTYPES[key]
     except KeyError:
@@ -37,17 +40,34 @@ def _extremes(t: torch.Tensor) -> tuple[float, float]:
     return float(t.max()), float(t.min())
 
 
-def check_finite(t: torch.Tensor, name: str) -> None:
-    """Raise :class:`NonFiniteWeightError` if a float tensor holds NaN or Inf.
+def check_finite(t: torch.Tensor, name: str, *, quantizing_to: str | None = None) -> None:
+    """Raise :class:`NonFiniteWeightError` if a float tensor holds NaN or Inf (the one finiteness check).
+
+    Args:
+        t: the tensor (non-float tensors always pass).
+        name: the tensor's name, for the message.
+        quantizing_to: the format being made (``"int8"``, ``"FP8"``); the message then counts the bad values
+            and names the ``--ignore`` that keeps the layer in float.
 
     Example:
         >>> check_finite(torch.ones(2), "w")
+        >>> check_finite(torch.tensor([float("nan")]), "m.fc.weight", quantizing_to="int8")
+        Traceback (most recent call last):
+        ...
+        llmpack.errors.NonFiniteWeightError: tensor 'm.fc.weight' holds 1 NaN/Inf value(s): cannot quantize it to int8; fix the source checkpoint or keep it in float with --ignore 'm.fc'
     """
     if not t.is_floating_point():
         return
     hi, lo = _extremes(t)
-    if hi != hi or lo != lo or hi in (float("inf"), float("-inf")) or lo in (float("inf"), float("-inf")):
+    if math.isfinite(hi) and math.isfinite(lo):
+        return
+    if quantizing_to is None:
         raise NonFiniteWeightError(f"tensor {name} holds NaN or Inf values in the source; fix the source checkpoint")
+    bad = int((~torch.isfinite(t)).sum())
+    raise NonFiniteWeightError(
+        f"tensor {name!r} holds {bad} NaN/Inf value(s): cannot quantize it to {quantizing_to}; "
+        f"fix the source checkpoint or keep it in float with --ignore {name.rsplit('.', 1)[0]!r}"
+    )
 
 
 def fp16_overflows(t: torch.Tensor) -> bool:

@@ -21,13 +21,13 @@ from typing import Callable
 
 import torch
 
-from llmpack.errors import BadInputError, NonFiniteWeightError
+from llmpack.errors import BadInputError
+from llmpack.quant.floats import check_finite
 
 __all__ = [
     "QMAX",
     "SCALE_EPS",
     "ACT_DIVISOR",
-    "check_finite",
     "absmax",
     "midrange",
     "per_channel",
@@ -44,20 +44,6 @@ QMAX = 127
 
 SCALE_EPS = 1e-12
 """Lower bound of a scale, so an all-zero row or token does not divide by zero."""
-
-
-def check_finite(name: str, w: torch.Tensor, what: str = "int8") -> None:
-    """Raise :class:`NonFiniteWeightError` naming ``name`` when ``w`` holds NaN or Inf.
-
-    Example:
-        >>> check_finite("model.fc.weight", torch.ones(2))
-    """
-    if w.is_floating_point() and not bool(torch.isfinite(w).all()):
-        bad = int((~torch.isfinite(w)).sum())
-        raise NonFiniteWeightError(
-            f"tensor {name!r} holds {bad} NaN/Inf value(s): cannot quantize it to {what}; "
-            f"fix the source checkpoint or keep it in float with --ignore {name.rsplit('.', 1)[0]!r}"
-        )
 
 
 def per_channel(
@@ -96,7 +82,7 @@ def per_channel(
     wf = w.float()
     amax = absmax(wf, 1 - dim)
     if not bool(torch.isfinite(amax).all()):  # NaN / Inf propagate into the row maxima
-        check_finite(name, w, what)
+        check_finite(w, name, quantizing_to=what)
     scale = (amax / qmax).clamp_min(SCALE_EPS).to(sdt)
     # Divide by the scale as stored (possibly fp16/bf16) so files and runtime agree bit for bit.
     return to_grid(torch.div(wf, scale.float())), scale

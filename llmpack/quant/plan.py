@@ -34,6 +34,8 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
+from llmpack._dtypes import short_name, torch_name
+from llmpack._nn import CONV1D, is_conv1d_name
 from llmpack.config import Method, Recipe
 from llmpack.errors import ConfigError
 from llmpack.quant.ct_config import build_quantization_config
@@ -72,7 +74,7 @@ QUANT_ACTIONS: frozenset[str] = frozenset(a.value for a in ActionName if a.is_qu
 """Every action that stores a weight in 8 bits plus its ``weight_scale`` (as plain strings)."""
 
 
-LINEAR_TYPES = ("Linear", "Conv1D")
+LINEAR_TYPES = ("Linear", CONV1D)
 EMBEDDING_TYPES = ("Embedding",)
 OUTPUT_HEAD_NAMES = ("lm_head", "embed_out", "output")
 
@@ -244,7 +246,8 @@ def _is_output_head(module: str) -> bool:
 def _scale_dtype_name(recipe: Recipe, in_dtype: torch.dtype) -> str:
     if recipe.float_dtype:
         return recipe.float_dtype
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(in_dtype, "fp32")
+    name = short_name(torch_name(in_dtype))
+    return name if name in ("fp16", "bf16") else "fp32"
 
 
 def _decide_8bit(
@@ -286,7 +289,7 @@ def _decide_8bit(
             else:
                 action = wo_action if module in wo else linear_action
                 extra: dict[str, Any] = {"scale_dtype": sdt, "module_type": mtype}
-                if mtype == "Conv1D":
+                if is_conv1d_name(mtype):
                     extra["layout"] = CONV1D_LAYOUT
                 mode = "w8a16" if action == wo_action else "w8a8"
                 out.append(TensorDecision(name, action.value, scheme, module, f"{scheme} per-channel ({mode})", extra, **base))

@@ -21,21 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmpack._nn import is_conv1d
 from llmpack.errors import BadInputError
 from llmpack.quant.schemes import get_scheme
 from llmpack.runtime import kernels
 
 __all__ = ["Int8Linear", "Fp8Linear", "is_conv1d", "linear_class"]
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """True for transformers' ``Conv1D`` (GPT-2 style, weight stored ``[in, out]``).
-
-    Example:
-        >>> is_conv1d(torch.nn.Linear(2, 2))
-        False
-    """
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 class Int8Linear(nn.Module):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from llmpack.checkpoint.architecture import _config_dtype, build_meta_model, model_class, read_config
+from llmpack.checkpoint.keys import model_key
 from llmpack.checkpoint.reader import Checkpoint, find_weight_files
 from llmpack.constants import MANIFEST_FILE
 from llmpack.errors import BadInputError, ConfigError, IntegrityError, SourceNotFoundError
@@ -116,7 +117,7 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
     keys: list[str] = []
     for f in files:
         with safe_open(f, "pt") as so:
-            keys.extend(so.keys())
+            keys.extend(model_key(model, k) for k in so.keys())
     qcfg = config.get("quantization_config")
     if qcfg:
         from llmpack.runtime.swap import swap_quantized_modules
@@ -136,8 +137,10 @@ def load(path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", d
     for f in files:
         sd: dict[str, torch.Tensor] = {}
         with safe_open(f, "pt", device="cpu") as so:
-            for k in so.keys():
-                t = so.get_tensor(k)
+            for stored in so.keys():
+                t = so.get_tensor(stored)
+                # transformers' load-time key renamings (GPT-NeoX: embed_out -> lm_head in 5.x)
+                k = stored if stored in expected else model_key(model, stored)
                 if target is not None and t.is_floating_point() and t.dtype != target and not in_fp32(k) \
                         and t.element_size() > 1:  # (FP8 weights stay FP8)
                     t = t.to(target)  # as from_pretrained does: float tensors follow the model dtype

@@ -12,9 +12,9 @@ Example:
 from __future__ import annotations
 
 from llmpack.runtime.embedding import Int8Embedding, TiedInt8Head
+from llmpack._env import ENV_KERNEL, KERNEL_CHOICES
 from llmpack.runtime.kernels import cpu_kernel
 from llmpack.runtime.linear import Int8Linear, is_conv1d
-from llmpack.runtime.options import ENV_KERNEL, KERNEL_CHOICES
 from llmpack.runtime.prepare import compile_int8, prepare_int8
 from llmpack.runtime.siblings import SIBLING_GROUPS
 from llmpack.runtime.swap import (

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from llmpack.checkpoint.keys import model_key as _rename
 from llmpack.checkpoint.reader import Checkpoint
 from llmpack.errors import ConfigMismatchError
 
@@ -84,37 +85,6 @@ def _shape_hint(config: Mapping[str, Any], want: tuple[int, ...], got: tuple[int
     if len(want) != len(got) or not keys:
         return "the config.json sizes"
     return ", ".join(dict.fromkeys(keys))
-
-
-def _renamings(model: torch.nn.Module) -> list[tuple[str, str]]:
-    """The plain key renamings transformers applies to this model's checkpoints when loading (e.g. GPT-NeoX's
-    ``embed_out`` → ``lm_head``); empty where this transformers version has none."""
-    cached = getattr(model, "_llmpack_renamings", None)
-    if cached is not None:
-        return cached
-    out: list[tuple[str, str]] = []
-    try:
-        from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
-
-        for t in get_model_conversion_mapping(model):
-            if isinstance(t, WeightRenaming):
-                for src, tgt in zip(t.source_patterns, t.target_patterns):
-                    out.append((str(src), str(tgt)))
-    except Exception:  # noqa: BLE001 - older/newer transformers: checkpoint names are model names
-        out = []
-    object.__setattr__(model, "_llmpack_renamings", out)
-    return out
-
-
-def _rename(model: torch.nn.Module, name: str) -> str:
-    for src, tgt in _renamings(model):
-        try:
-            new = re.sub(src, tgt, name)
-        except re.error:
-            continue
-        if new != name:
-            return new
-    return name
 
 
 def match_weights(model: torch.nn.Module, ckpt: Checkpoint, config: Mapping[str, Any] | None = None,

@@ -10,15 +10,13 @@ Example:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmpack.constants import ENV_CACHE
+from llmpack._atomic import atomic_dir
+from llmpack._env import cache_root
 
 __all__ = [
     "tiny_config",
@@ -117,8 +115,7 @@ def arch_configs(vocab: int = 300) -> dict[str, Any]:
 
 def cache_dir() -> Path:
     """Where converted real models are cached: ``$LLMPACK_CACHE`` or ``~/.cache/llmpack``."""
-    root = os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache", "llmpack")
-    p = Path(root)
+    p = cache_root()
     p.mkdir(parents=True, exist_ok=True)
     return p
 
@@ -160,18 +157,12 @@ def smollm2_dir() -> Path:
     gguf = smollm2_gguf_path()
     plain = gguf_to_plain_model(gguf)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+    with atomic_dir(target, overwrite=True, wait=True) as tmp:  # a second process waits, then replaces it
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if plain.generation_config is not None:
             plain.generation_config.save_pretrained(tmp)
         (tmp / ".complete").write_text("ok\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -10,7 +10,9 @@ so nothing is copied and nothing is written:
    tokens). Within budget: done.
 4. Otherwise measure each layer's sensitivity — the relative output error it adds when quantized
    alone, given float inputs (``sensitivity="local"``, one pass), or the KL of the whole model with
-   only that layer quantized (``sensitivity="e2e"``, one pass per layer) — and apply remedies in
+   only that layer quantized (``sensitivity="e2e"``, one pass per layer), or the KL of the model with one
+   *role* quantized (``sensitivity="role"``, the default for FP8: one pass per role, e.g. every ``down_proj``,
+   shared among the role's layers by local error; :mod:`llmpack.tune.sensitivity`) — and apply remedies in
    order of preference: smoothing (already in), weight-only int8 for the most sensitive layers,
    then float for the most sensitive of those. How many layers get a remedy is found by bisection
    on end-to-end measurements, so the final plan's cost is measured, not estimated.
@@ -30,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -39,14 +40,24 @@ from llmpack.config import Recipe
 from llmpack.errors import BadInputError, ConfigError
 from llmpack.quant import smooth as _smooth
 from llmpack.quant.decisions import Int8Decisions
-from llmpack.tune.sensitivity import layer_sensitivity
-from llmpack.tune.calibrate import (
-    EvalResult,
-    LayerSim,
-    absmax_hooks,
-    linear_layers,
-    simulate,
-    token_batches,
+from llmpack.tune.roles import fallback_dtype, remedy_order, weight_only_roles
+from llmpack.tune.sensitivity import HOWS, layer_sensitivity
+from llmpack.stream.evaluate import EvalResult
+from llmpack.tune.calibrate import absmax_hooks, linear_layers, simulate, token_batches
+from llmpack.tune.steps import (
+    DEFAULT_ALPHA,
+    MODE_RANK,
+    alpha_for,
+    bisect,
+    block_index,
+    budget_ok,
+    is_head,
+    over_budget,
+    resolve_streamer,
+    int8_share,
+    sibling_reasons,
+    sim_plan,
+    fuse_siblings,
 )
 
 __all__ = [
@@ -56,9 +67,6 @@ __all__ = [
     "search_budget",
     "apply_decisions",
 ]
-
-DEFAULT_ALPHA: dict[str, float] = {"attn_in": 0.65, "attn_out": 0.65, "mlp_in": 0.65, "mlp_out": 0.65}
-"""SmoothQuant alpha per group kind used when the recipe gives none (W8A8 only)."""
 
 DEFAULT_CALIB_TOKENS = 1024
 """Calibration tokens used by the search (two windows of 512)."""
@@ -71,76 +79,6 @@ BISECT_STEPS = 16
 """The bisection over "how many layers get the remedy" stops at 1/16 of the candidates (SmolLM2: 13 of 210)."""
 
 _MODES = ("w8a8", "w8a16", "float")
-# ---------------------------------------------------------------------- helpers
-def _budget_ok(r: EvalResult, recipe: Recipe, margin: float) -> bool:
-    ok = True
-    if recipe.max_ppl_increase is not None:
-        ok &= r.ppl_increase <= margin * float(recipe.max_ppl_increase)
-    if recipe.max_kl is not None:
-        ok &= r.kl <= margin * float(recipe.max_kl)
-    return ok
-
-
-def _over(r: EvalResult, recipe: Recipe) -> float:
-    """How far ``r`` is over the budget: the largest measured / allowed ratio of the budget's metrics.
-
-    Example:
-        >>> round(_over(EvalResult(ppl=10.2, base_ppl=10.0, kl=0.01, top1=0.9), Recipe(method="int8", max_ppl_increase=4)), 6)
-        0.5
-    """
-    vals = []
-    if recipe.max_ppl_increase is not None:
-        vals.append(r.ppl_increase / max(float(recipe.max_ppl_increase), 1e-12))
-    if recipe.max_kl is not None:
-        vals.append(r.kl / max(float(recipe.max_kl), 1e-12))
-    return max(vals, default=0.0)
-
-
-def _alpha_for(recipe: Recipe, alpha: float | Mapping[str, float] | None) -> dict[str, float]:
-    if not recipe.method.act_quant:
-        return {}  # weight-only: activations stay float, smoothing buys nothing
-    if alpha is not None:
-        return dict(alpha) if isinstance(alpha, Mapping) else {k: float(alpha) for k in DEFAULT_ALPHA}
-    if recipe.smooth is not None:
-        if float(recipe.smooth) == 0.0:
-            return {}
-        return {k: float(recipe.smooth) for k in DEFAULT_ALPHA}
-    return dict(DEFAULT_ALPHA)
-
-
-def _sim_plan(lins: Iterable[str], modes: Mapping[str, str], target_scale: Mapping[str, torch.Tensor],
-              scheme: str = "int8") -> dict[str, LayerSim]:
-    plan = {}
-    for n in lins:
-        mode = modes[n]
-        s = target_scale.get(n)
-        if mode == "float":
-            continue  # float layers run untouched (smoothing is exact in float)
-        plan[n] = LayerSim(mode, s if mode == "w8a8" else None, scheme)
-    return plan
-
-
-def _bisect(n: int, ok: Callable[[int], bool], tol: int = 1) -> int:
-    """Smallest k in [0, n] with ok(k), to within ``tol`` (ok assumed monotone, ok(n) already known True).
-
-    The returned k always satisfies ok; with ``tol > 1`` it may exceed the smallest such k by less than
-    ``tol`` (a few more layers remedied than strictly needed, for fewer end-to-end measurements).
-
-    Example:
-        >>> _bisect(100, lambda k: k >= 37), _bisect(100, lambda k: k >= 37, tol=8) >= 37
-        (37, True)
-    """
-    lo, hi = 0, n
-    while hi - lo > max(tol, 1) - 1 and lo < hi:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return hi
-
-
-# ---------------------------------------------------------------------- search
 def search_budget(
     model_or_source: "torch.nn.Module | str | os.PathLike[str]",
     tokenizer: Any = None,
@@ -151,7 +89,7 @@ def search_budget(
     alpha: float | Mapping[str, float] | None = None,
     calib_tokens: int = DEFAULT_CALIB_TOKENS,
     seq_len: int = 512,
-    sensitivity: str = "local",
+    sensitivity: str = "auto",
     margin: float = BUDGET_MARGIN,
     act_stats: Mapping[str, torch.Tensor] | None = None,
     skip: Iterable[str] = (),
@@ -174,8 +112,11 @@ def search_budget(
         alpha: SmoothQuant alpha (one number or per group kind) overriding ``recipe.smooth``.
         calib_tokens: calibration tokens used (cost grows linearly).
         seq_len: tokens per forward window.
-        sensitivity: ``"local"`` (one pass; per-layer output error) or ``"e2e"`` (one pass per layer; KL of
-            the model with that layer alone quantized).
+        sensitivity: ``"local"`` (one pass; per-layer output error), ``"e2e"`` (one pass per layer; KL of
+            the model with that layer alone quantized), ``"role"`` (one pass per role and mode; KL of the model
+            with one role quantized, shared by local error; remedies then go first where they buy the most KL
+            per parameter) or ``"auto"``: ``"role"`` for FP8, whose per-layer local errors are all alike, ``"local"``
+            for int8.
         margin: aim at ``margin × budget`` on the calibration text.
         act_stats: precomputed :func:`~llmpack.tune.calibrate.collect_input_absmax` output (caching).
         skip: layers kept in float regardless (e.g. the recipe's ignore patterns, resolved).
@@ -198,10 +139,12 @@ def search_budget(
     recipe = recipe or Recipe(method="int8")
     if not recipe.method.is_quantized:
         raise ConfigError(f"search_budget needs an int8 or fp8 recipe, got method {recipe.method.value}")
-    if sensitivity not in ("local", "e2e"):
-        raise ConfigError(f"unknown sensitivity {sensitivity!r}: choose 'local' or 'e2e'")
+    if sensitivity == "auto":
+        sensitivity = "local" if str(recipe.method.scheme) == "int8" else "role"
+    if sensitivity not in HOWS:
+        raise ConfigError(f"unknown sensitivity {sensitivity!r}: choose 'auto', " + ", ".join(map(repr, HOWS)))
     say = progress or (lambda _msg: None)
-    st, tokenizer = _resolve_streamer(model_or_source, tokenizer, device, need_tokenizer=batches is None)
+    st, tokenizer = resolve_streamer(model_or_source, tokenizer, device, need_tokenizer=batches is None)
     model = st.model
     if batches is None:
         if tokenizer is None:
@@ -210,14 +153,15 @@ def search_budget(
 
         batches = token_batches(tokenizer, resolve_text(text, kind="calib"), seq_len=seq_len, max_tokens=calib_tokens)
     skip = set(skip)
+    fallback = fallback_dtype(st.model, recipe)
     # Names only: a streamed block's modules are dropped after each block, so nothing may keep them alive.
-    params = {n: int(m.weight.numel()) for n, m in linear_layers(model).items() if not _is_head(model, n, m)}
+    params = {n: int(m.weight.numel()) for n, m in linear_layers(model).items() if not is_head(model, n, m)}
     lins = list(params)
     scheme = str(recipe.method.scheme)
     base_mode = "w8a8" if recipe.method.act_quant else "w8a16"
     ladder = [m for m in _MODES if _MODES.index(m) >= _MODES.index(base_mode)]
     # Every linear layer and smoothing group lives in one block (or outside all blocks, never streamed).
-    block_of = _block_index(st, lins)
+    block_of = block_index(st, lins)
     per_block: dict[int, list[str]] = {}
     for n in lins:
         per_block.setdefault(block_of.get(n, -1), []).append(n)
@@ -230,7 +174,7 @@ def search_budget(
         say("calibrating: activation statistics, smoothing scales and the float reference"
             + (f", streamed block by block ({len(st.blocks)} blocks)" if st.streamed else ""))
         ev = StreamedEvaluator(st, batches)
-        alphas = _alpha_for(recipe, alpha)
+        alphas = alpha_for(recipe, alpha)
         # A group is folded only if none of its modules is skipped: skipped (ignored) tensors are written
         # exactly as in the source, and a producer's fold must reach every layer that reads its output.
         groups = [g for g in _smooth.find_groups(model) if g.kind in alphas
@@ -248,7 +192,8 @@ def search_budget(
                                 "cannot stream it; keep it in float with ignore=")
 
         def sim_ctx(m: Mapping[str, str]) -> Callable[[int, torch.nn.Module], Any]:
-            return lambda i, _blk: simulate(model, _sim_plan(per_block.get(i, []), m, target_scale, scheme))
+            return lambda i, _blk: simulate(model, sim_plan(per_block.get(i, []), m, target_scale, scheme,
+                                                             fallback, frozenset(skip)))
 
         def float_ctx(i: int, _blk: torch.nn.Module) -> Any:
             return None if act_stats is not None else absmax_hooks(model, per_block.get(i, []), stats)
@@ -268,7 +213,7 @@ def search_budget(
         steps: list[dict[str, Any]] = []
 
         def record(m: Mapping[str, str], label: str, r: EvalResult) -> EvalResult:
-            steps.append({"kind": "step", "step": label, **r.to_dict(), "int8_share": round(_share(params, m), 6)})
+            steps.append({"kind": "step", "step": label, **r.to_dict(), "int8_share": round(int8_share(params, m), 6)})
             say(f"{label}: ppl {r.ppl:.3f} ({r.ppl_increase:+.2f}%), KL {r.kl:.4f}")
             return r
 
@@ -281,13 +226,21 @@ def search_budget(
         del float_ws, cand_ws
         reasons = {n: ("kept float (skip / ignore)" if modes[n] == "float" else "default") for n in lins}
         sens: dict[str, dict[str, float]] = {}
-        if has_budget and not _budget_ok(result, recipe, margin):
-            say("measuring per-layer sensitivity")
-            sens = layer_sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip, scheme)
+        roles: dict[str, dict[str, float]] = {}
+        if has_budget and not budget_ok(result, recipe, margin):
+            say(f"measuring per-layer sensitivity ({sensitivity})")
+            sens = layer_sensitivity(ev, per_block, lins, target_scale, ladder, sensitivity, skip, scheme, roles)
             current = base_mode
+            if roles and base_mode == "w8a8" and "w8a16" in ladder:
+                modes, result = weight_only_roles(modes, result, roles, reasons, measure,
+                                                  lambda r: over_budget(r, recipe), fuse_siblings)
             for lvl in range(1, len(ladder)):
+                if budget_ok(result, recipe, margin):
+                    break
                 cur, nxt = current, ladder[lvl]
-                order = sorted((n for n in lins if modes[n] == cur), key=lambda n: -sens[n][cur])
+                # every layer not yet past this rung (after weight_only_roles, w8a16 layers meet float too)
+                order = remedy_order([n for n in lins if MODE_RANK[cur] <= MODE_RANK[modes[n]] < MODE_RANK[nxt]], sens,
+                                      {n: modes[n] for n in lins}, params, per_param=sensitivity == "role")
 
                 def trial(k: int, order: list[str] = order, nxt: str = nxt) -> tuple[dict[str, str], EvalResult]:
                     m = dict(modes)
@@ -301,25 +254,25 @@ def search_budget(
                 def ok(k: int) -> bool:
                     if k not in cache:
                         cache[k] = trial(k)
-                    return _budget_ok(cache[k][1], recipe, margin)
+                    return budget_ok(cache[k][1], recipe, margin)
 
                 if ok(len(order)):
                     # ~4-5 end-to-end measurements instead of log2(n): a few extra layers may get the remedy.
-                    k = _bisect(len(order), ok, tol=max(1, len(order) // BISECT_STEPS))
+                    k = bisect(len(order), ok, tol=max(1, len(order) // BISECT_STEPS))
                     modes, result = cache[k] if k in cache else trial(k)
                     for n in order[:k]:
                         reasons[n] = f"{cur} over budget (sensitivity rank {order.index(n) + 1})"
-                    _sibling_reasons(modes, reasons, nxt)
+                    sibling_reasons(modes, reasons, nxt)
                     break
                 every, r_every = cache[len(order)]
-                if nxt != "float" and _over(r_every, recipe) >= _over(result, recipe):
+                if nxt != "float" and over_budget(r_every, recipe) >= over_budget(result, recipe):
                     # Measured, not assumed: FP8 weight-only can cost more than FP8 W8A8 with smoothing (SmolLM2).
                     say(f"every layer {nxt} measures no better than {cur}: that remedy is skipped")
                     continue
                 modes, result, current = every, r_every, nxt
                 for n in order:
                     reasons[n] = f"{cur} over budget for every layer"
-        met = (not has_budget) or _budget_ok(result, recipe, 1.0)
+        met = (not has_budget) or budget_ok(result, recipe, 1.0)
         if has_budget and not met:
             say("budget not met even with every layer in float")
 
@@ -330,6 +283,8 @@ def search_budget(
                                    "params": params[n]}
             if scheme != "int8" and modes[n] != "float":
                 rec["scheme"] = scheme  # "int8" stays the key of the mode: w8a8 / w8a16 / float
+            if modes[n] == "float" and n not in skip and fallback is not None:
+                rec["stored"] = "bf16"
             g = by_target.get(n)
             if g is not None and modes[n] == "w8a8":
                 rec["smooth"] = {"alpha": alphas[g.kind], "from": g.prev, "group": g.kind}
@@ -347,115 +302,21 @@ def search_budget(
             "streamed": {"blocks": len(st.blocks), "device": str(st.device)} if st.streamed else None,
             "planned": result.to_dict(),
             "sensitivity": sensitivity if sens else None,
-            "int8_share": round(_share(params, modes), 6),
+            **({"role_kl": {r: {m: round(v, 6) for m, v in kl.items()} for r, kl in roles.items()}} if roles else {}),
+            "int8_share": round(int8_share(params, modes), 6),
+            "float_fallback_dtype": "bf16" if fallback is not None else None,
         }
         return Int8Decisions(
             method=recipe.method.value, alpha=alphas if used else {}, groups=used,
             smooth_scales={p: scales[p] for p in used},
             weight_only={n for n, m in modes.items() if m == "w8a16"} if recipe.method.act_quant else set(),
-            keep_float={n for n, m in modes.items() if m == "float"}, records=records, summary=summary, params=params,
+            keep_float={n for n, m in modes.items() if m == "float"},
+            float_storage={n: "bf16" for n, m in modes.items() if m == "float" and n not in skip and fallback is not None},
+            records=records, summary=summary, params=params,
             has_bias={p: getattr(model.get_submodule(p), "bias", None) is not None for p in used},
         )
     finally:
         model.train(was_training)
-
-
-_RANK = {"w8a8": 0, "w8a16": 1, "float": 2}
-
-
-def fuse_siblings(modes: Mapping[str, str]) -> dict[str, str]:
-    """``modes`` with every set of shared-input siblings (q/k/v, gate/up, ...:
-    :data:`llmpack.runtime.siblings.SIBLING_GROUPS`) raised to its most conservative member's mode: vLLM fuses
-    them into one layer and refuses fused shards of mixed precision.
-
-    Example:
-        >>> fuse_siblings({"a.q_proj": "w8a8", "a.k_proj": "w8a16", "a.v_proj": "w8a8", "a.o_proj": "w8a8"})
-        {'a.q_proj': 'w8a16', 'a.k_proj': 'w8a16', 'a.v_proj': 'w8a16', 'a.o_proj': 'w8a8'}
-    """
-    from llmpack.runtime.siblings import SIBLING_GROUPS
-
-    out = dict(modes)
-    parents: dict[str, set[str]] = {}
-    for n in modes:
-        parent, _, leaf = n.rpartition(".")
-        parents.setdefault(parent, set()).add(leaf)
-    for parent, leaves in parents.items():
-        for names in SIBLING_GROUPS:
-            members = [f"{parent}.{x}" if parent else x for x in names if x in leaves]
-            if len(members) > 1:
-                top = max((out[m] for m in members), key=_RANK.__getitem__)
-                out.update({m: top for m in members})
-    return out
-
-
-def _sibling_reasons(modes: Mapping[str, str], reasons: dict[str, str], mode: str) -> None:
-    """Reasons for the layers :func:`fuse_siblings` moved along with a sibling."""
-    for n, m in modes.items():
-        if m == mode and reasons.get(n) == "default":
-            reasons[n] = f"{mode} with its fused siblings (vLLM refuses mixed-precision q/k/v and gate/up)"
-
-
-def _share(params: Mapping[str, int], modes: Mapping[str, str]) -> float:
-    total = sum(params.values())
-    return sum(n for k, n in params.items() if modes[k] != "float") / total if total else 0.0
-
-
-def _is_head(model: torch.nn.Module, name: str, mod: torch.nn.Module) -> bool:
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf in ("lm_head", "embed_out", "output"):
-        return True
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    out = mod.weight.shape[1] if type(mod).__name__ == "Conv1D" else mod.weight.shape[0]
-    return isinstance(vocab, int) and out == vocab
-
-
-def _block_index(st: Any, names: Iterable[str]) -> dict[str, int]:
-    """Layer name → index of the streamer block holding it (layers outside every block are left out)."""
-    if not st.prefix:  # the whole-model fallback: one block holds everything
-        return {n: 0 for n in names}
-    pre = st.prefix + "."
-    out = {}
-    for n in names:
-        if n.startswith(pre):
-            head = n[len(pre):].split(".", 1)[0]
-            if head.isdigit():
-                out[n] = int(head)
-    return out
-
-
-def _resolve_streamer(model_or_source: Any, tokenizer: Any, device: "str | torch.device",
-                      need_tokenizer: bool = True) -> tuple[Any, Any]:
-    from llmpack.stream import BlockStreamer, StreamUnsupported, WholeModel, open_streamer
-
-    if isinstance(model_or_source, torch.nn.Module):
-        model, tokenizer = _resolve_model(model_or_source, tokenizer)
-        try:
-            return BlockStreamer.resident(model), tokenizer
-        except StreamUnsupported:
-            return WholeModel(model), tokenizer  # already in memory: run it whole
-    path = Path(model_or_source)
-    if not (path / "config.json").is_file():
-        raise BadInputError(f"{path} is not an HF model directory (no config.json): pass a directory or a model")
-    st = open_streamer(path, device=device, dtype=torch.float32)
-    if st.model.get_output_embeddings() is None:
-        raise BadInputError(f"{path} is not a causal LM with a head: the int8 accuracy budget measures perplexity/KL")
-    if tokenizer is None and need_tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return st, tokenizer
-
-
-def _resolve_model(model_or_source: Any, tokenizer: Any) -> tuple[torch.nn.Module, Any]:
-    if isinstance(model_or_source, torch.nn.Module):
-        model = model_or_source
-        if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
-            raise BadInputError(
-                f"{type(model).__name__} has no language-model head: the int8 accuracy budget measures perplexity/KL, "
-                "so it needs a causal LM; quantize encoders without max_ppl_increase / max_kl"
-            )
-        return model, tokenizer
-    raise BadInputError(f"expected an nn.Module, got {type(model_or_source).__name__}")
 
 
 def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Recipe, *, inplace: bool = False) -> torch.nn.Module:
@@ -474,7 +335,13 @@ def apply_decisions(model: torch.nn.Module, decisions: Int8Decisions, recipe: Re
 
     from llmpack.runtime.convert import quantize_module
 
+    from llmpack.quant.floats import float_dtype
+
     target = model if inplace else copy.deepcopy(model)
     decisions.fold_into(target)
+    with torch.no_grad():  # the budget's narrower float storage, as the written file holds it (values only)
+        for n, dt in decisions.float_storage.items():
+            w = target.get_submodule(n).weight
+            w.copy_(w.to(float_dtype(dt)).to(w.dtype))
     return quantize_module(target, recipe, skip=sorted(decisions.keep_float), weight_only=sorted(decisions.weight_only),
                            inplace=True)

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from llmpack._nn import forward_hooks, is_conv1d
 from llmpack.errors import BadInputError
 from llmpack.quant import int8 as _int8
 from llmpack.quant.int8 import ACT_DIVISOR, QMAX, fake_quant_weight
@@ -140,8 +141,6 @@ def absmax_hooks(model: torch.nn.Module, names: Iterable[str], stats: dict[str, 
         >>> s["model.layers.0.mlp.up_proj"].shape
         torch.Size([64])
     """
-    handles = []
-
     def make_hook(name: str) -> Any:
         def hook(_m: torch.nn.Module, args: tuple) -> None:
             x = args[0].detach()
@@ -150,13 +149,8 @@ def absmax_hooks(model: torch.nn.Module, names: Iterable[str], stats: dict[str, 
             stats[name] = v if prev is None else torch.maximum(prev, v)
         return hook
 
-    for name in names:
-        handles.append(model.get_submodule(name).register_forward_pre_hook(make_hook(name)))
-    try:
+    with forward_hooks(((model.get_submodule(name), make_hook(name)) for name in names), pre=True):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
@@ -203,11 +197,14 @@ class LayerSim:
         smooth: optional per-input-channel SmoothQuant scale ``s``: the layer computes
             ``q(x / s) @ q(W * s)ᵀ``, which equals ``x @ Wᵀ`` without quantization.
         scheme: the 8-bit grid of ``q`` (``"int8"`` or ``"fp8"``, :mod:`llmpack.quant.schemes`).
+        weight_dtype: ``"float"`` mode only: the weight as stored in this narrower float dtype (e.g.
+            ``torch.bfloat16`` for a layer an FP32 source keeps in float), rounded to it and back.
     """
 
     mode: str = "w8a8"
     smooth: torch.Tensor | None = None
     scheme: str = "int8"
+    weight_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("w8a8", "w8a16", "float"):
@@ -217,14 +214,16 @@ class LayerSim:
 def _sim_forward(mod: torch.nn.Module, sim: LayerSim):
     from llmpack.quant.schemes import get_scheme
 
-    conv1d = type(mod).__name__ == "Conv1D"
+    conv1d = is_conv1d(mod)
     scheme = get_scheme(sim.scheme)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         w = mod.weight
         dt = x.dtype
-        if sim.mode == "float" and sim.smooth is None:
+        if sim.mode == "float" and sim.smooth is None and sim.weight_dtype is None:
             return mod.__class__.forward(mod, x)
+        if sim.mode == "float" and sim.weight_dtype is not None:
+            w = w.to(sim.weight_dtype)
         s = sim.smooth
         if s is not None:
             s = s.to(device=x.device, dtype=torch.float32)

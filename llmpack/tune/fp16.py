@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from llmpack._nn import forward_hooks
 from llmpack.checkpoint.sources import Source
 from llmpack.config import Recipe
 from llmpack.errors import Fp16OverflowError
@@ -72,12 +73,8 @@ class _FirstNonFinite:
                         return
             return fn
 
-        handles = [m.register_forward_hook(hook(n)) for n, m in modules]
-        try:
+        with forward_hooks((m, hook(n)) for n, m in modules):
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
 
 def _first_bad(st: Any, ids: torch.Tensor) -> str | None:

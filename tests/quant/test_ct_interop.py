@@ -16,7 +16,7 @@ from llmpack.errors import ConfigError
 from llmpack.quant.ct_config import build_quantization_config, parse_quantization_config, scheme_for
 from llmpack.runtime.kernels import select
 from llmpack.runtime.linear import Int8Linear
-from llmpack.runtime.options import ENV_KERNEL
+from llmpack._env import ENV_KERNEL
 
 ct = pytest.importorskip("compressed_tensors")
 

@@ -30,3 +30,23 @@ def test_bf16_wide_range_and_nonfinite() -> None:
     assert float_dtype("bfloat16") is torch.bfloat16
     with pytest.raises(ValueError):
         float_dtype("int4")
+
+
+def test_one_check_finite_for_casts_and_quantization() -> None:
+    """The same check serves a float cast (source message) and int8/FP8 quantization (count + --ignore fix)."""
+    from llmpack.quant.int8 import int8_per_channel
+
+    w = torch.ones(2, 3)
+    w[1, 2] = float("-inf")
+    w[0, 0] = float("nan")
+    with pytest.raises(NonFiniteWeightError) as info:
+        check_finite(w, "m.fc.weight")
+    assert str(info.value) == "tensor m.fc.weight holds NaN or Inf values in the source; fix the source checkpoint"
+    with pytest.raises(NonFiniteWeightError) as info:
+        check_finite(w, "m.fc.weight", quantizing_to="int8")
+    assert str(info.value) == ("tensor 'm.fc.weight' holds 2 NaN/Inf value(s): cannot quantize it to int8; "
+                               "fix the source checkpoint or keep it in float with --ignore 'm.fc'")
+    with pytest.raises(NonFiniteWeightError, match="holds 2 NaN/Inf value"):
+        int8_per_channel(w, dim=0, name="m.fc.weight")
+    check_finite(torch.tensor([1, 2]), "ints")  # non-float tensors always pass
+    check_finite(torch.ones(0), "empty")

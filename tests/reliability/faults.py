@@ -185,7 +185,7 @@ LIMITS: tuple[str, ...] = (
     "`llmpack verify` catches it there.",
     "SIGKILL cannot be caught: a killed run leaves its temp dir (`.llmpack-tmp-<name>-*`) and lock file until "
     "the next run on the same output removes them (a lock whose PID is dead is stale). A killed `pack` leaves "
-    "a `.tmp-*` blob that the next pack's garbage collection removes.",
+    "a `.llmpack-tmp-blob-*` temp blob that the next pack's garbage collection removes.",
     "`pack` writes into its build directory in place (that is what makes re-packing incremental): a failed or "
     "killed pack leaves the files it had finished, but never an `index.json` or `Dockerfile` pointing at "
     "missing blobs; the next pack into the same directory continues from there.",

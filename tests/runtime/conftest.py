@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 
 from llmpack.runtime.kernels import native, select
-from llmpack.runtime.options import ENV_KERNEL
+from llmpack._env import ENV_KERNEL
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 ALL_KERNELS = ("avx2", "int_mm", "dequant", "avx2-7bit", "onednn-7bit") + (("vnni",) if native.has_vnni() else ())

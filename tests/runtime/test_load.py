@@ -33,6 +33,32 @@ def test_load_equals_from_pretrained(tiny_dirs, tmp_path, kind, device) -> None:
     assert next(load(out, dtype=torch.float32).parameters()).dtype == torch.float32
 
 
+@pytest.mark.parametrize("method", [None, "bf16", "int8"])
+def test_gpt_neox_saved_by_transformers_loads_its_renamed_head(tmp_path, method) -> None:
+    """transformers 5.x builds GPT-NeoX's head as ``lm_head`` but saves (and reads) it as ``embed_out``:
+    ``llmpack.load`` applies the same load-time renaming, on the source and on llmpack's outputs."""
+    from transformers import AutoModelForCausalLM
+
+    from llmpack.checkpoint.keys import model_key
+    from llmpack.testing import arch_configs
+
+    torch.manual_seed(0)
+    src = AutoModelForCausalLM.from_config(arch_configs(300)["gpt-neox"]).eval()
+    src.save_pretrained(tmp_path / "src")
+    d = tmp_path / "src"
+    if method is not None:
+        d = quantize(d, method, out=tmp_path / "o", quiet=True).out_dir
+    stored = set(llmpack.open(d).keys())
+    if hasattr(src, "lm_head"):  # (a transformers that renames: the file holds embed_out, the model lm_head)
+        assert model_key(src, "embed_out.weight") == "lm_head.weight" and "lm_head.weight" not in stored
+    ours = load(d)
+    ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(d).eval()(ids).logits
+        tol = 1e-3 if method == "int8" else 0.0  # (int8: llmpack's kernels vs compressed-tensors' arithmetic)
+        torch.testing.assert_close(ours(ids).logits.float(), want.float(), rtol=tol, atol=tol)
+
+
 def test_open_is_lazy(tiny_dirs) -> None:
     ck = llmpack.open(tiny_dirs["llama-untied"])
     assert ck.reads == 0 and len(ck) > 5

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
+from llmpack._env import cache_root, kernel_option
 from llmpack.runtime.kernels import cpu as _cpu
-from llmpack.runtime.options import cache_root, kernel_option
 
 __all__ = ["avx2_ops", "checked_ops", "pack", "has_vnni", "mark_unusable", "native_status"]
 

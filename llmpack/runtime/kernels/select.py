@@ -30,8 +30,8 @@ from typing import Iterator
 
 import torch
 
+from llmpack._env import APPROXIMATE, kernel_option
 from llmpack.runtime.kernels import cpu as _cpu
-from llmpack.runtime.options import APPROXIMATE, kernel_option
 
 __all__ = ["FEW_TOKENS", "cpu_kernel", "few_token_kernel", "many_token_kernel", "kernel_for", "prepared_kernel", "is_native", "is_exact",
            "use", "reset", "native_float_ops_on", "fp8_kernel_for", "FP8_MIN_CAPABILITY", "fallback_reason",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from llmpack.errors import ConfigError
+from llmpack._env import ENV_KERNEL
 from llmpack.runtime.kernels import cpu, native, onednn, select
-from llmpack.runtime.options import ENV_KERNEL
 
 
 @pytest.mark.parametrize("flags, built, want", [
