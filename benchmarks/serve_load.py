@@ -15,6 +15,13 @@ together), or measured again with ``--retries N``. Latencies of requests that sp
     python benchmarks/serve_load.py --quick             # smoke run on a tiny random model (what the test runs)
 
 llama.cpp runs when ``llama_cpp`` (``pip install 'llama-cpp-python[server]'``) imports; otherwise its row says why.
+Its server is started with this process's ``PYTHONPATH``: on a CPU with AMX (Sapphire Rapids and later) use the
+no-AMX build of ``benchmarks/decode_cpu.py``'s docstring (``PYTHONPATH=/tmp/llama-noamx python
+benchmarks/serve_load.py``). The pip-default wheel crashes in ggml's AMX path there: a non-streaming request
+kills the server (SIGSEGV), a streaming one gets ``200`` and an empty body (no SSE event at all); the client
+reports such a stream as a failure ("no tokens in the stream"), never as a row. llama.cpp sends no ``usage``
+in its streams: with ``min_tokens`` = ``max_tokens`` a stream that ends with ``finish_reason: "length"``
+generated exactly ``max_tokens`` tokens (else the token events are counted).
 """
 
 from __future__ import annotations
@@ -99,22 +106,35 @@ async def _one(client: Any, srv: Server, prompt: str, new_tokens: int) -> dict[s
     body = {"model": srv.model, "prompt": prompt, "max_tokens": new_tokens, "temperature": 0, "stream": True,
             **srv.extra}
     t0 = time.perf_counter()
-    ttft, chunks, usage = None, 0, None
+    ttft, events, usage, finish = None, 0, None, None
     async with client.stream("POST", srv.url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{srv.name}: HTTP {r.status_code}: {(await r.aread())[:200]!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        async for line in r.aiter_lines():  # SSE: "data: {...}" lines, blank separators, "data: [DONE]"
+            if not line.startswith("data:"):
                 continue
-            ev = json.loads(line[6:])
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            ev = json.loads(data)
+            if ev.get("error"):
+                raise RuntimeError(f"{srv.name}: error in the stream: {str(ev['error'])[:200]}")
             if ev.get("usage"):
                 usage = ev["usage"]["completion_tokens"]
-            if ev.get("choices") and ev["choices"][0].get("text"):
-                chunks += 1
-                if ttft is None:
-                    ttft = time.perf_counter() - t0
+            for choice in ev.get("choices") or ():
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                elif "text" in choice:  # one event per generated token (its text may be "" mid-UTF-8)
+                    events += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+    if ttft is None and not usage:
+        # what llama-cpp-python's default wheel answers here: its AMX path crashes the generation (module doc)
+        raise RuntimeError(f"{srv.name}: HTTP 200 but no tokens in the stream (finish_reason {finish!r})")
+    # llama.cpp sends no usage: with min_tokens = max_tokens, finish_reason "length" means max_tokens tokens
+    tokens = usage if usage is not None else (new_tokens if finish == "length" else events)
     return {"latency": time.perf_counter() - t0, "ttft": ttft if ttft is not None else float("nan"),
-            "tokens": float(usage if usage is not None else chunks)}
+            "tokens": float(tokens)}
 
 
 async def _load(srv: Server, requests: int, concurrency: int, new_tokens: int) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 conftest).
 
 * ``registry``: ``docker-registry`` on 127.0.0.1 with a free port and temp storage, stopped by PID.
-* ``podman_env``: podman/buildah with overlay storage under tmp, runtime runc, and a busybox-static
-  base image imported as ``localhost/base:latest``.
+* ``podman_env``: podman/buildah with overlay storage, tmp dir and network configs under tmp, runtime runc,
+  and a busybox-static base image imported as ``localhost/base:latest``.
 
 A missing tool skips the test that asked for it (``need``), naming the tool; these tests are marked ``tools``.
 """
@@ -91,7 +91,10 @@ def podman_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     (root / "run").mkdir()
     (root / "storage.conf").write_text(
         f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\nrunroot = "{root / "run"}"\n')
-    (root / "containers.conf").write_text('[engine]\nruntime = "runc"\n')
+    # podman's tmp dir (/run/libpod) and network configs are machine-wide by default: another test's
+    # `podman system reset` would remove them under this one's feet; keep them under tmp as well
+    (root / "containers.conf").write_text(f'[engine]\nruntime = "runc"\ntmp_dir = "{root / "tmp"}"\n'
+                                          f'[network]\nnetwork_config_dir = "{root / "networks"}"\n')
     env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(root / "storage.conf"),
                CONTAINERS_CONF=str(root / "containers.conf"), TMPDIR=str(tmp_path))
     rootfs = root / "rootfs"
@@ -107,7 +110,8 @@ def podman_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
-        subprocess.run(["podman", "system", "reset", "--force"], env=env, capture_output=True, timeout=60)
+        # a runtime image's layers (GBs) take a while to delete on a busy machine
+        subprocess.run(["podman", "system", "reset", "--force"], env=env, capture_output=True, timeout=600)
         # overlay mounts may linger: unmount anything under our graphroot before tmp_path is removed
         subprocess.run(["sh", "-c", f"grep -o ' {root}[^ ]*' /proc/mounts | xargs -r -n1 umount -l"],
                        capture_output=True)
