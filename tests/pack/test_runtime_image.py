@@ -63,9 +63,13 @@ def _run(cmd: list[str], env: dict[str, str], timeout: int = 120, **kw: object) 
                           start_new_session=True, **kw)
 
 
-def _pip(*args: str, timeout: int = 600) -> None:
-    r = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"pip {' '.join(args[:3])} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+def _pip(*args: str, timeout: int = 600, tries: int = 1) -> None:
+    for attempt in range(tries):  # the package index can answer a resolution with a transient error
+        r = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=timeout)
+        if r.returncode == 0:
+            return
+    lines = [ln for ln in r.stderr.splitlines() if "is ignored: it is neither a file nor a directory" not in ln]
+    raise AssertionError(f"pip {' '.join(args[:3])} failed {tries}x:\n{r.stdout[-2000:]}\n" + "\n".join(lines)[-3000:])
 
 
 def _llmpack_wheel(tmp: Path, dest: Path) -> Path:
@@ -98,7 +102,7 @@ def _dependency_wheels(llmpack_wheel: Path, dest: Path) -> None:
         (part / "constraints.txt").write_text("\n".join(pins) + "\n")
         torch_pin = f"torch=={importlib.metadata.version('torch')}"
         _pip("download", "-q", "--only-binary=:all:", "-c", str(part / "constraints.txt"), "-d", str(part),
-             torch_pin, f"{llmpack_wheel}[serve]")
+             torch_pin, f"{llmpack_wheel}[serve]", tries=3)
         for own in part.glob("llmpack-*.whl"):
             own.unlink()
         (part / "COMPLETE").write_text(torch_pin + "\n")
