@@ -90,8 +90,10 @@ def _dependency_wheels(llmpack_wheel: Path, dest: Path) -> None:
     The versions are pinned to this environment's (so the image runs what the tests here run); the cache is
     keyed by them and by pyproject.toml, and filled once by ``pip download`` (cp311 binary wheels only).
     """
-    pins = sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
-                   if d.metadata["Name"] and d.metadata["Name"].lower() != "llmpack"})
+    # one pin per name, the version an import finds first: setuptools (>= 71) puts its _vendor folder on sys.path
+    # once imported, so distributions() can list a second, vendored copy of packaging and others
+    names = {d.metadata["Name"] for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    pins = sorted(f"{n}=={importlib.metadata.version(n)}" for n in names if n.lower() != "llmpack")
     key = hashlib.sha256("\n".join([*pins, (ROOT / "pyproject.toml").read_text(), PY]).encode()).hexdigest()[:16]
     root = Path(os.environ.get("LLMPACK_TEST_WHEELS", Path.home() / ".cache" / "llmpack-tests" / "wheels"))
     cache = root / f"cp311-{key}"
