@@ -241,7 +241,7 @@ def fake_quant_act(x: torch.Tensor, grid: "tuple[float, float, float, bool] | No
 
     Example:
         >>> fake_quant_act(torch.tensor([[0.51, -1.0]]))
-        tensor([[ 0.5098, -1.0000]])
+        tensor([[ 0.5098, -0.9961]])
     """
     divisor, lo, hi, centred = grid or (ACT_DIVISOR, -QMAX - 1.0, float(QMAX), False)
     if centred:
