@@ -261,7 +261,8 @@ def _decide_8bit(
 ) -> list[TensorDecision]:
     """Turn the float decisions into 8-bit decisions where the recipe asks for them (``skip`` stays float)."""
     scheme = recipe.method.scheme
-    assert scheme is not None
+    if scheme is None:
+        raise ConfigError(f"8-bit planning called for the float method {recipe.method.value}")
     if not module_types:
         raise ConfigError(
             f"{recipe.method.value} needs the model architecture to find Linear layers, but it could not be built from config.json "
