@@ -101,24 +101,13 @@ def few_token_kernel() -> str | None:
     ops = native.checked_ops()
     if ops is None:
         return None
-    g = torch.Generator().manual_seed(0)
-    w = torch.randint(-127, 128, (2048, 2048), dtype=torch.int8, generator=g)
-    scale, x = torch.full((2048,), 1e-3), torch.randn(1, 2048, generator=g)
-    panels, corr = native.pack(ops, w)
+    w, scale, x, panels, corr = _timing_layer(ops, 2048, 1)
 
-    def best(fn: object) -> float:
-        times = []
-        for _ in range(20):
-            t = time.perf_counter()
-            fn()  # type: ignore[operator]
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    t_avx2 = best(lambda: ops.w8a8(x, [panels], [corr], [scale], [None], 8))
+    t_avx2 = _best(lambda: ops.w8a8(x, [panels], [corr], [scale], [None], 8), 20)
     if chosen == "vnni":
-        t_chosen = best(lambda: ops.w8a8_vnni(x, [panels], [corr], [scale], [None]))
+        t_chosen = _best(lambda: ops.w8a8_vnni(x, [panels], [corr], [scale], [None]), 20)
     else:
-        t_chosen = best(lambda: reference.int_mm_w8a8(x, w, scale.reshape(1, -1), None))
+        t_chosen = _best(lambda: reference.int_mm_w8a8(x, w, scale.reshape(1, -1), None), 20)
     return "avx2" if t_avx2 < t_chosen else None
 
 
@@ -141,10 +130,7 @@ def many_token_kernel() -> str | None:
     ops = native.checked_ops()
     if ops is None:
         return None
-    g = torch.Generator().manual_seed(0)
-    w = torch.randint(-127, 128, (1024, 1024), dtype=torch.int8, generator=g)
-    scale, x = torch.full((1024,), 1e-3), torch.randn(256, 1024, generator=g)
-    panels, corr = native.pack(ops, w)
+    w, scale, x, panels, corr = _timing_layer(ops, 1024, 256)
     wt = w.t()
 
     def int_mm() -> torch.Tensor:  # what the dispatcher runs for "int_mm": native quantization and rescale around it
@@ -154,6 +140,18 @@ def many_token_kernel() -> str | None:
     t_vnni = _best(lambda: ops.w8a8_vnni(x, [panels], [corr], [scale], [None]), 5)
     t_int_mm = _best(int_mm, 5)
     return "int_mm" if t_int_mm < t_vnni else None
+
+
+def _timing_layer(ops: object, size: int, tokens: int) -> tuple[torch.Tensor, ...]:
+    """A fixed random ``size x size`` int8 layer (weight, scale, ``tokens`` inputs, native panels and correction)
+    that the kernel choices are timed on."""
+    from llmpack.runtime.kernels import native
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(-127, 128, (size, size), dtype=torch.int8, generator=g)
+    scale, x = torch.full((size,), 1e-3), torch.randn(tokens, size, generator=g)
+    panels, corr = native.pack(ops, w)
+    return w, scale, x, panels, corr
 
 
 def _best(fn: object, calls: int) -> float:
