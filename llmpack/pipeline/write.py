@@ -6,7 +6,6 @@ model size.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -45,27 +44,6 @@ def _output_dtype_name(src: Source, recipe: Recipe) -> str | None:
     return (src.config or {}).get("dtype") or (src.config or {}).get("torch_dtype")
 
 
-def _narrow_fallbacks(decisions: list[TensorDecision], storage: Mapping[str, str]) -> list[TensorDecision]:
-    """The weights of the layers the accuracy budget moved to float, cast to the dtype it decided for them
-    (:attr:`Int8Decisions.float_storage`, e.g. bf16 for an FP32 source) instead of kept as in the source.
-
-    Example:
-        >>> d = TensorDecision("fc.weight", "keep", None, "fc", "source dtype", in_dtype=torch.float32)
-        >>> _narrow_fallbacks([d], {"fc": "bf16"})[0].out_dtype
-        'bf16'
-    """
-    if not storage:
-        return decisions
-    out = []
-    for d in decisions:
-        dt = storage.get(d.module)
-        if dt is not None and d.name == f"{d.module}.weight" and d.action in ("keep", "cast") \
-                and d.in_dtype is not None and d.in_dtype.is_floating_point and d.in_dtype.itemsize > 2:
-            d = dataclasses.replace(d, action="cast", out_dtype=dt, reason=f"{d.reason}; stored {dt} (budget fallback)")
-        out.append(d)
-    return out
-
-
 def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str, str], quiet: bool, *,
            int8: "Int8Decisions | None" = None, budget: dict[str, Any] | None = None,
            device: "torch.device | None" = None) -> QuantizeResult:
@@ -77,8 +55,8 @@ def write_output(src: Source, tmp: Path, recipe: Recipe, keep_float: Mapping[str
 
     if int8 is not None:
         decisions = plan(src.infos, src.module_types, recipe, src.config, keep_float=keep_float,
-                         weight_only=sorted(int8.weight_only), skip=sorted(int8.keep_float))
-        decisions = _narrow_fallbacks(decisions, int8.float_storage)
+                         weight_only=sorted(int8.weight_only), skip=sorted(int8.keep_float),
+                         float_storage=int8.float_storage)
         missing = sorted(int8.smoothed_tensors() - {i.name for i in src.infos})
         if missing:
             raise BadInputError(

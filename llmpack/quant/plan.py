@@ -178,6 +178,7 @@ def plan(
     keep_float: Mapping[str, str] | None = None,
     weight_only: Iterable[str] = (),
     skip: Iterable[str] = (),
+    float_storage: Mapping[str, str] | None = None,
 ) -> list[TensorDecision]:
     """Decide, per tensor, how it is written. Pure.
 
@@ -192,6 +193,8 @@ def plan(
             (the budget search's :attr:`~llmpack.quant.decisions.Int8Decisions.weight_only`).
         skip: 8-bit methods: Linear modules kept in float (the budget's ``keep_float``); their tensors
             get the float decision (source dtype or ``recipe.float_dtype``).
+        float_storage: 8-bit methods: skipped module -> the float dtype its weight is stored in when the source's is
+            wider (the budget's :attr:`~llmpack.quant.decisions.Int8Decisions.float_storage`, e.g. bf16 for FP32).
 
     Returns:
         One :class:`TensorDecision` per input tensor, same order.
@@ -232,9 +235,10 @@ def plan(
             fd = recipe.float_dtype
             out.append(TensorDecision(name, ActionName.CAST.value, fd, module, f"float_dtype {fd}", **base))
     if method.is_quantized:
-        return _decide_8bit(infos, module_types, recipe, out, weight_only=weight_only, skip=skip)
-    if tuple(weight_only) or tuple(skip):
-        raise ConfigError(f"weight_only / skip apply to int8 and fp8 methods, not {method.value}")
+        return _decide_8bit(infos, module_types, recipe, out, weight_only=weight_only, skip=skip,
+                            float_storage=float_storage or {})
+    if tuple(weight_only) or tuple(skip) or float_storage:
+        raise ConfigError(f"weight_only / skip / float_storage apply to int8 and fp8 methods, not {method.value}")
     return out
 
 
@@ -258,8 +262,10 @@ def _decide_8bit(
     *,
     weight_only: Iterable[str] = (),
     skip: Iterable[str] = (),
+    float_storage: Mapping[str, str],
 ) -> list[TensorDecision]:
-    """Turn the float decisions into 8-bit decisions where the recipe asks for them (``skip`` stays float)."""
+    """Turn the float decisions into 8-bit decisions where the recipe asks for them (``skip`` stays float, its
+    weights narrowed per ``float_storage`` where the source is wider)."""
     scheme = recipe.method.scheme
     if scheme is None:
         raise ConfigError(f"8-bit planning called for the float method {recipe.method.value}")
@@ -284,7 +290,12 @@ def _decide_8bit(
         sdt = _scale_dtype_name(recipe, info.dtype)
         if mtype in LINEAR_TYPES:
             if module in sk:
-                out.append(dataclasses.replace(fd, reason=f"{fd.reason}; kept float (skip)"))
+                fd = dataclasses.replace(fd, reason=f"{fd.reason}; kept float (skip)")
+                dt = float_storage.get(module)
+                if dt is not None and fd.action in (ActionName.KEEP, ActionName.CAST) and info.dtype.itemsize > 2:
+                    fd = dataclasses.replace(fd, action=ActionName.CAST.value, out_dtype=dt,
+                                             reason=f"{fd.reason}; stored {dt} (budget fallback)")
+                out.append(fd)
             elif _is_output_head(module):
                 out.append(dataclasses.replace(fd, reason=f"{fd.reason}; output head stays float"))
             else:

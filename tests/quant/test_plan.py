@@ -131,3 +131,16 @@ def test_actions_on_tiny_tensors() -> None:
 
 def test_module_of() -> None:
     assert module_of("a.b.weight") == "a.b" and module_of("weight") == ""
+
+
+def test_float_storage_narrows_skipped_weights_wider_than_it() -> None:
+    infos = LAYER + [Info("model.layers.0.mlp.up_proj.weight", (32, 8), torch.bfloat16)]
+    types = dict(TYPES, **{"model.layers.0.mlp.up_proj": "Linear"})
+    skip = ["model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj"]
+    ds = {d.name: d for d in plan(infos, types, Recipe(method="fp8"), skip=skip,
+                                  float_storage={m: "bf16" for m in skip})}
+    down = ds["model.layers.0.mlp.down_proj.weight"]
+    assert (down.action, down.out_dtype) == ("cast", "bf16") and down.reason.endswith("stored bf16 (budget fallback)")
+    assert ds["model.layers.0.mlp.up_proj.weight"].action == "keep"  # already 2 bytes: stays as in the source
+    with pytest.raises(ConfigError, match="float_storage"):
+        plan(LAYER, TYPES, Recipe(method="bf16"), float_storage={"lm_head": "bf16"})
