@@ -106,9 +106,7 @@ def group_siblings(model: nn.Module) -> int:
     size, where the kernel quantizes once for several layers (llmpack's native and the 7-bit oneDNN kernels,
     also where the native kernel serves only decode steps); returns how many.
     """
-    if kernels.cpu_kernel() not in ("vnni", "avx2", "avx2-7bit", "onednn-7bit") and not kernels.native_float_ops_on():
-        return 0
-    count = 0
+    candidates = []
     for parent in model.modules():
         for names in SIBLING_GROUPS:
             mods = [getattr(parent, name, None) for name in names]
@@ -116,11 +114,16 @@ def group_siblings(model: nn.Module) -> int:
                 continue
             if any(m._group is not None for m in mods):  # already grouped (prepare_int8 called twice)
                 continue
-            if not all(m.act_quant and m.scheme == "int8" and m.weight.device.type == "cpu"
-                       and m.in_features == mods[0].in_features for m in mods):
-                continue
-            group = SiblingGroup(mods)  # type: ignore[arg-type]
-            for m in mods:
-                m._group = group  # type: ignore[union-attr]
-            count += 1
-    return count
+            if all(m.act_quant and m.scheme == "int8" and m.weight.device.type == "cpu"
+                   and m.in_features == mods[0].in_features for m in mods):
+                candidates.append(mods)
+    # Asked only where there is something to group: the question may build the native kernels (seconds), which
+    # FP8 models, weight-only models and models on a GPU never use.
+    if not candidates or (kernels.cpu_kernel() not in ("vnni", "avx2", "avx2-7bit", "onednn-7bit")
+                          and not kernels.native_float_ops_on()):
+        return 0
+    for mods in candidates:
+        group = SiblingGroup(mods)  # type: ignore[arg-type]
+        for m in mods:
+            m._group = group  # type: ignore[union-attr]
+    return len(candidates)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -85,3 +87,23 @@ def test_a_deep_copy_of_a_grouped_model_runs_and_matches(force) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again, want, rtol=0, atol=0)
     assert any(m._group is not None for _, m in iter_int8_linears(twin))
+
+
+@pytest.mark.parametrize("method", ["fp8", "int8-weight-only"])
+def test_models_without_cpu_w8a8_siblings_never_ask_for_a_cpu_kernel(monkeypatch, method: str) -> None:
+    """Choosing the CPU kernel may build the native extension (seconds); FP8 and weight-only models (and models
+    on a GPU) have nothing to group, so loading them never asks."""
+    import llmpack
+    from llmpack.runtime import kernels
+    from llmpack.runtime.siblings import group_siblings
+    from llmpack.testing import tiny_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fp8: no calibration, no smoothing
+        model = llmpack.quantize(tiny_model("llama"), method, quiet=True).model
+
+    def asked() -> str:
+        raise AssertionError("cpu_kernel() asked for a model with no CPU W8A8 siblings")
+
+    monkeypatch.setattr(kernels, "cpu_kernel", asked)
+    assert group_siblings(model) == 0
