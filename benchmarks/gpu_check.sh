@@ -14,7 +14,9 @@
 # travels with the repo, and this script installs them offline:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 \
 #     -d benchmarks/wheelhouse compressed-tensors==0.20.1 pydantic==2.14.4 pydantic-core==2.50.5 loguru==0.7.3 \
-#     annotated-types==0.8.0 typing-inspection==0.4.5
+#     annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
+# (pip resolves them against what the image has: typing-extensions is installed only where the image's is older than
+# pydantic's >= 4.16; a missing requirement is said and the check goes on without compressed-tensors.)
 # Python: $PYTHON, else ./.venv/bin/python, else python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +34,7 @@ if ! "$PY" -c "import torch, transformers, safetensors, huggingface_hub" 2>/dev/
 fi
 if [[ -d benchmarks/wheelhouse ]] && ! "$PY" -c "import compressed_tensors" 2>/dev/null; then
   echo "[gpu_check] installing compressed-tensors from benchmarks/wheelhouse (offline)"
-  "$PY" -m pip install -q --no-index --find-links benchmarks/wheelhouse --no-deps benchmarks/wheelhouse/*.whl \
+  "$PY" -m pip install -q --no-index --find-links benchmarks/wheelhouse compressed-tensors \
     || echo "[gpu_check] wheelhouse install failed: going on without compressed-tensors" >&2
 fi
 exec timeout "${GPU_CHECK_TIMEOUT:-570}" "$PY" benchmarks/gpu_check.py "$@"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llmpack.errors import ConfigError
+from llmpack.measure.latency import cache_kwarg
 from llmpack.pipeline import quantize
 from llmpack.runtime.decode import compiled_forward, decode_compile_config, enable_compiled_decode
 from llmpack.runtime.load import load
@@ -19,7 +20,8 @@ def test_generate_is_set_to_decode_through_a_static_cache_compiled_on_every_devi
     gc = model.generation_config
     assert gc.cache_implementation == "static"
     assert gc.compile_config.dynamic is False and gc.compile_config._compile_all_devices
-    assert model._valid_auto_compile_criteria({"cache": _static_cache(model)}, gc)  # transformers will compile on CPU
+    kw = {cache_kwarg(model): _static_cache(model)}
+    assert model._valid_auto_compile_criteria(kw, gc)  # transformers will compile on CPU
     cfg = decode_compile_config().to_dict()
     assert cfg["mode"] is None or cfg["options"] is None  # torch.compile refuses both
 

@@ -103,8 +103,16 @@ def _build() -> Any:
     return torch.ops.llmpack_avx2
 
 
+_fakes_registered = False
+
+
 def _register_fakes() -> None:
-    """Shapes for torch.compile, which then calls the ops as they are (opaque to inductor)."""
+    """Shapes for torch.compile, which then calls the ops as they are (opaque to inductor). Once per process:
+    PyTorch before 2.13 refuses a second fake for an op (a second build in one process, as tests do)."""
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
 
     @torch.library.register_fake("llmpack_avx2::w8a8")
     def _w8a8(x: torch.Tensor, packed: list[torch.Tensor], corr: list[torch.Tensor], w_scale: list[torch.Tensor],
