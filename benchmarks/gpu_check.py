@@ -266,6 +266,9 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict[str, Any]:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     res["targets"] = _targets(res) if chk.device == "cuda" else {}
+    from llmpack.runtime.kernels.cuda import fusion_status
+
+    res["fusion"] = fusion_status()  # which 8-bit steps ran torch.compile-fused (LLMPACK_CUDA_FUSE)
     res["seconds"] = round(chk.elapsed(), 1)
     return res
 
@@ -308,6 +311,9 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | {e.get('quantize_s', '-')} | {pm.get('load_s', '-')} | {e.get('memory_ratio', '-')} | "
                      + " | ".join(cell(k) for k in pkeys) + " | " + " | ".join(dcell(k) for k in dkeys)
                      + f" | {ag.get('top1', '-')} | {ag.get('kl', '-')} | {ag.get('worst_layer_sqnr_db', '-')} |")
+    if res.get("fusion"):
+        lines += ["", "Fused 8-bit steps (LLMPACK_CUDA_FUSE): "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(res["fusion"].items()))]
     if res.get("targets"):
         lines += ["", "| target (H200) | value | met |", "|---|---|---|"]
         lines += [f"| {k} | {v['value']} | {v['met']} |" for k, v in res["targets"].items()]

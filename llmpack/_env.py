@@ -25,6 +25,7 @@ __all__ = [
     "ENV_DEBUG",
     "ENV_PROGRESS",
     "ENV_KERNEL",
+    "ENV_CUDA_FUSE",
     "ENV_API_KEY",
     "ENV_MODEL",
     "ENV_SOURCE_DATE_EPOCH",
@@ -35,6 +36,7 @@ __all__ = [
     "env_flag",
     "debug",
     "progress_enabled",
+    "cuda_fuse_enabled",
     "kernel_option",
     "cache_root",
     "api_key",
@@ -49,6 +51,8 @@ ENV_PROGRESS = "LLMPACK_PROGRESS"
 """A yes/no flag (default yes): progress bars on a terminal."""
 ENV_KERNEL = "LLMPACK_INT8_KERNEL"
 """Which int8 kernel runs W8A8 layers (one of :data:`KERNEL_CHOICES`)."""
+ENV_CUDA_FUSE = "LLMPACK_CUDA_FUSE"
+"""A yes/no flag (default yes): CUDA 8-bit layers quantize tokens and rescale in ``torch.compile``-fused kernels."""
 ENV_API_KEY = "LLMPACK_API_KEY"
 """``llmpack serve``: the Bearer key (instead of ``--api-key`` on the command line)."""
 ENV_MODEL = "LLMPACK_MODEL"
@@ -129,6 +133,17 @@ def progress_enabled() -> bool:
         True
     """
     return env_flag(ENV_PROGRESS, default=True)
+
+
+def cuda_fuse_enabled() -> bool:
+    """``LLMPACK_CUDA_FUSE`` (default yes): on CUDA, the 8-bit layers' per-token quantization and int8 rescale
+    run as ``torch.compile``-fused kernels (:mod:`llmpack.runtime.kernels.cuda`); no runs them op by op.
+
+    Example:
+        >>> cuda_fuse_enabled() in (True, False)
+        True
+    """
+    return env_flag(ENV_CUDA_FUSE, default=True)
 
 
 def kernel_option() -> str:

@@ -54,5 +54,6 @@ def test_gpu_check_cpu_quick_runs_every_step(tmp_path: Path) -> None:
         if name != "fp16":
             assert e["memory_ratio"] < 0.8 and ag["worst_layer_sqnr_db"] > 30, (name, e)
     assert res["bf16"]["decode"]["b1"]["mode"] == "eager"  # no CUDA graphs on CPU
+    assert res["fusion"] == {"fp8_tokens": "not used", "int8_tokens": "not used", "int8_rescale": "not used"}
     md = (out / "gpu_check.md").read_text()
-    assert "| fp8 |" in md and "prefill 1x64" in md
+    assert "| fp8 |" in md and "prefill 1x64" in md and "Fused 8-bit steps" in md

@@ -67,6 +67,16 @@ def test_kernel_option(monkeypatch: pytest.MonkeyPatch) -> None:
         _env.kernel_option()
 
 
+def test_cuda_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_env.ENV_CUDA_FUSE, raising=False)
+    assert _env.cuda_fuse_enabled() is True
+    monkeypatch.setenv(_env.ENV_CUDA_FUSE, "off")
+    assert _env.cuda_fuse_enabled() is False
+    monkeypatch.setenv(_env.ENV_CUDA_FUSE, "later")
+    with pytest.raises(ConfigError, match="LLMPACK_CUDA_FUSE='later'"):
+        _env.cuda_fuse_enabled()
+
+
 def test_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(_env.ENV_CACHE, str(tmp_path / "c"))
     assert _env.cache_root() == tmp_path / "c"
@@ -110,6 +120,6 @@ def test_no_other_module_reads_llmpack_variables() -> None:
             offenders.append(str(p.relative_to(root)))
     assert offenders == []
     documented = (root.parent / "docs" / "environment.md").read_text(encoding="utf-8")
-    for name in ("ENV_CACHE", "ENV_DEBUG", "ENV_PROGRESS", "ENV_KERNEL", "ENV_API_KEY", "ENV_MODEL",
+    for name in ("ENV_CACHE", "ENV_DEBUG", "ENV_PROGRESS", "ENV_KERNEL", "ENV_CUDA_FUSE", "ENV_API_KEY", "ENV_MODEL",
                  "ENV_SOURCE_DATE_EPOCH"):
         assert f"`{getattr(_env, name)}`" in documented, name

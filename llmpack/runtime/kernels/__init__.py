@@ -120,6 +120,10 @@ def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str,
         kernel: a kernel name (:func:`kernel_for`).
         out_dtype: the dtype the caller wants (CUDA ``int_mm`` writes it directly).
     """
+    if kernel == "int_mm" and x2.device.type == "cuda":  # (quantizes x2 as it is: the float conversion fuses)
+        from llmpack.runtime.kernels.cuda import int_mm_w8a8
+
+        return [int_mm_w8a8(x2, p.weight, p.scale_row, p.bias, out_dtype or torch.float32) for p in packs]
     xf = x2.float()
     if kernel == "vnni" and xf.device.type == "cpu":
         ops = native_ops()
@@ -149,7 +153,7 @@ def w8a8(x2: torch.Tensor, packs: Sequence[PackedWeight], kernel: str,
         if ops is not None:  # the same arithmetic, quantization and rescale in one pass each
             q, tok = ops.quantize_rows(xf.contiguous())
             return [ops.int_mm_epilogue(torch._int_mm(q, p.weight.t()), tok, p.scale, p.bias) for p in packs]
-        return [reference.int_mm_w8a8(xf, p.weight, p.scale_row, p.bias, out_dtype) for p in packs]
+        return [reference.int_mm_w8a8(xf, p.weight, p.scale_row, p.bias) for p in packs]
     return [reference.dequant_w8a8(xf, p.weight, p.scale_row, p.bias) for p in packs]
 
 

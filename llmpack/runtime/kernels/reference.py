@@ -86,17 +86,11 @@ def rescale_int32(y: torch.Tensor, a_scale: torch.Tensor, scale_row: torch.Tenso
 
 
 def int_mm_w8a8(xf: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor,
-                bias: torch.Tensor | None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """:func:`dequant_w8a8` with the integer product from ``torch._int_mm`` (on CUDA ``tokens <= 16`` is padded,
-    and ``in`` / ``out`` must be multiples of 8). On CUDA the epilogue is :func:`rescale_int32` into ``out_dtype``
-    (default float32)."""
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`dequant_w8a8` with the integer product from ``torch._int_mm``, in float32, on CPU (VNNI / AMX; CUDA
+    has :func:`llmpack.runtime.kernels.cuda.int_mm_w8a8`)."""
     xq, a_scale = quantize_per_token(xf)
-    m = xf.shape[0]
-    if xf.device.type == "cuda":
-        if m <= 16:
-            xq = F.pad(xq, (0, 0, 0, 17 - m))
-        return rescale_int32(torch._int_mm(xq, weight.t())[:m], a_scale, scale_row, bias, out_dtype or torch.float32)
-    y = torch._int_mm(xq, weight.t())[:m] * a_scale  # int32 * float32 -> float32
+    y = torch._int_mm(xq, weight.t()) * a_scale  # int32 * float32 -> float32
     y.mul_(scale_row)
     return y if bias is None else y.add_(bias)
 
