@@ -130,7 +130,8 @@ class Recipe:
         max_shard_size: largest shard in bytes (``"2GB"`` style strings accepted).
         ignore: glob / regex patterns (``re:`` prefix) of tensor or module names kept as in the source.
         float_dtype: dtype for tensors that stay float in an int8 / fp8 recipe (``None`` = source dtype).
-        quantize_embeddings: int8 methods: store embedding tables weight-only int8 (per-row scale).
+        quantize_embeddings: int8 methods: store embedding tables weight-only int8 (per-row scale), and an
+            untied output head weight-only int8 (per-channel scale; a tied head reads the int8 table).
         fp16_overflow: ``"error"`` refuses a model whose FP16 weights/activations overflow;
             ``"keep"`` keeps the offending modules in float32.
         max_ppl_increase: int8 / fp8 accuracy budget, percent perplexity increase on calibration text.

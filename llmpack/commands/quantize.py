@@ -33,7 +33,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     g = p.add_argument_group("int8 options")
     g.add_argument("--float-dtype", choices=("fp16", "bf16", "fp32"), default=None,
                    help="dtype of tensors that stay float in an int8 recipe (default: source dtype)")
-    g.add_argument("--quantize-embeddings", action="store_true", help="store embedding tables as weight-only int8")
+    g.add_argument("--quantize-embeddings", action="store_true", help="store embedding tables and the output head as weight-only int8")
     g.add_argument("--max-ppl-increase", type=float, default=None, metavar="PCT",
                    help="accuracy budget: max perplexity increase in percent on calibration text")
     g.add_argument("--max-kl", type=float, default=None, metavar="NATS", help="accuracy budget as mean KL divergence")

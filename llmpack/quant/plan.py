@@ -8,8 +8,9 @@ search measured (:func:`llmpack.tune.budget.search_budget`) comes in as ``skip``
 
 8-bit defaults: every ``nn.Linear`` and GPT-2 ``Conv1D`` weight is quantized per output channel, except
 output heads (``lm_head``, ``embed_out``, ``output``), which stay float with embeddings and norms.
-``quantize_embeddings`` stores ``nn.Embedding`` tables int8 per row. Ignore patterns keep a tensor exactly
-as in the source.
+``quantize_embeddings`` (int8 methods) stores ``nn.Embedding`` tables int8 per row and an untied output head
+int8 weight-only per channel (a tied head reads the int8 table). Ignore patterns keep a tensor exactly as in the
+source.
 
 Ignore patterns are ``fnmatch`` globs, or regular expressions prefixed with ``re:``; they are tried
 against the tensor name and its module name (``model.layers.0.mlp.down_proj.weight`` belongs to module
@@ -296,8 +297,12 @@ def _decide_8bit(
                     fd = dataclasses.replace(fd, action=ActionName.CAST.value, out_dtype=dt,
                                              reason=f"{fd.reason}; stored {dt} (budget fallback)")
                 out.append(fd)
-            elif _is_output_head(module):
+            elif _is_output_head(module) and not (recipe.quantize_embeddings and scheme == "int8"):
                 out.append(dataclasses.replace(fd, reason=f"{fd.reason}; output head stays float"))
+            elif _is_output_head(module):  # an untied head with its own tensor: weight-only, like its embedding
+                out.append(TensorDecision(name, ActionName.INT8_WEIGHT_ONLY.value, scheme, module,
+                                          "int8 per-channel (w8a16): output head (quantize_embeddings)",
+                                          {"scale_dtype": sdt, "module_type": mtype}, **base))
             else:
                 action = wo_action if module in wo else linear_action
                 extra: dict[str, Any] = {"scale_dtype": sdt, "module_type": mtype}

@@ -103,12 +103,16 @@ def test_plan_defaults_gpt2_conv1d() -> None:
 def test_plan_heads_embeddings_ignore_and_float_dtype() -> None:
     ds = _plan("llama-untied", method="int8-weight-only", quantize_embeddings=True, float_dtype="bf16",
                ignore=("*.layers.1.mlp.*",))
-    assert ds["lm_head.weight"].action == "cast" and ds["lm_head.weight"].out_dtype == "bf16"
+    assert ds["lm_head.weight"].action == "int8-weight-only"  # untied: its own int8 tensor, like its embedding
+    assert ds["lm_head.weight"].extra["scale_dtype"] == "bf16"
     assert ds["model.embed_tokens.weight"].action == "int8-embedding"
     assert ds["model.layers.0.mlp.up_proj.weight"].action == "int8-weight-only"
     assert ds["model.layers.0.mlp.up_proj.weight"].extra["scale_dtype"] == "bf16"
     assert ds["model.layers.1.mlp.up_proj.weight"].action == "keep"
     assert ds["model.norm.weight"].out_dtype == "bf16"
+    plain = _plan("llama-untied", method="int8", float_dtype="bf16")
+    assert plain["lm_head.weight"].action == "cast" and plain["lm_head.weight"].out_dtype == "bf16"
+    assert plain["model.embed_tokens.weight"].action == "cast"
 
 
 # --- pipeline -------------------------------------------------------------------------------------

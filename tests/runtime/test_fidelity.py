@@ -10,6 +10,7 @@ centred tokens lose).
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from pathlib import Path
 
@@ -126,13 +127,57 @@ def test_end_to_end_agrees_with_transformers(arch: str, tmp_path: Path) -> None:
     agreement >= 0.99 (or, where llmpack's reference kernel -- compressed-tensors' arithmetic op for op -- agrees
     less because the model's float code differs by rounding between the two loaders, as much as it), mean NLL
     within 0.5 %."""
-    pytest.importorskip("compressed_tensors")  # (a dependency of llmpack: absent only where llmpack is not installed)
-    from transformers import AutoModelForCausalLM
-
     d = tmp_path / "q"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         llmpack.quantize(_float_model(arch), "int8", out=d, quiet=True)
+    _agrees_with_transformers(d)
+
+
+@pytest.mark.parametrize("arch", CT_ARCHS)
+def test_int8_embeddings_and_head_on_every_architecture(arch: str, tmp_path: Path) -> None:
+    """``quantize_embeddings``: a plain ``nn.Embedding`` table int8 per row (Gemma's scaled embeddings, which
+    compute more than a lookup, stay float); an untied head (its own tensor in the file) int8 weight-only per
+    channel, in a weight-only group (not ignored), run by an :class:`Int8Linear` without token quantization:
+    transformers + compressed-tensors reads it and agrees. A tied head reads the int8 table (``TiedInt8Head``):
+    transformers + compressed-tensors cannot run that (its tied head multiplies by the int8 tensor,
+    docs/int8-format.md), so it is checked against llmpack's reference kernel."""
+    d = tmp_path / "q"
+    model = _float_model(arch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        llmpack.quantize(model, "int8", out=d, quiet=True, quantize_embeddings=True)
+    emb = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+    head = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
+    ck = llmpack.open(d)
+    qcfg = json.loads((d / "config.json").read_text())["quantization_config"]
+    ours = llmpack.load(d)
+    out_mod = ours.get_output_embeddings()
+    plain_table = type(model.get_input_embeddings()) is torch.nn.Embedding
+    assert (ck[f"{emb}.weight"].dtype == torch.int8) == plain_table, arch
+    if f"{head}.weight" in ck.keys():  # untied
+        assert ck[f"{head}.weight"].dtype == torch.int8 and head not in qcfg["ignore"]
+        assert isinstance(out_mod, Int8Linear) and not out_mod.act_quant
+        _agrees_with_transformers(d)
+        return
+    assert type(out_mod).__name__ == ("TiedInt8Head" if plain_table else "Linear")
+    if not plain_table:
+        _agrees_with_transformers(d)
+        return
+    ids = _ids(64)
+    with torch.no_grad():
+        b = ours(input_ids=ids).logits
+        with kernels.use("dequant"):
+            c = ours(input_ids=ids).logits
+    assert (b.argmax(-1) == c.argmax(-1)).float().mean().item() >= 0.99
+
+
+def _agrees_with_transformers(d: Path) -> None:
+    pytest.importorskip("compressed_tensors")  # (a dependency of llmpack: absent only where llmpack is not installed)
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         hf = AutoModelForCausalLM.from_pretrained(d).eval()
     ours = llmpack.load(d)
     ids = _ids(64)
