@@ -44,7 +44,7 @@ def test_gpu_check_cpu_quick_runs_every_step(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads((out / "gpu_check.json").read_text())
     assert res["errors"] == [] and res["skipped"] == []
-    assert set(res["methods"]) == {"fp8", "int8", "int8-weight-only", "fp16"}
+    assert set(res["methods"]) == {"fp8", "int8", "int8-weight-only", "fp16", "int8+qemb"}
     for name, e in res["methods"].items():
         assert e["quantize_s"] > 0 and e["prefill_model"]["load_s"] >= 0
         assert set(e["prefill"]) == {"1x64", "2x32"} and all(v["ms"] > 0 for v in e["prefill"].values())
@@ -53,6 +53,8 @@ def test_gpu_check_cpu_quick_runs_every_step(tmp_path: Path) -> None:
         assert ag["kl"] < 1e-3 and ag["top1"] >= 0.9, (name, ag)
         if name != "fp16":
             assert e["memory_ratio"] < 0.8 and ag["worst_layer_sqnr_db"] > 30, (name, e)
+    # the int8 table and head: the tiny model's 512 x 64 embedding and head are half its weights
+    assert res["methods"]["int8+qemb"]["memory_ratio"] < res["methods"]["int8"]["memory_ratio"] - 0.2
     assert res["bf16"]["decode"]["b1"]["mode"] == "eager"  # no CUDA graphs on CPU
     assert res["fusion"] == {"fp8_tokens": "not used", "int8_tokens": "not used", "int8_rescale": "not used"}
     md = (out / "gpu_check.md").read_text()
