@@ -48,7 +48,8 @@ def test_gpu_check_cpu_quick_runs_every_step(tmp_path: Path) -> None:
     for name, e in res["methods"].items():
         assert e["quantize_s"] > 0 and e["prefill_model"]["load_s"] >= 0
         assert set(e["prefill"]) == {"1x64", "2x32"} and all(v["ms"] > 0 for v in e["prefill"].values())
-        assert set(e["decode"]) == {"b1", "b2"} and all(v["ms_per_token"] > 0 for v in e["decode"].values())
+        for key in ("decode", "decode_prefill_model"):
+            assert set(e[key]) == {"b1", "b2"} and all(v["ms_per_token"] > 0 for v in e[key].values())
         ag = e["agreement"]
         assert ag["kl"] < 1e-3 and ag["top1"] >= 0.9, (name, ag)
         if name != "fp16":
@@ -56,6 +57,7 @@ def test_gpu_check_cpu_quick_runs_every_step(tmp_path: Path) -> None:
     # the int8 table and head: the tiny model's 512 x 64 embedding and head are half its weights
     assert res["methods"]["int8+qemb"]["memory_ratio"] < res["methods"]["int8"]["memory_ratio"] - 0.2
     assert res["bf16"]["decode"]["b1"]["mode"] == "eager"  # no CUDA graphs on CPU
+    assert res["bf16"]["decode_prefill_model"]["b2"]["ms_per_token"] > 0
     assert res["fusion"] == {"fp8_tokens": "not used", "int8_tokens": "not used", "int8_rescale": "not used"}
     md = (out / "gpu_check.md").read_text()
-    assert "| fp8 |" in md and "prefill 1x64" in md and "Fused 8-bit steps" in md
+    assert "| fp8 |" in md and "prefill 1x64" in md and "Fused 8-bit steps" in md and "Decode on the prefill" in md

@@ -48,7 +48,8 @@ INT_MM_MIN_ROWS = 17
 
 class Fused:
     """``eager`` as a ``torch.compile``-d function for inputs on :attr:`devices` (CUDA), ``eager`` itself elsewhere,
-    inside another compilation, with ``LLMPACK_CUDA_FUSE=0``, or after a compilation failed (said once).
+    with ``LLMPACK_CUDA_FUSE=0``, or after a compilation failed (said once); inside an enclosing compilation the
+    plain ``traced`` ops, which that compilation fuses with its neighbours.
 
     Args:
         name: what the one-time warning and :func:`fusion_status` call it.
@@ -71,8 +72,9 @@ class Fused:
         self.status = "not used"
 
     def __call__(self, x: torch.Tensor, *args: Any) -> Any:
-        if (self.status.startswith("failed") or x.device.type not in self.devices or torch.compiler.is_compiling()
-                or not cuda_fuse_enabled()):
+        if torch.compiler.is_compiling():  # traced into the enclosing compilation, which fuses it
+            return self.traced(x, *args)
+        if self.status.startswith("failed") or x.device.type not in self.devices or not cuda_fuse_enabled():
             return self.eager(x, *args)
         try:
             if self.compiled is None:

@@ -101,6 +101,29 @@ def test_no_compilation_when_off_inside_a_compilation_or_off_cuda(monkeypatch: p
     assert torch.equal(q[:3], quantize_per_token(_x(3))[0]) and cuda.per_token_int8.status == "not used"
 
 
+def test_inside_a_compiled_model_the_traced_formula_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within an enclosing ``torch.compile`` the rescale is the formula without ``out=`` tensors (no graph break);
+    the CUDA int8 path compiled whole (as in a compiled model) computes what it does op by op."""
+    seen = []
+    monkeypatch.setattr(cuda.rescale, "traced", lambda *a: seen.append(1) or cuda._rescale_traced(*a))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    y = torch.randint(-100, 100, (3, 4), dtype=torch.int32)
+    got = cuda.rescale(y, torch.ones(3, 1), torch.full((1, 4), 0.5), None, torch.float32)
+    assert seen and torch.equal(got, y.float() * 0.5)
+    monkeypatch.undo()
+    g = torch.Generator().manual_seed(3)
+    w, s = int8_per_channel(torch.randn(48, 64, generator=g))
+    b = torch.randn(48, generator=g)
+    x = _x(5)
+
+    def layer(x: torch.Tensor) -> torch.Tensor:
+        return cuda.int_mm_w8a8(x, w, s.reshape(1, -1).float(), b, torch.float32)
+
+    torch._dynamo.reset()
+    got = torch.compile(layer, fullgraph=True)(x)
+    torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("m", [1, 16, 17, 40])
 @pytest.mark.parametrize("bias", [False, True])
 def test_int8_cuda_path_is_the_reference_arithmetic(m: int, bias: bool) -> None:
