@@ -120,7 +120,10 @@ def budget_line(b: Mapping[str, Any]) -> str:
     smooth = "smoothing off" if not alphas else "smoothing α=" + "/".join(f"{a:g}" for a in alphas)
     line = f"{head}: {c.get('w8a8', 0)} W8A8, {c.get('w8a16', 0)} W8A16, {c.get('float', 0)} float, {smooth}"
     planned = b.get("planned") or {}
-    if planned.get("ppl_increase_pct") is not None:
+    if planned.get("kl_ppl_increase_pct") is not None:
+        line += (f", ppl {float(planned['kl_ppl_increase_pct']):+.2f}% KL-implied "
+                 f"({float(planned['ppl_increase_pct']):+.2f}% measured) on calibration text")
+    elif planned.get("ppl_increase_pct") is not None:
         line += f", ppl {float(planned['ppl_increase_pct']):+.2f}% on calibration text"
     if b.get("met") is False:
         line += " (BUDGET NOT MET)"

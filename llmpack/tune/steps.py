@@ -28,30 +28,33 @@ DEFAULT_ALPHA: dict[str, float] = {"attn_in": 0.65, "attn_out": 0.65, "mlp_in": 
 
 
 def budget_ok(r: EvalResult, recipe: Recipe, margin: float) -> bool:
-    """``r`` fits ``margin`` times the recipe's budget (perplexity increase and / or KL).
+    """``r`` fits ``margin`` times the recipe's budget: the perplexity increase implied by its KL
+    (:attr:`~llmpack.stream.evaluate.EvalResult.kl_ppl_increase`, which moves with the plan, not with the sampled
+    tokens) and / or the KL itself.
 
     Example:
-        >>> budget_ok(EvalResult(ppl=10.1, base_ppl=10.0, kl=0.0, top1=1.0), Recipe(method="int8", max_ppl_increase=4), 0.5)
+        >>> budget_ok(EvalResult(ppl=10.3, base_ppl=10.0, kl=0.01, top1=1.0), Recipe(method="int8", max_ppl_increase=2), 1.0)
         True
     """
     ok = True
     if recipe.max_ppl_increase is not None:
-        ok &= r.ppl_increase <= margin * float(recipe.max_ppl_increase)
+        ok &= r.kl_ppl_increase <= margin * float(recipe.max_ppl_increase)
     if recipe.max_kl is not None:
         ok &= r.kl <= margin * float(recipe.max_kl)
     return ok
 
 
 def over_budget(r: EvalResult, recipe: Recipe) -> float:
-    """How far ``r`` is over the budget: the largest measured / allowed ratio of the budget's metrics.
+    """How far ``r`` is over the budget: the largest measured / allowed ratio of the budget's metrics (for a
+    perplexity budget, the KL-implied increase as in :func:`budget_ok`).
 
     Example:
-        >>> round(over_budget(EvalResult(ppl=10.2, base_ppl=10.0, kl=0.01, top1=0.9), Recipe(method="int8", max_ppl_increase=4)), 6)
-        0.5
+        >>> round(over_budget(EvalResult(ppl=10.2, base_ppl=10.0, kl=0.01, top1=0.9), Recipe(method="int8", max_ppl_increase=4)), 4)
+        0.2513
     """
     vals = []
     if recipe.max_ppl_increase is not None:
-        vals.append(r.ppl_increase / max(float(recipe.max_ppl_increase), 1e-12))
+        vals.append(r.kl_ppl_increase / max(float(recipe.max_ppl_increase), 1e-12))
     if recipe.max_kl is not None:
         vals.append(r.kl / max(float(recipe.max_kl), 1e-12))
     return max(vals, default=0.0)

@@ -237,7 +237,7 @@ def test_budget_keeps_fused_siblings_in_one_scheme(arch: str) -> None:
     batches = [torch.randint(1, 250, (1, 96), generator=torch.Generator().manual_seed(0))]
     naive = search_budget(model, None, llmpack.Recipe(method="int8", smooth=0.0), batches=batches)
     d = search_budget(model, None, llmpack.Recipe(method="int8", max_kl=naive.summary["planned"]["kl"] / 4),
-                  batches=batches)
+                      batches=batches, margin=0.5)  # (aiming lower: a mix of schemes, or the check says nothing)
     modes = {n: d.layer_mode(n) for n in d.params}
     assert len(set(modes.values())) > 1 or set(modes.values()) == {"float"}
     for parent in {n.rpartition(".")[0] for n in modes}:

@@ -104,4 +104,4 @@ def test_fp8_role_budget_on_the_architecture_matrix(arch: str) -> None:
     layers = [r for r in d.records if r.get("kind") == "layer"]
     assert {role_of(r["module"]) for r in layers} == set(d.summary["role_kl"])
     assert len(d.summary["role_kl"]) < len(layers)  # roles are shared across blocks
-    assert d.summary["planned"]["kl"] <= naive.summary["planned"]["kl"] / 3
+    assert d.summary["planned"]["kl"] <= naive.summary["planned"]["kl"] / 3 + 1e-6  # (both recorded to 6 decimals)
