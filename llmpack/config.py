@@ -134,7 +134,8 @@ class Recipe:
             untied output head weight-only int8 (per-channel scale; a tied head reads the int8 table).
         fp16_overflow: ``"error"`` refuses a model whose FP16 weights/activations overflow;
             ``"keep"`` keeps the offending modules in float32.
-        max_ppl_increase: int8 / fp8 accuracy budget, percent perplexity increase on calibration text.
+        max_ppl_increase: int8 / fp8 accuracy budget, percent perplexity increase on calibration text, judged on
+            the KL-implied increase ``100 (exp(KL) - 1)`` (docs/accuracy-budget.md).
         max_kl: int8 accuracy budget as mean KL divergence (nats) instead.
         smooth: SmoothQuant migration strength alpha (``None`` = chosen by the budget search / off).
 

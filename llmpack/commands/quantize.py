@@ -35,7 +35,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                    help="dtype of tensors that stay float in an int8 recipe (default: source dtype)")
     g.add_argument("--quantize-embeddings", action="store_true", help="store embedding tables and the output head as weight-only int8")
     g.add_argument("--max-ppl-increase", type=float, default=None, metavar="PCT",
-                   help="accuracy budget: max perplexity increase in percent on calibration text")
+                   help="accuracy budget: max perplexity increase in percent on calibration text, judged on the "
+                        "KL-implied increase 100(exp(KL)-1)")
     g.add_argument("--max-kl", type=float, default=None, metavar="NATS", help="accuracy budget as mean KL divergence")
     g.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
                    help="SmoothQuant migration strength in [0, 1] for W8A8 (default 0.65; 0 = off)")
