@@ -101,13 +101,13 @@ def budget_line(b: Mapping[str, Any]) -> str:
 
     Example:
         >>> budget_line({"calibrated": False, "reason": "no tokenizer"})
-        'no int8 calibration (no tokenizer)'
+        'no calibration (no tokenizer)'
         >>> budget_line({"calibrated": True, "budget": {"max_ppl_increase": 2}, "layers": {"w8a8": 3, "w8a16": 1,
         ...              "float": 0}, "alpha": {"attn_in": 0.65}, "met": True})
         'budget 2%: 3 W8A8, 1 W8A16, 0 float, smoothing α=0.65'
     """
     if not b.get("calibrated"):
-        return f"no int8 calibration ({b.get('reason', 'not run')})"
+        return f"no calibration ({b.get('reason', 'not run')})"
     bud = b.get("budget") or {}
     parts = []
     if bud.get("max_ppl_increase") is not None:
