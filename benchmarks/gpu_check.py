@@ -198,7 +198,100 @@ def write(res: dict[str, Any], out: Path) -> str:
     return md
 
 
+def _decode_section(chk: Check, work: Path, methods: list[str]) -> None:
+    """The decode / agreement model (first: the correctness check, and cheaper): bf16, then every method."""
+    res, args = chk.results, chk.args
+    small = work / "decode-bf16"
+    if chk.guarded("write decode checkpoint", lambda: gb.make_checkpoint(args.decode_shape, small, chk.device),
+                   need_s=10) is None:
+        return
+    cfg = json.loads((small / "config.json").read_text())
+    got = chk.guarded("load bf16 (decode model)", lambda: _load(chk, small))
+    if got is None:
+        return
+    base, _ = got
+    wb = _decode_weight_bytes(base)
+    bdec = chk.guarded("bf16: decode", lambda: _decode(chk, base, cfg, wb), need_s=10)
+    res.setdefault("bf16", {})["decode"] = bdec
+    res["bf16"]["agreement"] = chk.guarded("bf16: agreement", lambda: gb.agreement(
+        small, base, chk.device, cfg["vocab_size"]), need_s=10)
+    del base
+    gb.free(chk.device)
+    for method in methods:
+        entry = res["methods"].setdefault(method, {})
+        q = work / f"decode-{method}"
+        if chk.guarded(f"{method}: quantize decode model", lambda: _quantize(chk, small, method, q),
+                       need_s=10) is None:
+            continue
+        got = chk.guarded(f"{method}: load decode model", lambda: _load(chk, q))
+        if got is None:
+            continue
+        cand, _ = got
+        dec = chk.guarded(f"{method}: decode", lambda: _decode(chk, cand, cfg, _decode_weight_bytes(cand)), need_s=10)
+        _decode_speedups(entry, "decode", dec, bdec)
+        entry["agreement"] = chk.guarded(f"{method}: agreement", lambda: gb.agreement(
+            q, cand, chk.device, cfg["vocab_size"]), need_s=10)
+        del cand
+        shutil.rmtree(q, ignore_errors=True)
+        gb.free(chk.device)
+        chk.save()
+    shutil.rmtree(small, ignore_errors=True)
+
+
+def _prefill_section(chk: Check, work: Path, methods: list[str]) -> None:
+    """The prefill / memory model: every method against bf16 (prefill, memory, decode), one candidate on disk at a
+    time."""
+    res, args = chk.results, chk.args
+    big = work / "prefill-bf16"
+    t = time.perf_counter()
+    if chk.guarded("write prefill checkpoint", lambda: gb.make_checkpoint(
+            args.prefill_shape, big, chk.device, layers=args.prefill_layers), need_s=30) is None:
+        return
+    res["prefill_checkpoint"] = {"shape": args.prefill_shape, "write_s": round(time.perf_counter() - t, 1),
+                                 "layers": args.prefill_layers or gb.SHAPES[args.prefill_shape]["num_hidden_layers"]}
+    cfg = json.loads((big / "config.json").read_text())
+    loaded = chk.guarded("load bf16 (prefill model)", lambda: _load(chk, big))
+    if loaded is None:
+        shutil.rmtree(big, ignore_errors=True)
+        return
+    base, base_stats = loaded
+    res.setdefault("bf16", {})["prefill_model"] = base_stats
+    # decode on this model too: its weights outweigh transformers' float kernels more than the decode model's
+    bdec_big = chk.guarded("bf16: decode (prefill model)", lambda: _decode(
+        chk, base, cfg, _decode_weight_bytes(base)), need_s=10)
+    res["bf16"]["decode_prefill_model"] = bdec_big
+    for method in methods:
+        entry = res["methods"].setdefault(method, {})
+        q = work / f"prefill-{method}"
+        stats = chk.guarded(f"{method}: quantize prefill model", lambda: _quantize(chk, big, method, q), need_s=20)
+        if stats is None:
+            continue
+        entry.update(stats)
+        got = chk.guarded(f"{method}: load prefill model", lambda: _load(chk, q))
+        if got is not None:
+            cand, cstats = got
+            entry["prefill_model"] = cstats
+            entry["memory_ratio"] = round(cstats["weight_bytes"] / base_stats["weight_bytes"], 4)
+            pre = chk.guarded(f"{method}: prefill", lambda: _prefill(chk, base, cand, cfg), need_s=10)
+            if pre is not None:
+                entry["prefill"] = pre
+                for key, v in pre.items():
+                    entry[f"prefill_{key}_speedup"] = v["speedup"]
+            dec = chk.guarded(f"{method}: decode (prefill model)", lambda: _decode(
+                chk, cand, cfg, _decode_weight_bytes(cand)), need_s=10)
+            _decode_speedups(entry, "decode_prefill_model", dec, bdec_big)
+            del cand
+        shutil.rmtree(q, ignore_errors=True)
+        gb.free(chk.device)
+        chk.save()
+    del base
+    gb.free(chk.device)
+    shutil.rmtree(big, ignore_errors=True)
+
+
 def run(args: argparse.Namespace, out: Path | None = None) -> dict[str, Any]:
+    """The whole check: the decode / agreement model first, then the prefill / memory model (the time budget drops
+    what comes last)."""
     chk = Check(args, out)
     res = chk.results
     res["environment"] = _environment(chk.device)
@@ -207,84 +300,8 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict[str, Any]:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="gpu-check-"))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
-        # ---- the prefill / memory model: every method against bf16, one candidate on disk at a time
-        big = work / "prefill-bf16"
-        t = time.perf_counter()
-        if chk.guarded("write prefill checkpoint", lambda: gb.make_checkpoint(
-                args.prefill_shape, big, chk.device, layers=args.prefill_layers)) is not None:
-            res["prefill_checkpoint"] = {"shape": args.prefill_shape, "write_s": round(time.perf_counter() - t, 1),
-                                         "layers": args.prefill_layers or gb.SHAPES[args.prefill_shape]["num_hidden_layers"]}
-            cfg = json.loads((big / "config.json").read_text())
-            loaded = chk.guarded("load bf16 (prefill model)", lambda: _load(chk, big))
-            if loaded is not None:
-                base, base_stats = loaded
-                res["bf16"] = {"prefill_model": base_stats}
-                # decode on this model too: its weights outweigh the float kernels more than the decode model's
-                bdec_big = chk.guarded("bf16: decode (prefill model)", lambda: _decode(
-                    chk, base, cfg, _decode_weight_bytes(base)), need_s=10)
-                res["bf16"]["decode_prefill_model"] = bdec_big
-                for method in methods:
-                    entry = res["methods"].setdefault(method, {})
-                    q = work / f"prefill-{method}"
-                    stats = chk.guarded(f"{method}: quantize prefill model", lambda: _quantize(chk, big, method, q),
-                                        need_s=20)
-                    if stats is None:
-                        continue
-                    entry.update(stats)
-                    got = chk.guarded(f"{method}: load prefill model", lambda: _load(chk, q))
-                    if got is not None:
-                        cand, cstats = got
-                        entry["prefill_model"] = cstats
-                        entry["memory_ratio"] = round(cstats["weight_bytes"] / base_stats["weight_bytes"], 4)
-                        pre = chk.guarded(f"{method}: prefill", lambda: _prefill(chk, base, cand, cfg), need_s=10)
-                        if pre is not None:
-                            entry["prefill"] = pre
-                            for key, v in pre.items():
-                                entry[f"prefill_{key}_speedup"] = v["speedup"]
-                        dec = chk.guarded(f"{method}: decode (prefill model)", lambda: _decode(
-                            chk, cand, cfg, _decode_weight_bytes(cand)), need_s=10)
-                        _decode_speedups(entry, "decode_prefill_model", dec, bdec_big)
-                        del cand
-                    shutil.rmtree(q, ignore_errors=True)
-                    gb.free(chk.device)
-                    chk.save()
-                del base
-                gb.free(chk.device)
-            shutil.rmtree(big, ignore_errors=True)
-        # ---- the decode / agreement model
-        small = work / "decode-bf16"
-        if chk.guarded("write decode checkpoint", lambda: gb.make_checkpoint(args.decode_shape, small, chk.device),
-                       need_s=10) is not None:
-            cfg = json.loads((small / "config.json").read_text())
-            got = chk.guarded("load bf16 (decode model)", lambda: _load(chk, small))
-            if got is not None:
-                base, _ = got
-                wb = _decode_weight_bytes(base)
-                bdec = chk.guarded("bf16: decode", lambda: _decode(chk, base, cfg, wb), need_s=10)
-                res.setdefault("bf16", {})["decode"] = bdec
-                res["bf16"]["agreement"] = chk.guarded("bf16: agreement", lambda: gb.agreement(
-                    small, base, chk.device, cfg["vocab_size"]), need_s=10)
-                del base
-                gb.free(chk.device)
-                for method in methods:
-                    entry = res["methods"].setdefault(method, {})
-                    q = work / f"decode-{method}"
-                    if chk.guarded(f"{method}: quantize decode model",
-                                   lambda: _quantize(chk, small, method, q), need_s=10) is None:
-                        continue
-                    got = chk.guarded(f"{method}: load decode model", lambda: _load(chk, q))
-                    if got is None:
-                        continue
-                    cand, _ = got
-                    dec = chk.guarded(f"{method}: decode", lambda: _decode(chk, cand, cfg, _decode_weight_bytes(cand)),
-                                      need_s=10)
-                    _decode_speedups(entry, "decode", dec, bdec)
-                    entry["agreement"] = chk.guarded(f"{method}: agreement", lambda: gb.agreement(
-                        q, cand, chk.device, cfg["vocab_size"]), need_s=10)
-                    del cand
-                    shutil.rmtree(q, ignore_errors=True)
-                    gb.free(chk.device)
-                    chk.save()
+        _decode_section(chk, work, methods)
+        _prefill_section(chk, work, methods)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -363,7 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out-dir", default=os.environ.get("OUT") or None, help="where gpu_check.json/.md go")
     ap.add_argument("--work-dir", default=None, help="where checkpoints are written (default: a temp dir, removed)")
     ap.add_argument("--prefill-layers", type=int, default=None, help="decoder layers of the prefill model")
-    ap.add_argument("--budget-s", type=float, default=450.0, help="skip steps that would end past this (s)")
+    ap.add_argument("--budget-s", type=float, default=400.0, help="skip steps that would end past this (s)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=64, help="decode steps timed")
