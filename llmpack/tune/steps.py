@@ -17,6 +17,7 @@ import torch
 from llmpack._nn import is_conv1d
 from llmpack.config import Recipe
 from llmpack.errors import BadInputError
+from llmpack.quant.plan import OUTPUT_HEAD_NAMES
 from llmpack.stream.evaluate import EvalResult
 from llmpack.tune.calibrate import LayerSim
 
@@ -175,8 +176,7 @@ def is_head(model: torch.nn.Module, name: str, mod: torch.nn.Module) -> bool:
         >>> is_head(torch.nn.Module(), "lm_head", torch.nn.Linear(2, 3))
         True
     """
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf in ("lm_head", "embed_out", "output"):
+    if name.rsplit(".", 1)[-1] in OUTPUT_HEAD_NAMES:
         return True
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     out = mod.weight.shape[1] if is_conv1d(mod) else mod.weight.shape[0]
