@@ -297,19 +297,18 @@ def _decide_8bit(
                     fd = dataclasses.replace(fd, action=ActionName.CAST.value, out_dtype=dt,
                                              reason=f"{fd.reason}; stored {dt} (budget fallback)")
                 out.append(fd)
-            elif _is_output_head(module) and not (recipe.quantize_embeddings and scheme == "int8"):
+            elif _is_output_head(module) and not recipe.quantize_embeddings:  # (an int8-only option, Recipe checks)
                 out.append(dataclasses.replace(fd, reason=f"{fd.reason}; output head stays float"))
-            elif _is_output_head(module):  # an untied head with its own tensor: weight-only, like its embedding
-                out.append(TensorDecision(name, ActionName.INT8_WEIGHT_ONLY.value, scheme, module,
-                                          "int8 per-channel (w8a16): output head (quantize_embeddings)",
-                                          {"scale_dtype": sdt, "module_type": mtype}, **base))
             else:
-                action = wo_action if module in wo else linear_action
+                # an output head here is untied, with its own tensor: weight-only, like its embedding table
+                head = _is_output_head(module)
+                action = wo_action if head or module in wo else linear_action
                 extra: dict[str, Any] = {"scale_dtype": sdt, "module_type": mtype}
                 if is_conv1d_name(mtype):
                     extra["layout"] = CONV1D_LAYOUT
                 mode = "w8a16" if action == wo_action else "w8a8"
-                out.append(TensorDecision(name, action.value, scheme, module, f"{scheme} per-channel ({mode})", extra, **base))
+                reason = f"{scheme} per-channel ({mode})" + (": output head (quantize_embeddings)" if head else "")
+                out.append(TensorDecision(name, action.value, scheme, module, reason, extra, **base))
         elif mtype in EMBEDDING_TYPES and recipe.quantize_embeddings and module not in sk:
             out.append(TensorDecision(name, ActionName.INT8_EMBEDDING.value, "int8", module, "int8 embedding (per-row scale)",
                                       {"scale_dtype": sdt, "module_type": mtype}, **base))
