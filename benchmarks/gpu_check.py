@@ -157,8 +157,10 @@ def _prefill(chk: Check, base: torch.nn.Module, cand: torch.nn.Module, cfg: dict
     return out
 
 
-def _decode(chk: Check, model: torch.nn.Module, cfg: dict[str, Any], weight_bytes: int) -> dict[str, Any]:
+def _decode(chk: Check, model: torch.nn.Module, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Decode ms/token per batch size, and the GB/s of weights + KV cache read per step."""
     out: dict[str, Any] = {}
+    weight_bytes = _decode_weight_bytes(model)
     hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     for batch in chk.args.decode_batches:
         r = gb.decode(model, batch, chk.args.prompt, chk.args.steps, chk.device, cfg["vocab_size"],
@@ -210,8 +212,7 @@ def _decode_section(chk: Check, work: Path, methods: list[str]) -> None:
     if got is None:
         return
     base, _ = got
-    wb = _decode_weight_bytes(base)
-    bdec = chk.guarded("bf16: decode", lambda: _decode(chk, base, cfg, wb), need_s=10)
+    bdec = chk.guarded("bf16: decode", lambda: _decode(chk, base, cfg), need_s=10)
     res.setdefault("bf16", {})["decode"] = bdec
     res["bf16"]["agreement"] = chk.guarded("bf16: agreement", lambda: gb.agreement(
         small, base, chk.device, cfg["vocab_size"]), need_s=10)
@@ -227,7 +228,7 @@ def _decode_section(chk: Check, work: Path, methods: list[str]) -> None:
         if got is None:
             continue
         cand, _ = got
-        dec = chk.guarded(f"{method}: decode", lambda: _decode(chk, cand, cfg, _decode_weight_bytes(cand)), need_s=10)
+        dec = chk.guarded(f"{method}: decode", lambda: _decode(chk, cand, cfg), need_s=10)
         _decode_speedups(entry, "decode", dec, bdec)
         entry["agreement"] = chk.guarded(f"{method}: agreement", lambda: gb.agreement(
             q, cand, chk.device, cfg["vocab_size"]), need_s=10)
@@ -257,8 +258,7 @@ def _prefill_section(chk: Check, work: Path, methods: list[str]) -> None:
     base, base_stats = loaded
     res.setdefault("bf16", {})["prefill_model"] = base_stats
     # decode on this model too: its weights outweigh transformers' float kernels more than the decode model's
-    bdec_big = chk.guarded("bf16: decode (prefill model)", lambda: _decode(
-        chk, base, cfg, _decode_weight_bytes(base)), need_s=10)
+    bdec_big = chk.guarded("bf16: decode (prefill model)", lambda: _decode(chk, base, cfg), need_s=10)
     res["bf16"]["decode_prefill_model"] = bdec_big
     for method in methods:
         entry = res["methods"].setdefault(method, {})
@@ -277,8 +277,7 @@ def _prefill_section(chk: Check, work: Path, methods: list[str]) -> None:
                 entry["prefill"] = pre
                 for key, v in pre.items():
                     entry[f"prefill_{key}_speedup"] = v["speedup"]
-            dec = chk.guarded(f"{method}: decode (prefill model)", lambda: _decode(
-                chk, cand, cfg, _decode_weight_bytes(cand)), need_s=10)
+            dec = chk.guarded(f"{method}: decode (prefill model)", lambda: _decode(chk, cand, cfg), need_s=10)
             _decode_speedups(entry, "decode_prefill_model", dec, bdec_big)
             del cand
         shutil.rmtree(q, ignore_errors=True)
