@@ -60,11 +60,10 @@ class EvalResult:
     def kl_ppl_increase(self) -> float:
         """``100 (exp(KL) - 1)``: the perplexity increase in percent on text drawn from the float model itself.
 
-        The measured increase is a mean of per-token log-likelihood differences of either sign: on the budget's
-        1,024 calibration tokens its noise is about one percentage point (SmolLM2: plans whose KL falls steadily,
-        0.016 -> 0.011 -> 0.007, measured +1.1 %, +1.9 %, +0.6 %). KL takes each position's expectation over the
-        whole vocabulary instead, so it moves with the plan, not with the sampled tokens; the accuracy budget
-        decides on it.
+        The measured increase is a mean of per-token log-likelihood differences of either sign, noise-bound on
+        the budget's 1,024 calibration tokens (docs/accuracy-budget.md has the figures). KL takes each position's
+        expectation over the whole vocabulary instead, so it moves with the plan, not with the sampled tokens;
+        the accuracy budget decides on it.
 
         Example:
             >>> round(EvalResult(ppl=10.0, base_ppl=10.0, kl=0.01, top1=0.99).kl_ppl_increase, 3)

@@ -73,15 +73,13 @@ DEFAULT_CALIB_TOKENS = 1024
 
 BUDGET_MARGIN = 1.0
 """The fraction of the budget the search aims at. A perplexity budget is met by the KL-implied increase on the
-calibration tokens (:func:`~llmpack.tune.steps.budget_ok`), which already sits above what plans measure on text they
-have not seen (SmolLM2, FP32 and bf16 sources, int8 and fp8 plans: held-out +1.67 / +1.83 / -0.03 / +0.7 % against
-KL-implied +2.35 / +2.43 / +1.07 / +0.90 %), so no further margin is taken by default. (The measured calibration
-increase, which the search once aimed at half of, is noise-bound on 1k tokens: +0.77 % there, +1.83 % held out.)"""
+calibration tokens (:func:`~llmpack.tune.steps.budget_ok`), which sits above what plans measure on text they have
+not seen (docs/accuracy-budget.md has the figures), so no further margin is taken by default."""
 
 BISECT_STEPS = 16
 """The bisection over "how many layers get the remedy" stops at 1/16 of the candidates (SmolLM2: 13 of 210)."""
 
-_MODES = ("w8a8", "w8a16", "float")
+
 def search_budget(
     model_or_source: "torch.nn.Module | str | os.PathLike[str]",
     tokenizer: Any = None,
@@ -162,7 +160,7 @@ def search_budget(
     lins = list(params)
     scheme = str(recipe.method.scheme)
     base_mode = "w8a8" if recipe.method.act_quant else "w8a16"
-    ladder = [m for m in _MODES if _MODES.index(m) >= _MODES.index(base_mode)]
+    ladder = [m for m in MODE_RANK if MODE_RANK[m] >= MODE_RANK[base_mode]]  # (MODE_RANK lists them in rank order)
     # Every linear layer and smoothing group lives in one block (or outside all blocks, never streamed).
     block_of = block_index(st, lins)
     per_block: dict[int, list[str]] = {}
