@@ -4,7 +4,7 @@ and its records for ``llmpack.json``. The search itself is :func:`llmpack.tune.b
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Container, Mapping
 
 import torch
 
@@ -12,10 +12,21 @@ from llmpack.config import Method
 from llmpack.errors import BadInputError
 from llmpack.quant import smooth as _smooth
 
-__all__ = ["Int8Decisions", "MANIFEST_KEY"]
+__all__ = ["Int8Decisions", "MANIFEST_KEY", "eight_bit_share"]
 
 MANIFEST_KEY = "int8_budget"
 """Key of the search record in ``llmpack.json`` ``"extra"``."""
+
+
+def eight_bit_share(params: Mapping[str, int], kept_float: Container[str]) -> float:
+    """The share of ``params`` (layer name -> parameter count) stored in 8 bits, every layer but ``kept_float``.
+
+    Example:
+        >>> eight_bit_share({"a": 3, "b": 1}, {"b"})
+        0.75
+    """
+    total = sum(params.values())
+    return sum(n for k, n in params.items() if k not in kept_float) / total if total else 0.0
 
 
 @dataclasses.dataclass
@@ -66,10 +77,7 @@ class Int8Decisions:
 
     def int8_share(self) -> float:
         """Share of linear-layer parameters (output head excluded) stored in int8 (W8A8 or W8A16)."""
-        total = sum(self.params.values())
-        if not total:
-            return 0.0
-        return sum(n for k, n in self.params.items() if k not in self.keep_float) / total
+        return eight_bit_share(self.params, self.keep_float)
 
     def tensor_ops(self) -> dict[str, list[_smooth.ScaleOp]]:
         """Tensor name → smoothing folds to apply to it before quantization."""

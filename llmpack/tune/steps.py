@@ -17,6 +17,7 @@ import torch
 from llmpack._nn import is_conv1d
 from llmpack.config import Recipe
 from llmpack.errors import BadInputError
+from llmpack.quant.decisions import eight_bit_share
 from llmpack.quant.plan import OUTPUT_HEAD_NAMES
 from llmpack.stream.evaluate import EvalResult
 from llmpack.tune.calibrate import LayerSim
@@ -165,8 +166,7 @@ def int8_share(params: Mapping[str, int], modes: Mapping[str, str]) -> float:
         >>> int8_share({"a": 3, "b": 1}, {"a": "w8a8", "b": "float"})
         0.75
     """
-    total = sum(params.values())
-    return sum(n for k, n in params.items() if modes[k] != "float") / total if total else 0.0
+    return eight_bit_share(params, {k for k in params if modes[k] == "float"})
 
 
 def is_head(model: torch.nn.Module, name: str, mod: torch.nn.Module) -> bool:
